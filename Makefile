@@ -1,0 +1,47 @@
+# Two commands do all set-up on a fresh machine: `make reproduce` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(abspath $(VENV))/bin
+STAMP := $(VENV)/.installed-stamp
+WEIGHTS ?= weights
+CORES ?= all
+export PATH := $(BIN):$(PATH)
+
+.PHONY: help install weights reproduce test lint format bench clean-results
+
+help:
+	@echo "make reproduce  - install, fetch metric weights, run Table 1 (profile from params.yaml, default quick)"
+	@echo "make test       - install and run the test suite"
+	@echo "make lint       - ruff check + snakemake --lint"
+	@echo "make bench      - run the benchmarks and rewrite benchmarks/README.md"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --progress-bar off -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+weights: $(STAMP)
+	$(BIN)/gaussquant fetch-weights --out $(WEIGHTS)
+
+reproduce: weights
+	$(BIN)/snakemake --cores $(CORES) reproduce_table1
+
+test: weights
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: weights
+	$(BIN)/gaussquant bench --out benchmarks/README.md
+
+clean-results:
+	rm -rf results .snakemake

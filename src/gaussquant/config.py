@@ -1,0 +1,458 @@
+"""Typed, strict configuration loaded from ``params.yaml``.
+
+``params.yaml`` holds the paper's values in its top-level sections (each commented with its
+SPEC section) and, under ``profiles.<name>``, the overrides of the small profiles. The active
+profile is the top-level ``profile`` key (``tiny | quick | paper``). :func:`load_config`
+deep-merges the profile's overrides onto the paper values and builds nested dataclasses,
+failing - before any computation - on unknown keys, wrong types and impossible values, with a
+message that names the key and the allowed values.
+
+Derived values (bits per pixel, tokens, latent shape, per-method quantizer shapes) are computed
+here, in one place (:meth:`Config.derived`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gaussquant.data import DataConfig
+from gaussquant.errors import ConfigError
+from gaussquant.models.discriminator import DiscriminatorConfig
+from gaussquant.models.unet import UNetConfig
+from gaussquant.models.vit import ViTConfig
+from gaussquant.quantizers.tdc import TDCConfig
+
+PROFILES = ("tiny", "quick", "paper")
+METHODS = ("vq", "fsq", "lfq", "bsq", "gq")  # trained tokenizers of Table 1 (gq = TDC VAE + GQ)
+ALL_METHODS = METHODS + ("vanilla",)  # vanilla = Gaussian VAE with summed KL (TokenBridge, ablations)
+ARCHS = ("unet", "vit")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+BSQ_ENTROPY_RULES = ("repo", "faithful")
+
+
+@dataclass
+class ModelConfig:
+    """Backbones shared by every method (SPEC 5)."""
+
+    latent_channels: int = 16  # C, SPEC 5
+    downsample: int = 8  # f8, SPEC 2/5
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    vit: ViTConfig = field(default_factory=ViTConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+
+
+@dataclass
+class LossConfig:
+    """Reconstruction and adversarial loss (SPEC 5)."""
+
+    lpips_weight: float = 1.0  # L1 + 1.0 * LPIPS(VGG)
+    logvar_init: float = 0.0  # learned scalar log-variance s of the NLL
+    disc_start: int = 20001  # discriminator from step 20,001
+    disc_weight: float = 0.75  # times the adaptive weight
+    disc_factor: float = 1.0
+    adaptive_weight_max: float = 1.0e4  # clamp [0, 1e4]
+
+
+@dataclass
+class VanillaConfig:
+    """Continuous Gaussian VAE baseline (SPEC 1)."""
+
+    kl_weight: float = 0.64  # summed KL in nats, official config
+
+
+@dataclass
+class GQConfig:
+    """Gaussian Quant codebook and rule (SPEC 2); K is ``tdc.codebook_size``."""
+
+    seed: int = 42
+    beta: float = 1.0
+
+
+@dataclass
+class VQConfig:
+    """VQGAN quantizer (SPEC 4)."""
+
+    codebook_size: int = 65536
+    beta: float = 0.25
+    legacy_loss: bool = True  # taming's beta placement, what the paper's numbers used
+    weight: float = 1.0
+
+
+@dataclass
+class LFQConfig:
+    """LFQ (SPEC 4)."""
+
+    sub_codebook_bits: int = 8
+    entropy_weight: float = 0.1
+    commit_weight: float = 0.025
+    temperature: float = 0.01
+
+
+@dataclass
+class BSQConfig:
+    """BSQ (SPEC 4)."""
+
+    entropy_weight: float = 0.1
+    entropy_rule: str = "repo"  # "repo" (what the numbers used) | "faithful" (BSQ-ViT paper)
+
+
+@dataclass
+class RateConfig:
+    """Quantizer shapes of each method at one rate (SPEC 2, 4). Bits per latent position of
+    every method must equal ``bpp * downsample**2``."""
+
+    bpp: float = 0.25
+    gq_dim: int = 16  # m; C/m tokens of log2 K bits
+    vq_tokens: int = 1  # tokens per position, each of dim C/vq_tokens
+    fsq_levels: list[int] = field(default_factory=lambda: [16, 16, 16, 16])
+    lfq_bits: int = 16
+    bsq_bits: int = 16
+    tokenbridge_bits: int = 1  # B bits per channel, m = 1
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation (SPEC 4/5). ``lr`` and ``batch_size`` (per process) are per method."""
+
+    steps: int = 100000  # not published (SPEC 5: "epoch 25" in the authors' records)
+    batch_size: dict[str, int] = field(default_factory=dict)
+    lr: dict[str, float] = field(default_factory=dict)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    seed: int = 0
+    log_every: int = 50
+    save_every: int = 1000
+    num_workers: int = 4
+    mixed_precision: str = "no"  # fp32 in the paper
+
+
+@dataclass
+class ExperimentConfig:
+    """The grid the pipeline runs."""
+
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    archs: list[str] = field(default_factory=lambda: list(ARCHS))
+    rates: list[str] = field(default_factory=lambda: ["0.25", "0.5", "1.0"])
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation protocol (SPEC 6)."""
+
+    batch_size: int = 50
+    max_images: int = 0  # 0 = every image (the official script drops the last partial batch)
+    grid_images: int = 8
+    fid: bool = True
+
+
+@dataclass
+class TableConfig:
+    """Presentation of the tables."""
+
+    decimals: dict[str, int] = field(
+        default_factory=lambda: {"psnr": 2, "ssim": 3, "lpips": 3, "rfid": 2}
+    )
+
+
+@dataclass
+class Config:
+    profile: str = "paper"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    tdc: TDCConfig = field(default_factory=TDCConfig)
+    vanilla: VanillaConfig = field(default_factory=VanillaConfig)
+    gq: GQConfig = field(default_factory=GQConfig)
+    vq: VQConfig = field(default_factory=VQConfig)
+    lfq: LFQConfig = field(default_factory=LFQConfig)
+    bsq: BSQConfig = field(default_factory=BSQConfig)
+    rates: dict[str, RateConfig] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    table: TableConfig = field(default_factory=TableConfig)
+
+    def rate(self, name: str) -> RateConfig:
+        if name not in self.rates:
+            raise ConfigError(f"rate {name!r} is not defined in params.yaml 'rates' (defined: {sorted(self.rates)})")
+        return self.rates[name]
+
+    def derived(self) -> dict[str, Any]:
+        """Values computed from the parameters, logged at the start of every stage."""
+        f, res, c = self.model.downsample, self.data.resolution, self.model.latent_channels
+        return {
+            "profile": self.profile,
+            "latent_shape": [c, res // f, res // f],
+            "positions_per_image": (res // f) ** 2,
+            "target_bits_per_token": math.log2(self.tdc.codebook_size),
+            "rates": {
+                name: {
+                    "bits_per_position": r.bpp * f * f,
+                    "gq_tokens_per_position": c // r.gq_dim,
+                    "tokens_per_image": (c // r.gq_dim) * (res // f) ** 2,
+                }
+                for name, r in self.rates.items()
+            },
+        }
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def read_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file {str(path)!r} not found (run from the repository root or pass --params)")
+    with open(path) as f:
+        raw = yaml.safe_load(f)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return raw
+
+
+def resolve_params(raw: dict[str, Any], profile: str | None = None) -> dict[str, Any]:
+    """Deep-merge ``profiles[profile]`` onto the top-level (paper) sections."""
+    raw = dict(raw)
+    profiles = raw.pop("profiles", {}) or {}
+    profile = profile or raw.get("profile", "paper")
+    if profile not in PROFILES:
+        raise ConfigError(f"profile: {profile!r} is not allowed; allowed: {', '.join(PROFILES)}")
+    unknown = set(profiles) - set(PROFILES)
+    if unknown:
+        raise ConfigError(f"profiles: unknown profile(s) {sorted(unknown)}; allowed: {', '.join(PROFILES)}")
+    raw["profile"] = profile
+    return _merge(raw, profiles.get(profile) or {}, f"profiles.{profile}")
+
+
+def _merge(base: dict, override: dict, where: str) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        if key not in base:
+            raise ConfigError(f"{where}.{key}: unknown key; allowed: {', '.join(map(str, base))}")
+        if isinstance(value, dict) and isinstance(base[key], dict) and key != "rates":
+            out[key] = _merge(base[key], value, f"{where}.{key}")
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: str | Path = "params.yaml", profile: str | None = None) -> Config:
+    """Load, merge, type-check and validate ``params.yaml``. Raises :class:`ConfigError`."""
+    return config_from_dict(resolve_params(read_params(path), profile))
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    cfg = _build(Config, data, "")
+    validate(cfg)
+    return cfg
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _build(tp: Any, value: Any, key: str) -> Any:
+    """Convert ``value`` to type ``tp`` strictly; ``key`` is the dotted path for messages."""
+    where = key or "params"
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        hints = typing.get_type_hints(tp)
+        names = [f.name for f in dataclasses.fields(tp)]
+        unknown = [k for k in value if k not in names]
+        if unknown:
+            raise ConfigError(f"{_join(key, unknown[0])}: unknown key; allowed: {', '.join(names)}")
+        kwargs = {k: _build(hints[k], v, _join(key, k)) for k, v in value.items()}
+        try:
+            return tp(**kwargs)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"{where}: {err}") from None
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            if arg is type(None) and value is None:
+                return None
+        non_none = [a for a in args if a is not type(None)]
+        return _build(non_none[0], value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list of {_type_name(args[0])}, got {value!r}")
+        return [_build(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{where}: expected a list of {len(args)} numbers, got {value!r}")
+        return tuple(_build(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {str(k): _build(args[1], v, _join(key, str(k))) for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            hint = " (write numbers like 1.0e-4 with a dot: YAML reads 1e-4 as text)" if isinstance(value, str) else ""
+            raise ConfigError(f"{where}: expected a number, got {value!r}{hint}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported parameter type {tp}")  # a bug in the dataclasses
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _is_pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def _allowed(key: str, value: Any, allowed: tuple) -> None:
+    _check(value in allowed, f"{key}: {value!r} is not allowed; allowed: {', '.join(map(str, allowed))}")
+
+
+def validate(cfg: Config) -> None:
+    """Impossible values raise :class:`ConfigError` naming the key and what is allowed."""
+    _allowed("profile", cfg.profile, PROFILES)
+    m, t = cfg.model, cfg.train
+    c, f = m.latent_channels, m.downsample
+    _check(c > 0, f"model.latent_channels: must be positive, got {c}")
+    _check(_is_pow2(f), f"model.downsample: must be a power of two, got {f}")
+    _check(cfg.data.resolution % f == 0, f"data.resolution: {cfg.data.resolution} must be a multiple of model.downsample={f}")
+    unet_f = 2 ** (len(m.unet.ch_mult) - 1)
+    _check(unet_f == f, f"model.unet.ch_mult: {len(m.unet.ch_mult)} levels downsample by {unet_f}, but model.downsample is {f}")
+    _check(m.vit.patch == f, f"model.vit.patch: {m.vit.patch} must equal model.downsample={f}")
+
+    for key, k in (("tdc.codebook_size", cfg.tdc.codebook_size), ("vq.codebook_size", cfg.vq.codebook_size)):
+        _check(_is_pow2(k) and k >= 2, f"{key}: {k} is not a power of two (allowed: 2, 4, ..., 65536, ...)")
+    _check(cfg.tdc.tolerance >= 0, f"tdc.tolerance: must be >= 0, got {cfg.tdc.tolerance}")
+    _check(cfg.tdc.factor > 1, f"tdc.factor: must be > 1, got {cfg.tdc.factor}")
+    for key, (lo, hi) in (("tdc.lam_max_range", cfg.tdc.lam_max_range), ("tdc.lam_min_range", cfg.tdc.lam_min_range)):
+        _check(0 < lo <= hi, f"{key}: need 0 < low <= high, got [{lo}, {hi}]")
+    _allowed("bsq.entropy_rule", cfg.bsq.entropy_rule, BSQ_ENTROPY_RULES)
+    _check(cfg.lfq.temperature > 0, f"lfq.temperature: must be > 0, got {cfg.lfq.temperature}")
+
+    _check(t.steps >= 1, f"train.steps: must be >= 1, got {t.steps}")
+    for key in ("log_every", "save_every"):
+        _check(getattr(t, key) >= 1, f"train.{key}: must be >= 1, got {getattr(t, key)}")
+    _check(t.num_workers >= 0, f"train.num_workers: must be >= 0, got {t.num_workers}")
+    _check(cfg.loss.disc_start >= 0, f"loss.disc_start: must be >= 0, got {cfg.loss.disc_start}")
+    _check(len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), f"train.betas: need two values in [0, 1), got {t.betas}")
+    _allowed("train.mixed_precision", t.mixed_precision, MIXED_PRECISION)
+    for key, table in (("train.lr", t.lr), ("train.batch_size", t.batch_size)):
+        for method in ALL_METHODS:
+            _check(method in table, f"{key}: missing method {method!r}; give a value for each of {', '.join(ALL_METHODS)}")
+        for method, v in table.items():
+            _allowed(f"{key} key", method, ALL_METHODS)
+            _check(v > 0, f"{key}.{method}: must be positive, got {v}")
+
+    for method in cfg.experiment.methods:
+        _allowed("experiment.methods", method, METHODS)
+    for arch in cfg.experiment.archs:
+        _allowed("experiment.archs", arch, ARCHS)
+    for name in cfg.experiment.rates:
+        _allowed("experiment.rates", name, tuple(cfg.rates))
+    for name, r in cfg.rates.items():
+        _validate_rate(cfg, name, r)
+    _check(cfg.eval.batch_size >= 1, f"eval.batch_size: must be >= 1, got {cfg.eval.batch_size}")
+    _check(cfg.eval.max_images >= 0, f"eval.max_images: must be >= 0 (0 = all), got {cfg.eval.max_images}")
+    for key in ("n_train", "n_val"):
+        _check(getattr(cfg.data, key) >= 0, f"data.{key}: must be >= 0, got {getattr(cfg.data, key)}")
+
+
+def _validate_rate(cfg: Config, name: str, r: RateConfig) -> None:
+    c, f = cfg.model.latent_channels, cfg.model.downsample
+    key = f"rates.{name}"
+    bits = r.bpp * f * f
+    _check(r.bpp > 0 and bits == int(bits), f"{key}.bpp: {r.bpp} x {f}x{f} pixels is not a whole number of bits per position")
+    bits = int(bits)
+    _check(r.gq_dim >= 1 and c % r.gq_dim == 0, f"{key}.gq_dim: m={r.gq_dim} must divide model.latent_channels={c}")
+    log2k = int(math.log2(cfg.tdc.codebook_size))
+    per_method = {
+        "gq_dim": ((c // r.gq_dim) * log2k, f"{c}/{r.gq_dim} tokens x {log2k} bits"),
+        "vq_tokens": (r.vq_tokens * int(math.log2(cfg.vq.codebook_size)), f"{r.vq_tokens} tokens x log2 vq.codebook_size"),
+        "fsq_levels": (math.log2(math.prod(r.fsq_levels)) if r.fsq_levels else 0, f"log2 of the product of {r.fsq_levels}"),
+        "lfq_bits": (r.lfq_bits, f"{r.lfq_bits} sign bits"),
+        "bsq_bits": (r.bsq_bits, f"{r.bsq_bits} sign bits"),
+        "tokenbridge_bits": (c * r.tokenbridge_bits, f"{c} channels x {r.tokenbridge_bits} bits"),
+    }
+    for field_name, (got, how) in per_method.items():
+        _check(
+            got == bits,
+            f"{key}.{field_name}: gives {got:g} bits per position ({how}) but bpp={r.bpp} needs {bits}",
+        )
+    _check(r.vq_tokens >= 1 and c % r.vq_tokens == 0, f"{key}.vq_tokens: {r.vq_tokens} must divide model.latent_channels={c}")
+    _check(all(lv >= 2 for lv in r.fsq_levels), f"{key}.fsq_levels: every level must be >= 2, got {r.fsq_levels}")
+    sub = cfg.lfq.sub_codebook_bits
+    _check(r.lfq_bits % sub == 0, f"{key}.lfq_bits: {r.lfq_bits} must be a multiple of lfq.sub_codebook_bits={sub}")
+
+
+def config_to_dict(cfg: Any) -> Any:
+    """Plain (YAML/JSON-able) dict of a config dataclass, for checkpoints and logs."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: config_to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, dict):
+        return {k: config_to_dict(v) for k, v in cfg.items()}
+    if isinstance(cfg, (list, tuple)):
+        return [config_to_dict(v) for v in cfg]
+    return cfg
+
+
+# ----------------------------------------------------------------------------- JSON schema
+
+
+def _schema(tp: Any) -> dict[str, Any]:
+    if dataclasses.is_dataclass(tp):
+        hints = typing.get_type_hints(tp)
+        props = {f.name: _schema(hints[f.name]) for f in dataclasses.fields(tp)}
+        return {"type": "object", "properties": props, "additionalProperties": False}
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return {"anyOf": [_schema(a) for a in args]}
+    if origin is list:
+        return {"type": "array", "items": _schema(args[0])}
+    if origin is tuple:
+        return {"type": "array", "items": _schema(args[0]), "minItems": len(args), "maxItems": len(args)}
+    if origin is dict:
+        return {"type": "object", "additionalProperties": _schema(args[1])}
+    simple = {float: "number", int: "integer", bool: "boolean", str: "string", type(None): "null"}
+    return {"type": simple[tp]}
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON schema of params.yaml (committed as workflow/schemas/params.schema.json).
+
+    Snakemake validates the raw file with it before any rule; :func:`load_config` then checks
+    values that a schema cannot express (powers of two, rates vs bits, ...).
+    """
+    schema = _schema(Config)
+    schema["properties"]["profile"] = {"type": "string", "enum": list(PROFILES)}
+    schema["properties"]["profiles"] = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {p: {"type": "object"} for p in PROFILES},
+    }
+    schema["required"] = ["profile"]
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "gaussquant params.yaml", **schema}

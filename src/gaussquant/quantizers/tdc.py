@@ -1,0 +1,170 @@
+"""Gaussian VAE bottleneck with the target divergence constraint (TDC), SPEC section 1.
+
+Paper: "Vector Quantization using Gaussian Variational Autoencoder", Xu et al.,
+https://arxiv.org/abs/2512.06609. The encoder emits ``2C`` channels (``mu`` then ``logvar``);
+training samples ``z = mu + sigma * eps``; the regulariser is either TDC (per-token KL in bits
+pulled to ``log2 K`` with three multipliers) or the vanilla summed KL (nats).
+
+Token layout is strided (SPEC 1): token ``k`` holds channels ``k, k + C/m, k + 2C/m, ...``;
+see :func:`token_rates`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from gaussquant.errors import ConfigError
+from gaussquant.quantizers.base import QuantizerOutput
+
+LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0  # SPEC 1 clamp
+# The official code converts nats to bits with the truncated constant 1.4426 (not 1/ln 2 =
+# 1.442695...); the reference vectors (shared/reference tdc_*) are only matched with it.
+OFFICIAL_BITS_PER_NAT = 1.4426
+
+
+@dataclass
+class TDCConfig:
+    """TDC hyperparameters; defaults are the paper's values (SPEC 1)."""
+
+    codebook_size: int = 65536  # K; target T = log2 K bits per token (SPEC 2)
+    tolerance: float = 0.5  # alpha, bits (SPEC 1)
+    factor: float = 1.01  # multiplicative multiplier update (SPEC 1)
+    weight: float = 0.1  # config weight of the TDC loss (SPEC 1)
+    lam_max_range: tuple[float, float] = (1.0, 1000.0)  # clamp of lam_max (SPEC 1)
+    lam_min_range: tuple[float, float] = (0.001, 1.0)  # clamp of lam_min (SPEC 1)
+    bits_per_nat: float = OFFICIAL_BITS_PER_NAT  # 1/ln 2 = 1.4426950408889634 is the exact value
+
+
+def kl_nats(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Per-dimension KL(N(mu, e^logvar) || N(0, 1)) in nats, same shape as ``mu``."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+
+
+def token_rates(kl: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sum a per-dimension map (B, C, H, W) over each token's ``dim`` channels (strided layout).
+
+    Returns (B, C/dim, H, W): token ``k`` sums channels ``k, k + C/dim, ...``.
+    """
+    b, c, h, w = kl.shape
+    return kl.reshape(b, dim, c // dim, h, w).sum(dim=1)
+
+
+def split_posterior(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split encoder output (B, 2C, H, W) into ``mu`` and clamped ``logvar``, each (B, C, H, W)."""
+    mu, logvar = z.float().chunk(2, dim=1)
+    return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
+
+
+ReduceFn = Callable[[torch.Tensor, str], torch.Tensor]
+
+
+def _local_reduce(x: torch.Tensor, op: str) -> torch.Tensor:
+    return x
+
+
+class TDCRegularizer(nn.Module):
+    """Per-token KL constraint with multipliers ``lam``, ``lam_min``, ``lam_max`` (SPEC 1).
+
+    Multipliers are buffers: saved with the training state and restored on resume (the
+    official code keeps plain floats that reset on resume). Batch statistics (mean, min, max of
+    per-token bits) go through ``reduce_fn(tensor, op)`` with op in {"mean", "min", "max"}, so
+    several processes update identical multipliers as if they saw one large batch (the official
+    code updates each process from its own shard).
+    """
+
+    def __init__(self, latent_channels: int, dim: int, cfg: TDCConfig):
+        super().__init__()
+        if latent_channels % dim:
+            raise ConfigError(f"tdc: codebook dim m={dim} must divide latent channels {latent_channels}")
+        self.latent_channels, self.dim, self.cfg = latent_channels, dim, cfg
+        self.target = math.log2(cfg.codebook_size)
+        self.register_buffer("lam", torch.ones((), dtype=torch.float64))
+        self.register_buffer("lam_min", torch.ones((), dtype=torch.float64))
+        self.register_buffer("lam_max", torch.ones((), dtype=torch.float64))
+
+    def forward(
+        self, mu: torch.Tensor, logvar: torch.Tensor, reduce_fn: ReduceFn = _local_reduce
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Weighted TDC loss (after the config weight) and stats; updates multipliers if training.
+
+        Loss = weight * lam * (1/B) * sum over tokens of (w * R), R in bits, using the multipliers
+        as they were before this step's update.
+        """
+        cfg, target, tol = self.cfg, self.target, self.cfg.tolerance
+        bits = token_rates(kl_nats(mu, logvar), self.dim) * cfg.bits_per_nat  # (B, T, H, W)
+        w = torch.where(
+            bits > target + tol,
+            self.lam_max.to(bits.dtype),
+            torch.where(bits < target - tol, self.lam_min.to(bits.dtype), torch.ones_like(bits)),
+        ).detach()
+        kl_loss = self.lam.to(bits.dtype) * (w * bits).sum() / bits.shape[0]
+        with torch.no_grad():
+            stats_in = bits.detach()
+            bits_mean = reduce_fn(stats_in.mean(), "mean")
+            bits_min = reduce_fn(stats_in.min(), "min")
+            bits_max = reduce_fn(stats_in.max(), "max")
+        stats = {
+            "kl_loss": kl_loss.detach(),
+            "bits_mean": bits_mean,
+            "bits_min": bits_min,
+            "bits_max": bits_max,
+            "lam": self.lam.clone(),
+            "lam_min": self.lam_min.clone(),
+            "lam_max": self.lam_max.clone(),
+        }
+        if self.training:
+            self._update(bits_mean, bits_min, bits_max)
+        return cfg.weight * kl_loss, stats
+
+    @torch.no_grad()
+    def _update(self, bits_mean: torch.Tensor, bits_min: torch.Tensor, bits_max: torch.Tensor):
+        f, target, tol = self.cfg.factor, self.target, self.cfg.tolerance
+        self.lam.mul_(f if bits_mean > target else 1.0 / f)  # unbounded (SPEC 1)
+        self.lam_max.mul_(f if bits_max > target + tol else 1.0 / f).clamp_(*self.cfg.lam_max_range)
+        self.lam_min.mul_(1.0 / f if bits_min < target - tol else f).clamp_(*self.cfg.lam_min_range)
+
+
+class GaussianBottleneck(nn.Module):
+    """Gaussian VAE bottleneck: reparameterised sample in training, ``mu`` in eval.
+
+    regularizer="tdc": :class:`TDCRegularizer`; regularizer="kl": vanilla summed KL in nats
+    times ``kl_weight`` (per image sum, mean over batch). Input (B, 2C, H, W); output z_q
+    (B, C, H, W), indices None (continuous; GQ conversion gives the quantized path).
+    """
+
+    def __init__(
+        self,
+        latent_channels: int,
+        dim: int,
+        regularizer: str = "tdc",
+        tdc: TDCConfig | None = None,
+        kl_weight: float = 0.64,
+    ):
+        super().__init__()
+        if regularizer not in ("tdc", "kl"):
+            raise ConfigError(f"bottleneck regularizer {regularizer!r}: allowed 'tdc' or 'kl'")
+        self.in_channels, self.out_channels = 2 * latent_channels, latent_channels
+        self.latent_channels, self.dim, self.regularizer = latent_channels, dim, regularizer
+        self.kl_weight = kl_weight
+        self.tdc = TDCRegularizer(latent_channels, dim, tdc or TDCConfig()) if regularizer == "tdc" else None
+        self.reduce_fn: ReduceFn = _local_reduce  # set by the training loop for multi-process runs
+
+    def forward(self, z: torch.Tensor, sample: bool | None = None) -> QuantizerOutput:
+        mu, logvar = split_posterior(z)
+        sample = self.training if sample is None else sample
+        z_s = mu + (0.5 * logvar).exp() * torch.randn_like(mu) if sample else mu
+        if self.tdc is not None:
+            loss, stats = self.tdc(mu, logvar, self.reduce_fn)
+            return QuantizerOutput(z_q=z_s, losses={"tdc": loss}, stats=stats)
+        kl = kl_nats(mu, logvar)
+        kl_loss = kl.sum() / kl.shape[0]
+        with torch.no_grad():
+            bits = token_rates(kl, self.dim) / math.log(2)
+            stats = {"kl_loss": kl_loss.detach(), "bits_mean": bits.mean(), "bits_min": bits.min(),
+                     "bits_max": bits.max()}
+        return QuantizerOutput(z_q=z_s, losses={"kl": self.kl_weight * kl_loss}, stats=stats)

@@ -1,0 +1,135 @@
+"""params.yaml loading: profiles merge onto the paper values; bad input fails before any work,
+naming the key and what is allowed."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gaussquant.config import config_from_dict, load_config, resolve_params
+from gaussquant.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+RAW = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def _cfg(profile="paper", **edits):
+    """Resolved params of ``profile`` with dotted-key edits applied."""
+    data = resolve_params(copy.deepcopy(RAW), profile)
+    for dotted, value in edits.items():
+        *path, last = dotted.split("__")
+        node = data
+        for key in path:
+            node = node[key]
+        node[last] = value
+    return config_from_dict(data)
+
+
+@pytest.mark.parametrize("profile", ["tiny", "quick", "paper"])
+def test_every_profile_loads(profile):
+    cfg = load_config(ROOT / "params.yaml", profile)
+    assert cfg.profile == profile
+    for name in cfg.experiment.rates:
+        assert name in cfg.rates
+
+
+def test_paper_profile_is_spec():
+    """The paper profile encodes SPEC 1, 2, 4, 5 exactly."""
+    cfg = load_config(ROOT / "params.yaml", "paper")
+    assert cfg.data.resolution == 256 and cfg.model.latent_channels == 16 and cfg.model.downsample == 8
+    assert cfg.model.unet.ch == 128 and list(cfg.model.unet.ch_mult) == [1, 2, 4, 4]
+    assert cfg.model.unet.num_res_blocks == 2
+    v = cfg.model.vit
+    assert (v.patch, v.width, v.layers, v.heads, v.mlp_ratio) == (8, 768, 12, 12, 4.0)
+    d = cfg.model.discriminator
+    assert (d.ndf, d.n_layers, d.use_actnorm) == (160, 6, True)
+    assert cfg.loss.lpips_weight == 1.0 and cfg.loss.disc_start == 20001 and cfg.loss.disc_weight == 0.75
+    t = cfg.tdc
+    assert (t.codebook_size, t.tolerance, t.factor, t.weight) == (65536, 0.5, 1.01, 0.1)
+    assert tuple(t.lam_max_range) == (1.0, 1000.0) and tuple(t.lam_min_range) == (0.001, 1.0)
+    assert cfg.vanilla.kl_weight == 0.64 and cfg.gq.seed == 42 and cfg.gq.beta == 1.0
+    assert cfg.vq.codebook_size == 65536 and cfg.vq.beta == 0.25 and cfg.vq.legacy_loss
+    assert (cfg.lfq.sub_codebook_bits, cfg.lfq.entropy_weight, cfg.lfq.commit_weight) == (8, 0.1, 0.025)
+    assert cfg.lfq.temperature == 0.01 and cfg.bsq.entropy_weight == 0.1 and cfg.bsq.entropy_rule == "repo"
+    assert cfg.train.lr == {"gq": 1e-4, "vanilla": 1e-4, "fsq": 1e-4, "lfq": 4e-5, "bsq": 4e-5, "vq": 4e-4}
+    assert cfg.train.batch_size == {"gq": 16, "vanilla": 16, "fsq": 16, "lfq": 16, "bsq": 16, "vq": 8}
+    assert list(cfg.train.betas) == [0.9, 0.999] and cfg.train.mixed_precision == "no"
+    assert [cfg.rates[r].gq_dim for r in ("0.25", "0.5", "1.0")] == [16, 8, 4]
+    assert cfg.rates["0.25"].fsq_levels == [16] * 4 and cfg.rates["1.0"].fsq_levels == [16] * 16
+    assert cfg.experiment.methods == ["vq", "fsq", "lfq", "bsq", "gq"]
+    assert cfg.experiment.archs == ["unet", "vit"] and cfg.experiment.rates == ["0.25", "0.5", "1.0"]
+    assert cfg.eval.max_images == 0
+    der = cfg.derived()
+    assert der["latent_shape"] == [16, 32, 32]
+    assert [der["rates"][r]["bits_per_position"] for r in ("0.25", "0.5", "1.0")] == [16, 32, 64]
+
+
+BAD = [
+    # (edits, words the message must contain)
+    ({"profile": "huge"}, ["profile", "tiny, quick, paper"]),
+    ({"tdc__codebook_size": 1000}, ["tdc.codebook_size", "1000", "power of two"]),
+    ({"vq__codebook_size": 3}, ["vq.codebook_size", "power of two"]),
+    ({"rates__0.25__gq_dim": 5}, ["rates.0.25.gq_dim", "m=5", "divide", "16"]),
+    ({"rates__0.25__gq_dim": 8}, ["rates.0.25.gq_dim", "32 bits", "needs 16"]),
+    ({"rates__0.25__fsq_levels": [8, 8, 8]}, ["rates.0.25.fsq_levels", "9 bits", "needs 16"]),
+    ({"rates__0.5__lfq_bits": 16}, ["rates.0.5.lfq_bits", "needs 32"]),
+    ({"rates__1.0__tokenbridge_bits": 2}, ["rates.1.0.tokenbridge_bits", "32 bits", "needs 64"]),
+    ({"train__steps": -5}, ["train.steps", ">= 1", "-5"]),
+    ({"train__save_every": 0}, ["train.save_every", ">= 1"]),
+    ({"train__steps": 1.5}, ["train.steps", "expected an integer"]),
+    ({"train__steps": "100"}, ["train.steps", "expected an integer"]),
+    ({"train__lr__gq": "1e-4"}, ["train.lr.gq", "expected a number", "1.0e-4"]),
+    ({"train__lr__vq": -1.0}, ["train.lr.vq", "positive"]),
+    ({"train__mixed_precision": "fp8"}, ["train.mixed_precision", "no, fp16, bf16"]),
+    ({"bsq__entropy_rule": "paper"}, ["bsq.entropy_rule", "repo, faithful"]),
+    ({"vq__legacy_loss": "yes"}, ["vq.legacy_loss", "true or false"]),
+    ({"experiment__methods": ["gq", "rq"]}, ["experiment.methods", "rq", "vq, fsq, lfq, bsq, gq"]),
+    ({"experiment__archs": ["cnn"]}, ["experiment.archs", "unet, vit"]),
+    ({"experiment__rates": ["2.0"]}, ["experiment.rates", "2.0"]),
+    ({"model__downsample": 16}, ["model.unet.ch_mult", "16"]),
+    ({"tdc__tolerance": -0.5}, ["tdc.tolerance", ">= 0"]),
+    ({"data__resolution": 100}, ["data.resolution", "multiple of"]),
+]
+
+
+@pytest.mark.parametrize("edits,words", BAD, ids=[next(iter(e)) for e, _ in BAD])
+def test_bad_values_name_key_and_allowed(edits, words):
+    with pytest.raises(ConfigError) as err:
+        _cfg(**edits)
+    for word in words:
+        assert word in str(err.value), f"{word!r} not in message: {err.value}"
+
+
+def test_unknown_key_lists_allowed_keys():
+    data = resolve_params(copy.deepcopy(RAW), "paper")
+    data["train"]["stepz"] = 3
+    with pytest.raises(ConfigError, match=r"train\.stepz: unknown key; allowed: steps, batch_size"):
+        config_from_dict(data)
+
+
+def test_unknown_key_in_profile_override():
+    raw = copy.deepcopy(RAW)
+    raw["profiles"]["quick"]["model"]["unet"]["channels"] = 4
+    with pytest.raises(ConfigError, match=r"profiles\.quick\.model\.unet\.channels: unknown key"):
+        resolve_params(raw, "quick")
+
+
+def test_missing_method_in_lr_table():
+    data = resolve_params(copy.deepcopy(RAW), "paper")
+    del data["train"]["lr"]["lfq"]
+    with pytest.raises(ConfigError, match="train.lr: missing method 'lfq'"):
+        config_from_dict(data)
+
+
+def test_profile_override_merges_only_given_keys():
+    quick = load_config(ROOT / "params.yaml", "quick")
+    paper = load_config(ROOT / "params.yaml", "paper")
+    assert quick.model.unet.ch != paper.model.unet.ch
+    assert quick.tdc == paper.tdc  # not overridden by quick
+    assert quick.model.vit.mlp_ratio == paper.model.vit.mlp_ratio
+
+
+def test_missing_params_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")

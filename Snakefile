@@ -1,0 +1,42 @@
+# gaussquant pipeline: the only Snakefile. Targets: reproduce_table1 (default), reproduce_tokenbridge,
+# figures, all. `snakemake --cores all <target>`; the profile comes from params.yaml (`profile:`).
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "params.yaml"
+
+
+validate(config, "workflow/schemas/params.schema.json")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/convert.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule reproduce_table1:
+    input:
+        table1_outputs(),
+    default_target: True
+
+
+rule reproduce_tokenbridge:
+    input:
+        tokenbridge_outputs(),
+
+
+rule figures:
+    input:
+        figure_outputs(),
+
+
+rule all:
+    input:
+        table1_outputs(),
+        tokenbridge_outputs(),
+        figure_outputs(),

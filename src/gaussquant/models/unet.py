@@ -1,0 +1,270 @@
+"""Convolutional autoencoder backbone in the SD3-VAE / LDM style (SPEC section 5).
+
+Written from the SPEC and the structure of the official configuration
+(`tongdaxu/VQ-VAE-from-Gaussian-VAE` ``configs/sd3unet_*.yaml``: ``pit.modules.unet.Encoder`` /
+``Decoder``, themselves Stability-AI ``generative-models``' LDM autoencoder) with
+``attn_resolutions: [32]`` and the mid-block attention commented out.
+
+Structure (L = len(ch_mult) levels, level 0 = full resolution):
+
+- Encoder: 3x3 conv_in (in -> ch); per level ``num_res_blocks`` ResNet blocks
+  (``ch * ch_mult[i-1] -> ch * ch_mult[i]``), each followed by single-head self-attention on the
+  attention levels, then a stride-2 downsample (not after the last level); a mid block of two
+  ResNet blocks (no attention); GroupNorm + SiLU + 3x3 conv_out (-> out_channels).
+- Decoder: mirror image: 3x3 conv_in (in -> ch * ch_mult[-1]); mid block of two ResNet blocks;
+  per level from the lowest resolution up, ``num_res_blocks + 1`` ResNet blocks (each followed by
+  attention on the attention levels), then nearest x2 upsample + 3x3 conv (not after level 0);
+  GroupNorm + SiLU + 3x3 conv_out (-> out_channels). ``conv_out`` is registered last, so it is the
+  decoder's last weight (the adaptive GAN weight uses it).
+- ResNet block: GroupNorm, SiLU, 3x3 conv, GroupNorm, SiLU, dropout, 3x3 conv, plus a 1x1 conv
+  shortcut when the channel count changes. GroupNorm eps 1e-6, as in the LDM code.
+
+Parameter counts of the paper configuration (checked in tests/test_models.py): encoder with
+out_channels = 2C = 32: 35,325,856 (SPEC: about 35.3 M); decoder with in_channels = C = 16:
+51,648,771 (SPEC: about 51.6 M). Both need exactly this structure: two attention blocks in the
+encoder's 32x32 level and three in the decoder's (one after each of its num_res_blocks + 1
+blocks), two mid-block ResNet blocks, no mid-block attention. One 512-channel attention block is
+1,051,648 parameters (3 % of the encoder), so one more or one fewer misses the SPEC numbers.
+With ``attn_levels=[]``, ``mid_attn=True`` and 8 / 4 latent channels the same code gives the
+SD 1.x VAE's 34,163,592 / 49,490,179.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gaussquant.errors import ConfigError, GaussquantError
+
+GROUPNORM_EPS = 1e-6  # LDM autoencoder value (torch default is 1e-5)
+
+
+@dataclass
+class UNetConfig:
+    """Convolutional backbone; defaults are the paper's values (SPEC 5).
+
+    ch:             base channel count (128).
+    ch_mult:        channel multiplier per level ([1, 2, 4, 4]); downsampling is
+                    2 ** (len(ch_mult) - 1) (8: 256 px -> 32x32).
+    num_res_blocks: ResNet blocks per encoder level (2); the decoder uses one more per level.
+    attn_levels:    levels with single-head self-attention after each ResNet block, Python
+                    indexing over the levels ([-1]: the lowest resolution only, 32x32 at 256 px).
+    mid_attn:       attention between the two mid-block ResNet blocks (False: the official code
+                    comments it out; SD / SD3 VAEs have it).
+    dropout:        dropout inside ResNet blocks (0.0).
+    num_groups:     GroupNorm groups (32); must divide ch * m for every m in ch_mult.
+    """
+
+    ch: int = 128
+    ch_mult: list[int] = field(default_factory=lambda: [1, 2, 4, 4])
+    num_res_blocks: int = 2
+    attn_levels: list[int] = field(default_factory=lambda: [-1])
+    mid_attn: bool = False
+    dropout: float = 0.0
+    num_groups: int = 32
+
+    def __post_init__(self) -> None:
+        if self.ch < 1:
+            raise ConfigError(f"unet.ch: must be positive, got {self.ch}")
+        if not self.ch_mult or any(m < 1 for m in self.ch_mult):
+            raise ConfigError(
+                f"unet.ch_mult: need a non-empty list of positive integers, got {self.ch_mult}"
+            )
+        if self.num_res_blocks < 1:
+            raise ConfigError(f"unet.num_res_blocks: must be >= 1, got {self.num_res_blocks}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"unet.dropout: must be in [0, 1), got {self.dropout}")
+        n = len(self.ch_mult)
+        for level in self.attn_levels:
+            if not -n <= level < n:
+                raise ConfigError(
+                    f"unet.attn_levels: level {level} does not exist with {n} levels "
+                    f"(ch_mult={self.ch_mult}); allowed: {-n} .. {n - 1}"
+                )
+        if self.num_groups < 1:
+            raise ConfigError(f"unet.num_groups: must be positive, got {self.num_groups}")
+        for width in [self.ch] + [self.ch * m for m in self.ch_mult]:
+            if width % self.num_groups:
+                raise ConfigError(
+                    f"unet.num_groups: {self.num_groups} does not divide the channel count {width} "
+                    f"(ch={self.ch}, ch_mult={self.ch_mult}); pick num_groups dividing every ch * m"
+                )
+
+    @property
+    def downsample(self) -> int:
+        """Spatial reduction factor 2 ** (levels - 1)."""
+        return 2 ** (len(self.ch_mult) - 1)
+
+    def has_attn(self, level: int) -> bool:
+        n = len(self.ch_mult)
+        return level in {a % n for a in self.attn_levels}
+
+
+class UNetEncoder(nn.Module):
+    """Image ``x`` (B, in_channels, H, W) -> latent (B, out_channels, H/f, W/f), f = 2^(L-1).
+
+    H and W must be multiples of f. For the Gaussian bottleneck ``out_channels`` is 2C
+    (``mu`` then ``logvar``); for the trained quantizers it is the quantizer's input width.
+    """
+
+    def __init__(self, cfg: UNetConfig, in_channels: int = 3, out_channels: int = 32):
+        super().__init__()
+        self.cfg = cfg
+        g, p = cfg.num_groups, cfg.dropout
+        self.conv_in = nn.Conv2d(in_channels, cfg.ch, 3, padding=1)
+        self.down = nn.ModuleList()
+        c_in = cfg.ch
+        for level, mult in enumerate(cfg.ch_mult):
+            stage = _Stage(c_in, cfg.ch * mult, cfg.num_res_blocks, cfg.has_attn(level), g, p)
+            c_in = cfg.ch * mult
+            if level != len(cfg.ch_mult) - 1:
+                stage.resample = _Downsample(c_in)
+            self.down.append(stage)
+        self.mid = _Mid(c_in, cfg.mid_attn, g, p)
+        self.norm_out = nn.GroupNorm(g, c_in, eps=GROUPNORM_EPS)
+        self.conv_out = nn.Conv2d(c_in, out_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.cfg.downsample
+        if x.shape[-2] % f or x.shape[-1] % f:
+            raise GaussquantError(
+                f"UNet encoder: image size {tuple(x.shape[-2:])} is not a multiple of the "
+                f"downsampling factor {f} (len(ch_mult) = {len(self.cfg.ch_mult)} levels)"
+            )
+        h = self.conv_in(x)
+        for stage in self.down:
+            h = stage(h)
+        h = self.mid(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class UNetDecoder(nn.Module):
+    """Latent (B, in_channels, h, w) -> image (B, out_channels, h*f, w*f), unbounded values.
+
+    The output is not clamped or squashed (as in the official code); the loss sees raw values.
+    """
+
+    def __init__(self, cfg: UNetConfig, in_channels: int = 16, out_channels: int = 3):
+        super().__init__()
+        self.cfg = cfg
+        g, p = cfg.num_groups, cfg.dropout
+        c_in = cfg.ch * cfg.ch_mult[-1]
+        self.conv_in = nn.Conv2d(in_channels, c_in, 3, padding=1)
+        self.mid = _Mid(c_in, cfg.mid_attn, g, p)
+        up = []
+        for level in reversed(range(len(cfg.ch_mult))):
+            c_out = cfg.ch * cfg.ch_mult[level]
+            stage = _Stage(c_in, c_out, cfg.num_res_blocks + 1, cfg.has_attn(level), g, p)
+            c_in = c_out
+            if level != 0:
+                stage.resample = _Upsample(c_in)
+            up.append(stage)
+        self.up = nn.ModuleList(up)  # lowest resolution first, in the order they run
+        self.norm_out = nn.GroupNorm(g, c_in, eps=GROUPNORM_EPS)
+        self.conv_out = nn.Conv2d(c_in, out_channels, 3, padding=1)  # registered last: last_layer
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.mid(self.conv_in(z))
+        for stage in self.up:
+            h = stage(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+# ----------------------------------------------------------------------------- blocks
+
+
+class ResnetBlock(nn.Module):
+    """GroupNorm-SiLU-conv twice with a residual; 1x1 conv shortcut when channels change."""
+
+    def __init__(self, c_in: int, c_out: int, num_groups: int, dropout: float):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(num_groups, c_in, eps=GROUPNORM_EPS)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.norm2 = nn.GroupNorm(num_groups, c_out, eps=GROUPNORM_EPS)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.shortcut = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.shortcut(x) + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over all H*W positions, pre-GroupNorm, residual.
+
+    q, k, v come from one 1x1 conv (same parameter count as the LDM code's three 1x1 convs).
+    """
+
+    def __init__(self, channels: int, num_groups: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(num_groups, channels, eps=GROUPNORM_EPS)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).transpose(-1, -2)  # (B, 3, HW, C)
+        q, k, v = qkv.unbind(1)
+        out = F.scaled_dot_product_attention(q, k, v)  # scale 1/sqrt(C), one head
+        return x + self.proj_out(out.transpose(-1, -2).reshape(b, c, h, w))
+
+
+class _Stage(nn.Module):
+    """One resolution level: ResNet blocks (each optionally followed by attention), then an
+    optional resampling layer (set by the caller as ``.resample``)."""
+
+    def __init__(self, c_in, c_out, n_blocks, attn, num_groups, dropout):
+        super().__init__()
+        chans = [c_in] + [c_out] * n_blocks
+        self.block = nn.ModuleList(
+            ResnetBlock(a, b, num_groups, dropout) for a, b in zip(chans[:-1], chans[1:])
+        )
+        self.attn = nn.ModuleList(
+            AttnBlock(c_out, num_groups) for _ in range(n_blocks if attn else 0)
+        )
+        self.resample: nn.Module = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, block in enumerate(self.block):
+            x = block(x)
+            if self.attn:
+                x = self.attn[i](x)
+        return self.resample(x)
+
+
+class _Mid(nn.Module):
+    def __init__(self, channels: int, attn: bool, num_groups: int, dropout: float):
+        super().__init__()
+        self.block_1 = ResnetBlock(channels, channels, num_groups, dropout)
+        self.attn_1 = AttnBlock(channels, num_groups) if attn else nn.Identity()
+        self.block_2 = ResnetBlock(channels, channels, num_groups, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block_2(self.attn_1(self.block_1(x)))
+
+
+class _Downsample(nn.Module):
+    """Stride-2 3x3 conv with (0, 1, 0, 1) zero padding: H -> H/2 for even H (LDM layout)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class _Upsample(nn.Module):
+    """Nearest-neighbour x2 then 3x3 conv."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))

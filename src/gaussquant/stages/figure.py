@@ -1,0 +1,56 @@
+"""`gaussquant figure`: rate-distortion, TDC KL histograms, TDC dynamics, reconstruction grids."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from gaussquant.errors import GaussquantError
+from gaussquant.stages.common import add_params_args, load_stage_config
+
+KINDS = ("rate-distortion", "kl-hist", "tdc-dynamics", "recon-grid")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("figure", help="draw one of the paper-style figures")
+    add_params_args(p)
+    p.add_argument("--kind", choices=KINDS, required=True)
+    p.add_argument("--out", required=True, type=Path, help="output PNG")
+    p.add_argument("--data", type=Path, help="prepared data (kl-hist)")
+    p.add_argument("inputs", nargs="+", type=Path, help="metrics JSONs, checkpoints, logs or grids")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from gaussquant import figures
+
+    cfg = load_stage_config(args)
+    for path in args.inputs:
+        if not path.exists():
+            raise GaussquantError(f"input {str(path)!r} not found")
+    target = math.log2(cfg.tdc.codebook_size)
+    if args.kind == "rate-distortion":
+        from gaussquant.tables import load_metrics
+
+        figures.rate_distortion(load_metrics(args.inputs), args.out, with_published=cfg.profile == "paper")
+    elif args.kind == "tdc-dynamics":
+        logs = {p.parent.name: pd.read_csv(p) for p in args.inputs}
+        figures.tdc_dynamics(logs, target, cfg.tdc.tolerance, args.out)
+    elif args.kind == "recon-grid":
+        figures.stack_grids(args.inputs, args.out)
+    else:
+        from gaussquant.evaluate import posterior_token_bits
+
+        if args.data is None:
+            raise GaussquantError("--data is required for --kind kl-hist")
+        rates = {p.parent.name: posterior_token_bits(p, args.data, cfg) for p in args.inputs}
+        ranges = figures.kl_histograms(rates, target, args.out)
+        summary = args.out.with_suffix(".json")
+        summary.write_text(json.dumps({"target_bits": target, "ranges_bits": ranges}, indent=2))
+        print(json.dumps(ranges, indent=2))
+    print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,93 @@
+# Target lists and helpers. Every output path is a pure function of (profile, method, arch, rate).
+from gaussquant.config import config_from_dict, resolve_params
+
+CFG = config_from_dict(resolve_params(config))  # strict check of the whole file before any rule
+PROFILE = CFG.profile
+RES = f"results/{PROFILE}"
+PARAMS = "--params params.yaml"
+SRC = "src/gaussquant"
+
+# Source files each stage runs (declared as inputs, so a code change reruns what it affects).
+CODE_COMMON = [f"{SRC}/config.py", f"{SRC}/io.py", f"{SRC}/errors.py", f"{SRC}/cli.py"]
+CODE_DATA = CODE_COMMON + [f"{SRC}/data.py", f"{SRC}/stages/prepare_data.py"]
+CODE_MODEL = CODE_COMMON + [f"{SRC}/models/{m}.py" for m in ("__init__", "unet", "vit", "autoencoder")] + [
+    f"{SRC}/quantizers/{q}.py" for q in ("base", "tdc", "vq", "fsq", "lfq", "bsq")
+]
+CODE_TRAIN = CODE_MODEL + [f"{SRC}/train.py", f"{SRC}/losses.py", f"{SRC}/models/discriminator.py", f"{SRC}/stages/train.py"]
+CODE_CONVERT = CODE_MODEL + [f"{SRC}/quantizers/{q}.py" for q in ("gaussian_quant", "tokenbridge", "convert")] + [
+    f"{SRC}/stages/convert.py"
+]
+CODE_EVAL = CODE_CONVERT + [f"{SRC}/evaluate.py", f"{SRC}/stages/evaluate.py"] + [
+    f"{SRC}/metrics/{m}.py" for m in ("image", "lpips", "fid", "codebook")
+]
+CODE_TABLE = CODE_COMMON + [f"{SRC}/tables.py", f"{SRC}/stages/table.py"]
+CODE_FIGURE = CODE_COMMON + [f"{SRC}/figures.py", f"{SRC}/stages/figure.py"]
+
+# Evaluated rows of Table 1: trained tokenizers, GQ (converted TDC VAE) and the TDC VAE's
+# continuous reconstruction as a reference row.
+TABLE1_ROWS = [m for m in CFG.experiment.methods if m != "gq"] + (
+    ["gq", "gq-continuous"] if "gq" in CFG.experiment.methods else []
+)
+TOKENBRIDGE_ROWS = ["tb-vanilla", "tb-tdc", "gq"]
+
+wildcard_constraints:
+    method="gq|vanilla|tbtdc|vq|fsq|lfq|bsq",
+    arch="unet|vit",
+    rate="[0-9.]+",
+    row="[a-z0-9-]+",
+
+
+def grid():
+    return [(a, r) for a in CFG.experiment.archs for r in CFG.experiment.rates]
+
+
+def table1_outputs():
+    return [f"{RES}/tables/table1.{ext}" for ext in ("csv", "md", "tex")]
+
+
+def tokenbridge_outputs():
+    return [f"{RES}/tables/tokenbridge.{ext}" for ext in ("csv", "md", "tex")]
+
+
+def figure_outputs():
+    return [
+        f"{RES}/figures/rate_distortion.png",
+        f"{RES}/figures/tdc_kl_hist.png",
+        f"{RES}/figures/tdc_dynamics.png",
+        f"{RES}/figures/recon_grid.png",
+    ]
+
+
+def eval_json(row, arch, rate):
+    return f"{RES}/eval/{row}-{arch}-{rate}/metrics.json"
+
+
+def train_params(wildcards):
+    """The params that change a training run (rerun triggers)."""
+    return {
+        "model": str(CFG.model),
+        "loss": str(CFG.loss),
+        "train": str(CFG.train),
+        "rate": str(CFG.rate(wildcards.rate)),
+        "method": str(getattr(CFG, wildcards.method, "")),
+        "tdc": str(CFG.tdc),
+        "vanilla": str(CFG.vanilla),
+    }
+
+
+def launch_prefix(resources):
+    """`gaussquant` locally; `accelerate launch` with the GPU count when a profile gives GPUs.
+
+    resources.gpus = GPUs per node, resources.nodes = nodes (the slurm profile sets both);
+    multi-node runs start one launcher per node through srun, rank from SLURM_NODEID.
+    """
+    gpus, nodes = int(resources.get("gpus", 0)), int(resources.get("nodes", 1))
+    if gpus <= 0:
+        return "gaussquant"
+    cfg = "workflow/accelerate/gpu1.yaml" if gpus * nodes == 1 else "workflow/accelerate/multigpu.yaml"
+    cmd = f"accelerate launch --config_file {cfg} --num_processes {gpus * nodes} --num_machines {nodes}"
+    if nodes > 1:  # one launcher per node; the inner shell expands the per-task rank
+        head = "$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n 1)"
+        inner = f"{cmd} --machine_rank $SLURM_NODEID --main_process_ip {head} --main_process_port 29500"
+        return f"srun --ntasks={nodes} --ntasks-per-node=1 bash -c '{inner} -m gaussquant.cli \"$@\"' _"
+    return f"{cmd} -m gaussquant.cli"

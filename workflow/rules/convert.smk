@@ -1,0 +1,26 @@
+# Training-free conversions (SPEC 2, 4): a trained Gaussian VAE -> GQ or TokenBridge VQ-VAE.
+CONVERSIONS = {  # converted name: (trained method, quantizer)
+    "gq": ("gq", "gq"),
+    "gq-vanilla": ("vanilla", "gq"),
+    "tb-vanilla": ("vanilla", "tokenbridge"),
+    "tb-tdc": ("tbtdc", "tokenbridge"),
+}
+
+
+rule convert:
+    input:
+        model=lambda wc: f"{RES}/train/{CONVERSIONS[wc.conv][0]}-{wc.arch}-{wc.rate}/model.pt",
+        code=CODE_CONVERT,
+    output:
+        model=f"{RES}/convert/{{conv}}-{{arch}}-{{rate}}/model.pt",
+    wildcard_constraints:
+        conv="|".join(CONVERSIONS),
+    params:
+        to=lambda wc: CONVERSIONS[wc.conv][1],
+        gq=str(CFG.gq),
+    log:
+        f"{RES}/logs/convert/{{conv}}-{{arch}}-{{rate}}.log",
+    benchmark:
+        f"{RES}/benchmarks/convert/{{conv}}-{{arch}}-{{rate}}.tsv"
+    shell:
+        "gaussquant convert {PARAMS} --ckpt {input.model} --to {params.to} --out {output.model} > {log} 2>&1"

@@ -1,0 +1,88 @@
+# Tables (CSV, Markdown, LaTeX) and figures from the metrics JSONs.
+
+
+rule table1:
+    input:
+        metrics=[eval_json(row, a, r) for a, r in grid() for row in TABLE1_ROWS],
+        code=CODE_TABLE,
+    output:
+        csv=report(f"{RES}/tables/table1.csv", category="Tables"),
+        md=f"{RES}/tables/table1.md",
+        tex=f"{RES}/tables/table1.tex",
+        json=f"{RES}/tables/table1.json",
+    params:
+        table=str(CFG.table),
+        prefix=f"{RES}/tables/table1",
+    log:
+        f"{RES}/logs/table1.log",
+    shell:
+        "gaussquant table {PARAMS} --kind table1 --out {params.prefix} {input.metrics} > {log} 2>&1"
+
+
+rule table_tokenbridge:
+    input:
+        metrics=[eval_json(row, a, r) for a, r in grid() for row in TOKENBRIDGE_ROWS],
+        code=CODE_TABLE,
+    output:
+        csv=report(f"{RES}/tables/tokenbridge.csv", category="Tables"),
+        md=f"{RES}/tables/tokenbridge.md",
+        tex=f"{RES}/tables/tokenbridge.tex",
+        json=f"{RES}/tables/tokenbridge.json",
+    params:
+        table=str(CFG.table),
+        prefix=f"{RES}/tables/tokenbridge",
+    log:
+        f"{RES}/logs/table_tokenbridge.log",
+    shell:
+        "gaussquant table {PARAMS} --kind tokenbridge --out {params.prefix} {input.metrics} > {log} 2>&1"
+
+
+rule figure_rate_distortion:
+    input:
+        metrics=[eval_json(row, a, r) for a, r in grid() for row in TABLE1_ROWS],
+        code=CODE_FIGURE,
+    output:
+        report(f"{RES}/figures/rate_distortion.png", category="Figures"),
+    log:
+        f"{RES}/logs/figures/rate_distortion.log",
+    shell:
+        "gaussquant figure {PARAMS} --kind rate-distortion --out {output} {input.metrics} > {log} 2>&1"
+
+
+rule figure_tdc_kl_hist:
+    input:
+        models=[f"{RES}/train/{m}-{a}-{r}/model.pt" for a, r in grid() for m in ("vanilla", "gq")],
+        data=rules.prepare_data.output.manifest,
+        code=CODE_FIGURE,
+    output:
+        report(f"{RES}/figures/tdc_kl_hist.png", category="Figures"),
+    params:
+        data=f"{RES}/data",
+    log:
+        f"{RES}/logs/figures/tdc_kl_hist.log",
+    shell:
+        "gaussquant figure {PARAMS} --kind kl-hist --data {params.data} --out {output} {input.models} > {log} 2>&1"
+
+
+rule figure_tdc_dynamics:
+    input:
+        logs=[f"{RES}/train/gq-{a}-{r}/metrics.csv" for a, r in grid()],
+        code=CODE_FIGURE,
+    output:
+        report(f"{RES}/figures/tdc_dynamics.png", category="Figures"),
+    log:
+        f"{RES}/logs/figures/tdc_dynamics.log",
+    shell:
+        "gaussquant figure {PARAMS} --kind tdc-dynamics --out {output} {input.logs} > {log} 2>&1"
+
+
+rule figure_recon_grid:
+    input:
+        grids=[f"{RES}/eval/{row}-{a}-{r}/grid.png" for a, r in grid() for row in TABLE1_ROWS],
+        code=CODE_FIGURE,
+    output:
+        report(f"{RES}/figures/recon_grid.png", category="Figures"),
+    log:
+        f"{RES}/logs/figures/recon_grid.log",
+    shell:
+        "gaussquant figure {PARAMS} --kind recon-grid --out {output} {input.grids} > {log} 2>&1"

@@ -1,0 +1,22 @@
+rule train:
+    input:
+        data=rules.prepare_data.output.manifest,
+        code=CODE_TRAIN,
+    output:
+        model=f"{RES}/train/{{method}}-{{arch}}-{{rate}}/model.pt",
+        log_csv=f"{RES}/train/{{method}}-{{arch}}-{{rate}}/metrics.csv",
+    params:
+        cfg=train_params,
+        out=lambda wc: f"{RES}/train/{wc.method}-{wc.arch}-{wc.rate}",
+        data=f"{RES}/data",
+        launch=lambda wc, resources: launch_prefix(resources),
+    resources:
+        gpus=0,
+        nodes=1,
+    log:
+        f"{RES}/logs/train/{{method}}-{{arch}}-{{rate}}.log",
+    benchmark:
+        f"{RES}/benchmarks/train/{{method}}-{{arch}}-{{rate}}.tsv"
+    shell:
+        "{params.launch} train {PARAMS} --method {wildcards.method} --arch {wildcards.arch}"
+        " --rate {wildcards.rate} --data {params.data} --out {params.out} --no-progress > {log} 2>&1"

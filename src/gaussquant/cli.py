@@ -20,6 +20,7 @@ STAGES = (
     "train",
     "convert",
     "evaluate",
+    "fid_reference",
     "table",
     "figure",
     "theory",

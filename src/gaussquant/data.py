@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from gaussquant import __version__
 from gaussquant.errors import ConfigError, GaussquantError
-from gaussquant.io import sha256_bytes, sha256_file, write_json, write_text
+from gaussquant.io import sha256_bytes, sha256_file
 
 SOURCES = ("bundled", "folder")
 SPLITS = ("train", "val")
@@ -107,43 +107,34 @@ class DataConfig:
 
 def check_data_config(cfg: DataConfig) -> None:
     """Raise :class:`ConfigError` naming the ``data.<key>`` that cannot work."""
-
-    def need(cond: bool, msg: str) -> None:
-        if not cond:
-            raise ConfigError(msg)
-
-    need(
-        cfg.source in SOURCES,
-        f"data.source: {cfg.source!r} is not allowed; allowed: bundled, folder",
-    )
-    need(cfg.resolution >= 1, f"data.resolution: must be >= 1, got {cfg.resolution}")
-    need(cfg.shard_size >= 1, f"data.shard_size: must be >= 1, got {cfg.shard_size}")
-    for key in ("n_train", "n_val"):
-        n = getattr(cfg, key)
-        need(n >= 0, f"data.{key}: must be >= 0, got {n}")
-        if cfg.source == "bundled":
-            need(n >= 1, f"data.{key}: the bundled source needs a number of crops >= 1, got {n}")
-    if cfg.source == "bundled":
-        need(0.0 < cfg.min_scale <= 1.0, f"data.min_scale: must be in (0, 1], got {cfg.min_scale}")
-        unknown = [p for p in cfg.val_photos if p not in BUNDLED_PHOTOS]
-        need(
-            not unknown,
-            f"data.val_photos: unknown photo(s) {unknown}; allowed: {', '.join(BUNDLED_PHOTOS)}",
-        )
-        need(
-            len(set(cfg.val_photos)) >= 1,
-            "data.val_photos: hold out at least one photo for validation",
-        )
-        need(
-            len(set(cfg.val_photos)) < len(BUNDLED_PHOTOS),
-            "data.val_photos: leave at least one training photo",
-        )
-        held = [p in cfg.val_photos for p in STEREO_PAIR]
-        need(
-            all(held) or not any(held),
-            f"data.val_photos: {' and '.join(STEREO_PAIR)} are a stereo pair "
-            "(near-identical); hold out both or neither",
-        )
+    val = set(cfg.val_photos)
+    pair = [p in val for p in STEREO_PAIR]
+    bundled = cfg.source == "bundled"
+    checks = [
+        (cfg.source in SOURCES, f"source: {cfg.source!r} is not allowed; allowed: bundled, folder"),
+        (cfg.resolution >= 1, f"resolution: must be >= 1, got {cfg.resolution}"),
+        (cfg.shard_size >= 1, f"shard_size: must be >= 1, got {cfg.shard_size}"),
+        (cfg.n_train >= bundled, f"n_train: must be >= {int(bundled)}, got {cfg.n_train}"),
+        (cfg.n_val >= bundled, f"n_val: must be >= {int(bundled)}, got {cfg.n_val}"),
+        (0.0 < cfg.min_scale <= 1.0, f"min_scale: must be in (0, 1], got {cfg.min_scale}"),
+        (
+            val <= set(BUNDLED_PHOTOS),
+            f"val_photos: unknown photo(s) {sorted(val - set(BUNDLED_PHOTOS))};"
+            f" allowed: {', '.join(BUNDLED_PHOTOS)}",
+        ),
+        (
+            not bundled or 1 <= len(val) < len(BUNDLED_PHOTOS),
+            "val_photos: hold out at least one photo and leave at least one for training",
+        ),
+        (
+            all(pair) or not any(pair),
+            "val_photos: motorcycle_left and motorcycle_right are a "
+            "stereo pair (near-identical views); hold out both or neither",
+        ),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(f"data.{msg}")
 
 
 # ----------------------------------------------------------------------------- bundled photos
@@ -194,22 +185,18 @@ def bundled_photos() -> dict[str, np.ndarray]:
 
 
 def _bundled_crops(
-    photos: dict[str, np.ndarray],
-    n: int,
-    resolution: int,
-    min_scale: float,
-    rng: np.random.Generator,
+    photos: dict[str, np.ndarray], n: int, cfg: DataConfig, rng: np.random.Generator
 ) -> Iterator[tuple[np.ndarray, str]]:
     """``n`` random square crops: photo uniform, side fraction log-uniform, position uniform."""
+    resolution = cfg.resolution
     names = list(photos)
     images = {name: Image.fromarray(photos[name]) for name in names}
     for _ in range(n):
         name = names[rng.integers(len(names))]
         h, w = photos[name].shape[:2]
         short = min(h, w)
-        lo = min(
-            1.0, max(min_scale, resolution / short)
-        )  # never upsample unless the photo is small
+        # never upsample, unless the photo's short side is below the resolution
+        lo = min(1.0, max(cfg.min_scale, resolution / short))
         side = short * math.exp(rng.uniform(math.log(lo), 0.0))
         x0, y0 = rng.uniform(0.0, w - side), rng.uniform(0.0, h - side)
         box = (x0, y0, x0 + side, y0 + side)
@@ -303,10 +290,9 @@ def _subset(paths: list[Path], n: int, rng: np.random.Generator) -> list[Path]:
 # ----------------------------------------------------------------------------- writing
 
 
-def _write_split(
-    split_dir: Path, items: Iterable[tuple[np.ndarray, str]], resolution: int, shard_size: int
-) -> dict[str, Any]:
+def _write_split(split_dir: Path, items: Iterable[tuple[np.ndarray, str]], cfg: DataConfig) -> dict:
     """Write ``(image, source)`` items into shards; return the split's manifest entry."""
+    resolution, shard_size = cfg.resolution, cfg.shard_size
     split_dir.mkdir(parents=True)
     buf = np.empty((shard_size, resolution, resolution, 3), np.uint8)
     shards, index, k = [], [], 0
@@ -325,7 +311,7 @@ def _write_split(
             k = 0
     if k:
         flush()
-    write_text(split_dir / "index.txt", "".join(line + "\n" for line in index))
+    (split_dir / "index.txt").write_text("".join(line + "\n" for line in index))
     return {
         "count": len(index),
         "shape": [resolution, resolution, 3],
@@ -334,74 +320,47 @@ def _write_split(
     }
 
 
-def _folder_items(
-    cfg: DataConfig,
-    split: str,
-    paths: list[Path],
-    root: Path,
-    workers: int,
-    progress: bool,
-    skipped: list[dict[str, str]],
-) -> Iterator[tuple[np.ndarray, str]]:
-    decoded = _decoded(paths, cfg.resolution, workers, progress, f"prepare {split}")
-    with contextlib.closing(decoded):  # stop the pool now, also when strict raises
-        for path, image, reason in decoded:
-            rel = path.relative_to(root).as_posix()
-            if image is None:
-                if cfg.strict:
-                    raise GaussquantError(
-                        f"{path}: cannot read image ({reason}); fix or remove the "
-                        "file, or set data.strict: false to skip it"
-                    )
-                skipped.append({"split": split, "file": rel, "reason": reason})
-                continue
-            yield image, rel
-
-
-def _prepare_split(
-    cfg: DataConfig,
-    split: str,
-    tmp: Path,
-    workers: int,
-    progress: bool,
-    skipped: list[dict[str, str]],
-) -> dict[str, Any]:
+def _prepare_split(cfg: DataConfig, split: str, tmp: Path, workers: int, progress: bool) -> dict:
+    """Write ``tmp/split`` and return its manifest entry (skipped files under ``skipped_files``)."""
     n = cfg.n_train if split == "train" else cfg.n_val
     rng = np.random.default_rng([cfg.seed, SPLITS.index(split)])  # one stream per split
     if cfg.source == "bundled":
-        photos = bundled_photos()
         held = set(cfg.val_photos)
-        used = {k: v for k, v in photos.items() if (k in held) == (split == "val")}
-        entry = _write_split(
-            tmp / split,
-            _bundled_crops(used, n, cfg.resolution, cfg.min_scale, rng),
-            cfg.resolution,
-            cfg.shard_size,
-        )
-        entry["photos"] = {
+        used = {k: v for k, v in bundled_photos().items() if (k in held) == (split == "val")}
+        entry = _write_split(tmp / split, _bundled_crops(used, n, cfg, rng), cfg)
+        photo = {
             k: {"shape": list(v.shape), "sha256": sha256_bytes(v.tobytes())}
             for k, v in used.items()
         }
+        entry["photos"] = photo
         return entry
-    key = f"data.{split}_dir"
-    root = Path(getattr(cfg, f"{split}_dir"))
+    key, root = f"data.{split}_dir", Path(getattr(cfg, f"{split}_dir"))
     found = list_images(root, key)
     paths = _subset(found, n, rng)
-    n_skipped = len(skipped)
-    entry = _write_split(
-        tmp / split,
-        _folder_items(cfg, split, paths, root, workers, progress, skipped),
-        cfg.resolution,
-        cfg.shard_size,
-    )
+    skipped: list[dict[str, str]] = []
+
+    def items() -> Iterator[tuple[np.ndarray, str]]:
+        decoded = _decoded(paths, cfg.resolution, workers, progress, f"prepare {split}")
+        with contextlib.closing(decoded):  # stop the pool now, also when strict raises
+            for path, image, reason in decoded:
+                rel = path.relative_to(root).as_posix()
+                if image is not None:
+                    yield image, rel
+                elif cfg.strict:
+                    fix = "fix or remove the file, or set data.strict: false to skip it"
+                    raise GaussquantError(f"{path}: cannot read image ({reason}); {fix}")
+                else:
+                    skipped.append({"split": split, "file": rel, "reason": reason})
+
+    entry = _write_split(tmp / split, items(), cfg)
     if entry["count"] == 0:
+        first = f"{skipped[0]['file']}: {skipped[0]['reason']}"
         raise GaussquantError(
-            f"{key}: none of the {len(paths)} images under {str(root)!r} could be "
-            f"read (first: {skipped[n_skipped]['file']}: {skipped[n_skipped]['reason']})"
+            f"{key}: none of the {len(paths)} images under {str(root)!r} "
+            f"could be read (first: {first})"
         )
-    entry.update(
-        dir=str(root), found=len(found), selected=len(paths), skipped=len(skipped) - n_skipped
-    )
+    entry.update(dir=str(root), found=len(found), selected=len(paths), skipped=len(skipped))
+    entry["skipped_files"] = skipped  # moved to the manifest's top-level list by prepare()
     return entry
 
 
@@ -450,8 +409,8 @@ def prepare(
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; give the usual permissions
-        skipped: list[dict[str, str]] = []
-        splits = {s: _prepare_split(cfg, s, tmp, workers, progress, skipped) for s in SPLITS}
+        splits = {s: _prepare_split(cfg, s, tmp, workers, progress) for s in SPLITS}
+        skipped = [f for s in SPLITS for f in splits[s].pop("skipped_files", [])]
         digest = hashlib.sha256()
         for split in SPLITS:
             for shard in splits[split]["shards"]:
@@ -471,7 +430,7 @@ def prepare(
             "splits": splits,
             "skipped": skipped,
         }
-        write_json(tmp / MANIFEST, manifest)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")  # tmp is renamed whole
         _replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

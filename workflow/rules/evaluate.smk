@@ -14,6 +14,7 @@ rule evaluate:
     input:
         model=eval_checkpoint,
         data=rules.prepare_data.output.manifest,
+        fid_ref=f"{RES}/eval/fid_reference.npz",
         code=CODE_EVAL,
     output:
         metrics=f"{RES}/eval/{{row}}-{{arch}}-{{rate}}/metrics.json",
@@ -28,4 +29,21 @@ rule evaluate:
         f"{RES}/benchmarks/eval/{{row}}-{{arch}}-{{rate}}.tsv"
     shell:
         "gaussquant evaluate {PARAMS} --ckpt {input.model} --data {params.data} --name {wildcards.row}"
-        " {params.continuous} --out {output.metrics} --grid {output.grid} --no-progress > {log} 2>&1"
+        " {params.continuous} --fid-ref {input.fid_ref} --out {output.metrics} --grid {output.grid} --no-progress > {log} 2>&1"
+
+
+rule fid_reference:
+    input:
+        data=rules.prepare_data.output.manifest,
+        code=CODE_EVAL,
+    output:
+        f"{RES}/eval/fid_reference.npz",
+    params:
+        data=f"{RES}/data",
+        eval=str(CFG.eval),
+    log:
+        f"{RES}/logs/eval/fid_reference.log",
+    benchmark:
+        f"{RES}/benchmarks/eval/fid_reference.tsv"
+    shell:
+        "gaussquant fid-reference {PARAMS} --data {params.data} --out {output} --no-progress > {log} 2>&1"

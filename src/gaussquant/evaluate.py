@@ -1,0 +1,196 @@
+"""Evaluation protocol of SPEC 6, streaming over the validation set.
+
+Reconstruction goes through the quantized path (GQ in eval mode: codewords, no noise), or
+``continuous=True`` for a Gaussian VAE's posterior-mean reconstruction (reference row). Per
+image: PSNR on [0, 255] (no clamp, no rounding), SSIM (and MS-SSIM at >= 256 px), LPIPS
+AlexNet v0.1; set level: rFID between originals and reconstructions, codebook usage and
+perplexity. Every image is evaluated (the official script drops the last partial batch).
+
+Memory does not grow with the number of images: per-image metrics are summed, Inception
+features are accumulated as float64 sums and outer products, networks are built once. Under
+several processes each takes a disjoint slice of the images and the sums are reduced.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from gaussquant.config import Config
+from gaussquant.errors import GaussquantError
+
+PROTOCOL = {
+    "psnr": "per image on [0, 255] = (x + 1) * 127.5, no clamp, no rounding; mean over images",
+    "ssim": "pytorch-msssim, data_range 255, 11x11 Gaussian window (sigma 1.5); mean over images",
+    "lpips": "AlexNet v0.1 (lpips package), inputs in [-1, 1], no dropout; mean over images",
+    "rfid": "FID Inception (2015-12-05 TF weights), pool3 2048-d, pytorch-fid preprocessing, "
+    "originals vs reconstructions, float64 statistics",
+    "images": "every validation image (no dropped partial batch)",
+}
+
+
+class _Sums:
+    """Running sums of per-image metrics (float64), reducible across processes."""
+
+    def __init__(self, keys: tuple[str, ...]):
+        self.keys = keys
+        self.total = torch.zeros(len(keys) + 1, dtype=torch.float64)  # last: image count
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        n = next(iter(values.values())).numel()
+        self.total += torch.tensor([float(values[k].double().sum()) for k in self.keys] + [n],
+                                   dtype=torch.float64)
+
+    def means(self) -> dict[str, float]:
+        n = self.total[-1].item()
+        return {k: self.total[i].item() / n for i, k in enumerate(self.keys)} | {"n_images": int(n)}
+
+
+def _shard(dataset, max_images: int, rank: int, world: int):
+    n = len(dataset) if max_images <= 0 else min(max_images, len(dataset))
+    return Subset(dataset, list(range(rank, n, world))), n
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: torch.nn.Module,
+    dataset,
+    cfg: Config,
+    weights_dir: Path | None = None,
+    continuous: bool = False,
+    fid_reference: Path | None = None,
+    progress: bool = True,
+    accelerator=None,
+    grid_path: Path | None = None,
+) -> dict[str, Any]:
+    """Metrics of ``model`` (an :class:`Autoencoder`) on ``dataset`` (images in [-1, 1])."""
+    from tqdm.auto import tqdm
+
+    from gaussquant.metrics.codebook import CodebookStats
+    from gaussquant.metrics.fid import FeatureStats, build_inception, frechet_distance, inception_features
+    from gaussquant.metrics.image import ms_ssim, psnr, ssim
+    from gaussquant.metrics.lpips import build_lpips
+
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    device = accelerator.device if accelerator else torch.device("cpu")
+    subset, n_total = _shard(dataset, cfg.eval.max_images, rank, world)
+    loader = DataLoader(subset, batch_size=cfg.eval.batch_size, shuffle=False, drop_last=False)
+    model = model.to(device).eval()
+    lpips_net = build_lpips("alex", weights_dir).to(device)
+    inception = build_inception(weights_dir).to(device) if cfg.eval.fid else None
+    size = dataset[0].shape[-1]
+    use_msssim = size >= 256
+    keys = ("psnr", "ssim", "lpips", "mse") + (("ms_ssim",) if use_msssim else ())
+    sums = _Sums(keys)
+    real_stats, fake_stats = FeatureStats(), FeatureStats()
+    bottleneck = model.bottleneck
+    tokens = getattr(bottleneck, "tokens_per_position", None)
+    codes = None if continuous or tokens is None else CodebookStats(bottleneck.codebook_size, tokens)
+    grid_pairs = []
+    for x in tqdm(loader, desc="evaluate", disable=not progress, dynamic_ncols=True):
+        x = x.to(device)
+        q = model.encode(x)
+        x_rec = model.decode(q.z_q)
+        if codes is not None and q.indices is not None:
+            codes.update(q.indices)
+        values = {
+            "psnr": psnr(x, x_rec),
+            "ssim": ssim(x, x_rec),
+            "lpips": lpips_net(x, x_rec).reshape(-1),
+            "mse": ((x - x_rec) * 127.5).pow(2).flatten(1).mean(1),
+        }
+        if use_msssim:
+            values["ms_ssim"] = ms_ssim(x, x_rec)
+        sums.add({k: v.cpu() for k, v in values.items()})
+        if inception is not None:
+            if fid_reference is None:
+                real_stats.update(inception_features(inception, x))
+            fake_stats.update(inception_features(inception, x_rec))
+        if len(grid_pairs) < cfg.eval.grid_images and rank == 0:
+            grid_pairs.extend(zip(x.cpu(), x_rec.cpu()))
+    if accelerator is not None and world > 1:
+        sums.total = accelerator.reduce(sums.total.to(device), "sum").cpu()
+        for stats in (real_stats, fake_stats):
+            stats.reduce(accelerator)
+        if codes is not None:
+            codes.reduce(accelerator)
+    result = sums.means()
+    if result["n_images"] != n_total:
+        raise GaussquantError(f"evaluated {result['n_images']} images, expected {n_total}")
+    result["psnr_pooled"] = 10 * math.log10(255.0**2 / result.pop("mse"))
+    if inception is not None:
+        ref = FeatureStats.load(fid_reference) if fid_reference is not None else real_stats
+        result["rfid"] = frechet_distance(*ref.mean_cov(), *fake_stats.mean_cov())
+    else:
+        result["rfid"] = None
+    if codes is not None:
+        result.update(codes.summary())
+    if grid_path is not None and rank == 0:
+        save_grid(grid_pairs[: cfg.eval.grid_images], grid_path)
+    return result
+
+
+def save_grid(pairs, path: Path) -> None:
+    """Originals (top row) and reconstructions (bottom row) as one PNG."""
+    from PIL import Image
+
+    from gaussquant.io import atomic_path
+
+    top = torch.cat([x for x, _ in pairs], dim=-1)
+    bottom = torch.cat([r for _, r in pairs], dim=-1)
+    img = torch.cat([top, bottom], dim=-2).clamp(-1, 1).add(1).mul(127.5).round().byte()
+    arr = img.permute(1, 2, 0).numpy()
+    scale = max(1, 96 // pairs[0][0].shape[-1])  # small images are upscaled to be visible
+    pil = Image.fromarray(arr).resize((arr.shape[1] * scale, arr.shape[0] * scale), Image.NEAREST)
+    with atomic_path(path) as tmp:
+        pil.save(tmp, format="PNG")
+
+
+@torch.no_grad()
+def posterior_token_bits(ckpt: Path, data_dir: Path, cfg: Config, max_images: int = 512) -> np.ndarray:
+    """Per-token KL (bits, exact log2) of a Gaussian VAE's posteriors on validation images."""
+    from gaussquant.data import PreparedDataset
+    from gaussquant.models.autoencoder import load_autoencoder
+    from gaussquant.quantizers.tdc import GaussianBottleneck, kl_nats, split_posterior, token_rates
+
+    model, payload = load_autoencoder(ckpt)
+    if not isinstance(model.bottleneck, GaussianBottleneck):
+        raise GaussquantError(f"{ckpt}: per-token KL needs a Gaussian VAE, got method {payload['method']!r}")
+    dataset = PreparedDataset(data_dir, "val")
+    subset, _ = _shard(dataset, max_images, 0, 1)
+    out = []
+    for x in DataLoader(subset, batch_size=cfg.eval.batch_size):
+        mu, logvar = split_posterior(model.encoder(x))
+        out.append(token_rates(kl_nats(mu, logvar), model.bottleneck.dim).flatten() / math.log(2))
+    return torch.cat(out).numpy()
+
+
+def weights_fingerprint(weights_dir: Path | None) -> dict[str, str]:
+    """sha256 of the metric weight files used, for the protocol record."""
+    from gaussquant.weights import verify_weights
+
+    manifest = verify_weights(weights_dir)
+    files = manifest.get("files", manifest)
+    return {name: (info["sha256"] if isinstance(info, dict) else str(info)) for name, info in files.items()}
+
+
+
+@torch.no_grad()
+def reference_stats(dataset, cfg: Config, weights_dir: Path | None = None, progress: bool = True):
+    """Inception feature statistics (float64) of the original images, same subset as evaluation."""
+    from tqdm.auto import tqdm
+
+    from gaussquant.metrics.fid import FeatureStats, build_inception, inception_features
+
+    subset, _ = _shard(dataset, cfg.eval.max_images, 0, 1)
+    inception = build_inception(weights_dir)
+    stats = FeatureStats()
+    for x in tqdm(DataLoader(subset, batch_size=cfg.eval.batch_size), desc="fid reference",
+                  disable=not progress, dynamic_ncols=True):
+        stats.update(inception_features(inception, x))
+    return stats

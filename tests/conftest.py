@@ -1,0 +1,35 @@
+"""Shared fixtures: the tiny profile, its prepared data, and the metric weights."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = ROOT / "params.yaml"
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg():
+    from gaussquant.config import load_config
+
+    return load_config(PARAMS, "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tiny_cfg, tmp_path_factory):
+    """The tiny profile's prepared bundled-photo data (prepared once per session)."""
+    from gaussquant.data import prepare
+
+    out = tmp_path_factory.mktemp("data") / "tiny"
+    prepare(tiny_cfg.data, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def weights_dir():
+    """Metric weights fetched by `make test` (gaussquant fetch-weights) before pytest runs."""
+    path = Path(os.environ.get("GAUSSQUANT_WEIGHTS", ROOT / "weights"))
+    if not (path / "manifest.json").exists():
+        pytest.fail(f"metric weights missing in {path}: run `gaussquant fetch-weights --out {path}` (make test does)")
+    return path

@@ -1,0 +1,94 @@
+"""Training loop: tiny-profile runs, exact resume after SIGKILL, failure messages."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from gaussquant.errors import GaussquantError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _train(method, arch, data, out, weights, *extra):
+    cmd = [sys.executable, "-m", "gaussquant.cli", "train", "--params", str(ROOT / "params.yaml"),
+           "--profile", "tiny", "--method", method, "--arch", arch, "--rate", "0.5",
+           "--data", str(data), "--out", str(out), "--weights", str(weights), "--no-progress", *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+
+
+def _state(path):
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+@pytest.mark.slow
+def test_sigkill_resume_is_bitwise_identical(tiny_data, weights_dir, tmp_path):
+    """Killed after step 4 (state saved at step 3), re-run: same final checkpoint, bit for bit.
+    The tiny profile starts the discriminator at step 3, so GAN steps are covered too."""
+    full = _train("gq", "unet", tiny_data, tmp_path / "full", weights_dir)
+    assert full.returncode == 0, full.stderr[-3000:]
+
+    killed = _train("gq", "unet", tiny_data, tmp_path / "resumed", weights_dir, "--kill-at-step", "4")
+    assert killed.returncode == -9, killed.stderr[-3000:]  # SIGKILL
+    assert not (tmp_path / "resumed" / "model.pt").exists()
+    resumed = _train("gq", "unet", tiny_data, tmp_path / "resumed", weights_dir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout + resumed.stderr
+
+    a, b = _state(tmp_path / "full" / "model.pt"), _state(tmp_path / "resumed" / "model.pt")
+    assert a["step"] == b["step"] == 6
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert a["extra"] == b["extra"]
+    # TDC multipliers are part of the state and moved away from 1 during training
+    assert float(a["model"]["bottleneck.tdc.lam"]) != 1.0
+    log_a = pd.read_csv(tmp_path / "full" / "metrics.csv")
+    log_b = pd.read_csv(tmp_path / "resumed" / "metrics.csv")
+    pd.testing.assert_frame_equal(log_a.drop(columns="time_s"), log_b.drop(columns="time_s"))
+
+
+@pytest.mark.parametrize("method,arch", [("vq", "vit"), ("fsq", "unet"), ("lfq", "unet"),
+                                         ("bsq", "vit"), ("vanilla", "unet"), ("tbtdc", "vit")])
+def test_every_method_trains(method, arch, tiny_cfg, tiny_data, weights_dir, tmp_path):
+    from gaussquant.models.autoencoder import load_autoencoder
+    from gaussquant.train import train
+
+    ckpt = train(tiny_cfg, method, arch, "0.5", tiny_data, tmp_path, weights_dir, progress=False)
+    model, payload = load_autoencoder(ckpt)
+    assert payload["method"] == method and payload["step"] == tiny_cfg.train.steps
+    log = pd.read_csv(tmp_path / "metrics.csv")
+    assert list(log["step"]) == [2, 4, 6]
+    assert log["loss"].notna().all() and log["aux"].notna().all()
+    x = torch.zeros(2, 3, 16, 16)
+    with torch.no_grad():
+        x_rec, q = model(x)
+    assert x_rec.shape == x.shape
+
+
+def test_nan_loss_names_step_and_term(tiny_cfg, tiny_data, weights_dir, tmp_path, monkeypatch):
+    from gaussquant import losses
+    from gaussquant.train import train
+
+    original = losses.ReconstructionNLL.forward
+
+    def poisoned(self, x, x_rec, p=None):
+        nll, stats = original(self, x, x_rec, p)
+        return nll * float("nan"), stats
+
+    monkeypatch.setattr(losses.ReconstructionNLL, "forward", poisoned)
+    with pytest.raises(GaussquantError, match=r"non-finite loss at step 0: term 'nll'"):
+        train(tiny_cfg, "gq", "unet", "0.5", tiny_data, tmp_path, weights_dir, progress=False)
+
+
+def test_missing_lpips_weights_names_fetch_command(tiny_cfg, tiny_data, tmp_path):
+    from gaussquant.train import train
+
+    with pytest.raises(GaussquantError, match="gaussquant fetch-weights"):
+        train(tiny_cfg, "gq", "unet", "0.5", tiny_data, tmp_path / "run", tmp_path / "no-weights",
+              progress=False)

@@ -133,3 +133,43 @@ def test_profile_override_merges_only_given_keys():
 def test_missing_params_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_committed_schema_is_generated_from_dataclasses():
+    """workflow/schemas/params.schema.json == json_schema(); regenerate with
+    python -c "import json; from gaussquant.config import json_schema; print(json.dumps(json_schema(), indent=2))"."""
+    import json
+
+    from gaussquant.config import json_schema
+
+    committed = json.loads((ROOT / "workflow" / "schemas" / "params.schema.json").read_text())
+    assert committed == json_schema()
+
+
+def test_schema_accepts_params_and_rejects_unknown_section():
+    import jsonschema
+
+    from gaussquant.config import json_schema
+
+    jsonschema.validate(RAW, json_schema())
+    bad = copy.deepcopy(RAW)
+    bad["trian"] = {}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, json_schema())
+
+
+def test_vit_image_size_is_derived():
+    cfg = load_config(ROOT / "params.yaml", "quick")
+    assert cfg.model.vit.image_size == cfg.data.resolution == 32
+    data = resolve_params(copy.deepcopy(RAW), "paper")
+    data["model"]["vit"]["image_size"] = 224
+    with pytest.raises(ConfigError, match="model.vit.image_size: derived from data.resolution"):
+        config_from_dict(data)
+
+
+def test_config_round_trips_through_checkpoint_dict():
+    from gaussquant.config import config_to_dict
+
+    for profile in ("tiny", "quick", "paper"):
+        cfg = load_config(ROOT / "params.yaml", profile)
+        assert config_from_dict(config_to_dict(cfg)) == cfg

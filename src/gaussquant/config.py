@@ -249,7 +249,14 @@ def load_config(path: str | Path = "params.yaml", profile: str | None = None) ->
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
+    vit = (data.get("model") or {}).get("vit") or {}
+    if "image_size" in vit:
+        raise ConfigError("model.vit.image_size: derived from data.resolution; remove the key")
     cfg = _build(Config, data, "")
+    res, f = cfg.data.resolution, cfg.model.downsample
+    _check(res > 0 and res % f == 0, f"data.resolution: {res} must be a positive multiple of model.downsample={f}")
+    # the ViT's positional embedding length follows the image size (a derived value)
+    cfg.model.vit = dataclasses.replace(cfg.model.vit, image_size=cfg.data.resolution)
     validate(cfg)
     return cfg
 
@@ -410,7 +417,10 @@ def _validate_rate(cfg: Config, name: str, r: RateConfig) -> None:
 
 
 def config_to_dict(cfg: Any) -> Any:
-    """Plain (YAML/JSON-able) dict of a config dataclass, for checkpoints and logs."""
+    """Plain (YAML/JSON-able) dict of a config dataclass, for checkpoints and logs; derived
+    values are left out so :func:`config_from_dict` accepts the result."""
+    if isinstance(cfg, ViTConfig):
+        return {f.name: config_to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name != "image_size"}
     if dataclasses.is_dataclass(cfg):
         return {f.name: config_to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
     if isinstance(cfg, dict):

@@ -203,7 +203,7 @@ def _bundled_crops(
         # resize(box=...) resamples only the box: the same pixels as resizing the whole photo
         # to short side resolution/f and cropping, without the full-photo resize per crop.
         crop = images[name].resize((resolution, resolution), Image.Resampling.BICUBIC, box=box)
-        yield np.asarray(crop), f"{name} box={x0:.3f},{y0:.3f},{side:.3f}"
+        yield np.asarray(crop), f"{name} box={x0!r},{y0!r},{side!r}"  # exact: repr round-trips
 
 
 # ----------------------------------------------------------------------------- image folders

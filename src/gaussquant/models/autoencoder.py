@@ -96,8 +96,6 @@ def build_autoencoder(cfg: Config, method: str, arch: str, rate: str) -> Autoenc
     arch_cfg = getattr(cfg.model, arch, None) if arch in ("unet", "vit") else None
     if arch_cfg is None:
         raise GaussquantError(f"unknown arch {arch!r}; allowed: unet, vit")
-    if arch == "vit":
-        arch_cfg = dataclasses.replace(arch_cfg, image_size=cfg.data.resolution)
     encoder, decoder = build_backbone(arch, arch_cfg, bottleneck.in_channels, bottleneck.out_channels)
     return Autoencoder(encoder, bottleneck, decoder)
 

@@ -1,0 +1,195 @@
+"""rFID: FID Inception pool3 features with pytorch-fid preprocessing, streaming statistics, distance.
+
+Network: torch-fidelity's ``FeatureExtractorInceptionV3`` (a port of the TF 2015-12-05 FID graph)
+loaded from the verified ``fid_inception.pth`` (``gaussquant fetch-weights``); never downloaded.
+
+Preprocessing (SPEC 6): the paper used pytorch-fid, not torch-fidelity's own ``forward``. With
+the same weights the two differ in three ways (about 0.5 % in FID, DESIGN):
+
+- resize: pytorch-fid uses ``F.interpolate(bilinear, align_corners=False)`` (half-pixel
+  centres); torch-fidelity reproduces TF1's ``resize_bilinear``, which samples output pixel ``i``
+  at input coordinate ``i * in/out`` (no half-pixel offset, a shift of up to half a pixel);
+- scaling: pytorch-fid maps [0, 1] to ``2x - 1`` (i.e. ``(v - 127.5) / 127.5`` for 8-bit values
+  ``v``), torch-fidelity uses ``(v - 128) / 128``;
+- input: torch-fidelity only takes uint8 (reconstructions rounded to 8 bits first); pytorch-fid
+  takes floats.
+
+We follow pytorch-fid: float input ``x`` in [-1, 1] is resized to 299 x 299 with PyTorch's
+bilinear interpolation and fed to the network as is (interpolation is affine, so resizing ``x``
+equals pytorch-fid's resize of ``(x + 1) / 2`` followed by ``2y - 1``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import linalg
+from torch import nn
+
+from gaussquant.weights import weight_path
+
+INCEPTION_SIZE = 299
+FEATURE_DIM = 2048
+
+# torch-fidelity's module names in forward order up to the pool3 average pool.
+_POOL3_LAYERS = (
+    "Conv2d_1a_3x3",
+    "Conv2d_2a_3x3",
+    "Conv2d_2b_3x3",
+    "MaxPool_1",
+    "Conv2d_3b_1x1",
+    "Conv2d_4a_3x3",
+    "MaxPool_2",
+    "Mixed_5b",
+    "Mixed_5c",
+    "Mixed_5d",
+    "Mixed_6a",
+    "Mixed_6b",
+    "Mixed_6c",
+    "Mixed_6d",
+    "Mixed_6e",
+    "Mixed_7a",
+    "Mixed_7b",
+    "Mixed_7c",
+    "AvgPool",
+)
+
+
+def load_fidelity_inception(path: str | os.PathLike) -> nn.Module:
+    """torch-fidelity's InceptionV3 (eval, frozen) with weights from ``path`` (loaded strictly)."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    return FeatureExtractorInceptionV3(
+        "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path)
+    )
+
+
+def pool3_from_299(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Run torch-fidelity's Inception ``net`` on an already preprocessed (B, 3, 299, 299) input.
+
+    Same layers as torch-fidelity's ``forward`` without its uint8 resize/normalise step.
+    Returns (B, 2048) float32 pool3 features.
+    """
+    for name in _POOL3_LAYERS:
+        x = getattr(net, name)(x)
+    return torch.flatten(x, 1).float()
+
+
+class InceptionPool3(nn.Module):
+    """FID Inception pool3 features with pytorch-fid preprocessing.
+
+    Input: ``x`` (B, 3, H, W), float, RGB in [-1, 1] (values outside are not clamped).
+    Output: (B, 2048) float32. Always in eval mode; parameters never require grad.
+    """
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> InceptionPool3:
+        return super().train(False)  # batch norm must keep its TF statistics
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected images (B, 3, H, W), got {tuple(x.shape)}")
+        x = x.to(next(self.net.parameters()).dtype)
+        x = F.interpolate(x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False)
+        return pool3_from_299(self.net, x)
+
+
+def build_fid_inception(weights_dir: str | os.PathLike | None = None) -> InceptionPool3:
+    """The FID feature extractor from verified weights; build once and reuse (no download)."""
+    return InceptionPool3(load_fidelity_inception(weight_path("fid_inception", weights_dir)))
+
+
+class FeatureStats:
+    """Streaming mean/covariance of feature vectors, in float64.
+
+    Keeps the count, the sum and the sum of outer products, so batches can be added in any
+    order and partial statistics (e.g. from several processes) merged exactly.
+    """
+
+    def __init__(self, dim: int = FEATURE_DIM):
+        self.dim = dim
+        self.count = 0
+        self.sum = np.zeros(dim, np.float64)
+        self.sum_outer = np.zeros((dim, dim), np.float64)
+
+    def update(self, features) -> None:
+        """Add a batch of features, (N, dim) torch tensor or numpy array."""
+        if isinstance(features, torch.Tensor):
+            features = features.detach().cpu().double().numpy()
+        f = np.asarray(features, np.float64)
+        if f.ndim != 2 or f.shape[1] != self.dim:
+            raise ValueError(f"expected features (N, {self.dim}), got {f.shape}")
+        self.count += f.shape[0]
+        self.sum += f.sum(axis=0)
+        self.sum_outer += f.T @ f
+
+    def merge(self, other: FeatureStats) -> None:
+        """Add another accumulator's statistics to this one."""
+        if other.dim != self.dim:
+            raise ValueError(f"cannot merge stats of dim {other.dim} into dim {self.dim}")
+        self.count += other.count
+        self.sum += other.sum
+        self.sum_outer += other.sum_outer
+
+    def mean_cov(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean (dim,) and unbiased covariance (dim, dim), as ``np.cov(rowvar=False)``."""
+        if self.count < 2:
+            raise ValueError(f"need at least 2 feature vectors for a covariance, have {self.count}")
+        mu = self.sum / self.count
+        cov = (self.sum_outer - self.count * np.outer(mu, mu)) / (self.count - 1)
+        return mu, cov
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the statistics to an ``.npz`` file, atomically."""
+        from gaussquant.io import atomic_path
+
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, count=self.count, sum=self.sum, sum_outer=self.sum_outer)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> FeatureStats:
+        with np.load(Path(path)) as data:
+            stats = cls(int(data["sum"].shape[0]))
+            stats.count = int(data["count"])
+            stats.sum = data["sum"].astype(np.float64)
+            stats.sum_outer = data["sum_outer"].astype(np.float64)
+        return stats
+
+
+def frechet_distance(
+    mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray, eps: float = 1e-6
+) -> float:
+    """Fréchet distance between N(mu1, cov1) and N(mu2, cov2), in float64.
+
+    ``|mu1 - mu2|^2 + tr(cov1 + cov2 - 2 (cov1 cov2)^(1/2))``, as pytorch-fid computes it: if the
+    matrix square root is not finite (singular product), ``eps`` is added to both diagonals;
+    imaginary parts from round-off are dropped, larger ones (> 1e-3 on the diagonal) are an error.
+    """
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    cov1, cov2 = np.atleast_2d(np.asarray(cov1, np.float64)), np.atleast_2d(np.asarray(cov2, np.float64))
+    if mu1.shape != mu2.shape or cov1.shape != cov2.shape or cov1.shape != mu1.shape * 2:
+        raise ValueError(f"shape mismatch: mu {mu1.shape}/{mu2.shape}, cov {cov1.shape}/{cov2.shape}")
+    diff = mu1 - mu2
+    covmean = linalg.sqrtm(cov1 @ cov2)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(cov1.shape[0]) * eps
+        covmean = linalg.sqrtm((cov1 + offset) @ (cov2 + offset))
+    if np.iscomplexobj(covmean):
+        imag = np.abs(np.diagonal(covmean).imag).max()
+        if imag > 1e-3:
+            raise ValueError(f"matrix square root has an imaginary component {imag:.3g}")
+        covmean = covmean.real
+    return float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * np.trace(covmean))
+
+
+def fid_from_stats(a: FeatureStats, b: FeatureStats) -> float:
+    """FID between two feature accumulators."""
+    return frechet_distance(*a.mean_cov(), *b.mean_cov())

@@ -1,0 +1,120 @@
+"""The pipeline end to end on the tiny profile, through DVC, in a temporary copy of the repo."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+
+
+def _run(cmd, cwd, check=True):
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=ENV)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def _copy_repo(dst: Path, weights: Path) -> Path:
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        (dst / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / f, dst / f)
+    params = yaml.safe_load((dst / "params.yaml").read_text())
+    text = (dst / "params.yaml").read_text()
+    assert params["profile"] in ("quick", "tiny", "paper")
+    (dst / "params.yaml").write_text(re.sub(r"^profile: \w+", "profile: tiny", text, count=1, flags=re.M))
+    (dst / "weights").symlink_to(weights)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+        _run(cmd, dst)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory, weights_dir):
+    repo = _copy_repo(tmp_path_factory.mktemp("repo"), weights_dir)
+    _run(["dvc", "repro"], repo)
+    return repo
+
+
+@pytest.mark.slow
+def test_dvc_repro_tiny_produces_sane_tables_and_figures(tiny_repo):
+    res = tiny_repo / "results" / "tiny"
+    table = pd.read_csv(res / "tables" / "table1.csv")
+    assert set(table["arch"]) == {"UNet", "ViT"}
+    assert {"VQGAN", "FSQ", "LFQ", "BSQ", "GQ (ours)"} <= set(table["method"])
+    q = table[table["quantized"]]
+    assert q["psnr"].between(5, 60).all() and q["ssim"].between(-1, 1).all()
+    assert q["lpips"].between(0, 1.5).all() and (q["rfid"] >= 0).all()
+    assert (q["tokens"] > 0).all() and (table["images"] == 16).all()
+    md = (res / "tables" / "table1.md").read_text()
+    assert "PSNR \u2191" in md and "LPIPS \u2193" in md and "**" in md
+    assert "\\textbf" in (res / "tables" / "table1.tex").read_text()
+    tb = pd.read_csv(res / "tables" / "tokenbridge.csv")
+    assert {"TokenBridge, vanilla VAE", "TokenBridge, TDC VAE", "GQ (ours)"} <= set(tb["method"])
+    for fig in ("rate_distortion", "tdc_kl_hist", "tdc_dynamics", "recon_grid"):
+        png = res / "figures" / f"{fig}.png"
+        assert png.stat().st_size > 5000, fig
+        assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_second_run_has_nothing_to_do(tiny_repo):
+    out = _run(["snakemake", "-n", "reproduce_table1", "reproduce_tokenbridge", "figures"], tiny_repo)
+    assert "Nothing to be done" in out.stdout + out.stderr
+    status = _run(["dvc", "status"], tiny_repo)
+    assert "up to date" in status.stdout.lower()
+
+
+@pytest.mark.slow
+def test_table_parameter_change_reruns_only_table_rules(tiny_repo):
+    params = tiny_repo / "params.yaml"
+    text = params.read_text()
+    params.write_text(text.replace("decimals: {psnr: 2,", "decimals: {psnr: 3,", 1))
+    try:
+        out = _run(["snakemake", "-n", "--quiet", "rules", "reproduce_table1", "reproduce_tokenbridge"], tiny_repo)
+        rules = set(re.findall(r"^(\w+)\s+\d+", out.stdout, flags=re.M)) - {"total", "job"}
+        assert rules and rules <= {"table1", "table_tokenbridge", "reproduce_table1", "reproduce_tokenbridge"}, out.stdout
+    finally:
+        params.write_text(text)
+
+
+def test_snakemake_lint_is_clean():
+    out = _run(["snakemake", "--lint"], ROOT, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_paper_dry_run_with_slurm_renders_multi_gpu_launch(tmp_path):
+    out = _run(["snakemake", "-n", "-p", "--profile", "profiles/slurm", "--config", "profile=paper",
+                "reproduce_table1"], ROOT)
+    text = out.stdout + out.stderr
+    assert "accelerate launch --config_file workflow/accelerate/multigpu.yaml --num_processes 8" in text
+    assert "-m gaussquant.cli train" in text
+    for rate in ("0.25", "0.5", "1.0"):
+        assert f"--rate {rate}" in text
+
+
+def test_dvc_outs_cover_every_results_folder():
+    """Every results/<profile>/<folder> a rule writes is a (persisted) DVC out."""
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    outs = {}
+    for out in dvc["stages"]["pipeline"]["outs"]:
+        (path, opts), = out.items() if isinstance(out, dict) else ((out, {}),)
+        outs[path] = opts
+    written = set()
+    for smk in (ROOT / "workflow" / "rules").glob("*.smk"):
+        written |= set(re.findall(r'\{RES\}/(\w+)/', smk.read_text()))
+    covered = {p.split("/")[2] for p in outs if p.startswith("results/")}
+    assert written and written <= covered, f"not covered by dvc.yaml outs: {written - covered}"
+    assert all(opts.get("persist") for opts in outs.values())
+    assert ".snakemake/metadata" in outs

@@ -295,6 +295,9 @@ def test_existing_out_is_replaced_only_when_it_is_prepared_data(bundled, tmp_pat
     prepare(bundled_cfg(n_train=4, n_val=2), empty, progress=False)
     again = prepare(bundled_cfg(n_train=5, n_val=2), empty, progress=False)
     assert read_counts(empty) == again["counts"] == {"train": 5, "val": 2}
+    (empty / "manifest.json").unlink()  # what Snakemake removes before a rerun
+    prepare(bundled_cfg(n_train=6, n_val=2), empty, progress=False)
+    assert read_counts(empty) == {"train": 6, "val": 2}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "other"]
 
 

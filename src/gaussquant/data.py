@@ -246,7 +246,7 @@ def load_center_crop(path: str | os.PathLike, resolution: int) -> np.ndarray:
     size = (max(resolution, round(w * scale)), max(resolution, round(h * scale)))
     im = im.resize(size, Image.Resampling.BICUBIC)
     left, top = (size[0] - resolution) // 2, (size[1] - resolution) // 2
-    return np.asarray(im.crop((left, top, left + resolution, top + resolution)))
+    return np.array(im.crop((left, top, left + resolution, top + resolution)))  # writable
 
 
 def _decode_job(job: tuple[str, int]) -> tuple[np.ndarray | None, str | None]:
@@ -365,9 +365,10 @@ def _prepare_split(cfg: DataConfig, split: str, tmp: Path, workers: int, progres
 
 
 def _check_out(out: Path) -> None:
-    if out.exists() and (
-        not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).exists())
-    ):
+    # Replaceable: empty, or only what prepare() writes (Snakemake deletes just the declared
+    # manifest.json before a rerun and leaves train/ and val/ behind).
+    ours = {MANIFEST, *SPLITS, ".snakemake_timestamp"}
+    if out.exists() and (not out.is_dir() or any(p.name not in ours for p in out.iterdir())):
         raise GaussquantError(
             f"--out {str(out)!r} exists and is not a prepared-data folder; "
             "choose another path or remove it"

@@ -227,7 +227,7 @@ def train(cfg: Config, method: str, arch: str, rate: str, data_dir: Path, out: P
             row = {"step": loop.step, "loss": loss, "nll": nll, "aux": aux, "g_loss": g_loss,
                    "d_weight": d_weight, "d_loss": d_loss, **rec_stats, **q.stats,
                    "time_s": time.perf_counter() - t0}
-            row = {k: _scalar(row.get(k)) for k in LOG_KEYS}
+            row = {k: _scalar(row.get(k)) for k in LOG_KEYS} | {"step": loop.step}
             if accelerator.is_main_process:
                 _append_log(out / "metrics.csv", row)
             bar.set_postfix({k: f"{row[k]:.4g}" for k in ("loss", "bits_mean", "lam") if row[k] == row[k]})
@@ -241,7 +241,7 @@ def train(cfg: Config, method: str, arch: str, rate: str, data_dir: Path, out: P
     ckpt = out / "model.pt"
     if accelerator.is_main_process:
         save_checkpoint(ckpt, raw_model.cpu(), cfg, method, arch, rate, loop.step,
-                        extra={"logvar": float(accelerator.unwrap_model(nll_loss).logvar)})
+                        extra={"logvar": accelerator.unwrap_model(nll_loss).logvar.item()})
         write_json(out / "summary.json", {
             "method": method, "arch": arch, "rate": rate, "steps": loop.step,
             "processes": accelerator.num_processes, "batch_per_process": batch,

@@ -59,8 +59,6 @@ class Autoencoder(nn.Module):
 
 
 def _bottleneck(cfg: Config, method: str, rate: str) -> nn.Module:
-    from gaussquant.quantizers import BSQ, FSQ, LFQ, VectorQuantizer
-
     c, r = cfg.model.latent_channels, cfg.rate(rate)
     if method == "gq":
         return GaussianBottleneck(c, r.gq_dim, "tdc", cfg.tdc)
@@ -69,6 +67,8 @@ def _bottleneck(cfg: Config, method: str, rate: str) -> nn.Module:
     if method == "tbtdc":  # TokenBridge protocol: TDC per dimension, target B bits (SPEC 4)
         tdc = dataclasses.replace(cfg.tdc, codebook_size=2**r.tokenbridge_bits)
         return GaussianBottleneck(c, 1, "tdc", tdc)
+    from gaussquant.quantizers import BSQ, FSQ, LFQ, VectorQuantizer  # noqa: I001 (after Gaussian paths)
+
     if method == "vq":
         v = cfg.vq
         return VectorQuantizer(

@@ -90,6 +90,8 @@ BAD = [
     ({"model__downsample": 16}, ["model.unet.ch_mult", "16"]),
     ({"tdc__tolerance": -0.5}, ["tdc.tolerance", ">= 0"]),
     ({"data__resolution": 100}, ["data.resolution", "multiple of"]),
+    ({"model__unet__num_groups": 5}, ["model.unet.num_groups", "does not divide"]),
+    ({"model__discriminator__n_layers": 7}, ["model.discriminator.n_layers", "384 px"]),
 ]
 
 

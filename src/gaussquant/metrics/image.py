@@ -22,9 +22,18 @@ def to_uint8_scale(x: torch.Tensor) -> torch.Tensor:
     return (x.detach().double() + 1.0) * 127.5
 
 
+def _gauss_window(channels: int) -> torch.Tensor:
+    """pytorch-msssim's 1-D Gaussian window, built in float64 (its own is float32, whose sum
+    differs from 1 by ~1e-7 and biases SSIM by ~1e-6), shaped (C, 1, 1, win) as it expects."""
+    coords = torch.arange(SSIM_WIN_SIZE, dtype=torch.float64) - SSIM_WIN_SIZE // 2
+    g = torch.exp(-(coords**2) / (2 * SSIM_WIN_SIGMA**2))
+    return (g / g.sum()).view(1, 1, 1, -1).repeat(channels, 1, 1, 1)
+
+
 def _check_pair(x: torch.Tensor, y: torch.Tensor) -> None:
     if x.shape != y.shape or x.dim() != 4:
-        raise ValueError(f"expected two (B, C, H, W) images of equal shape, got {tuple(x.shape)}, {tuple(y.shape)}")
+        shapes = f"{tuple(x.shape)}, {tuple(y.shape)}"
+        raise ValueError(f"expected two (B, C, H, W) images of equal shape, got {shapes}")
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -49,8 +58,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         to_uint8_scale(y),
         data_range=DATA_RANGE,
         size_average=False,
-        win_size=SSIM_WIN_SIZE,
-        win_sigma=SSIM_WIN_SIGMA,
+        win=_gauss_window(x.shape[1]).to(x.device),
     )
 
 
@@ -73,6 +81,5 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         to_uint8_scale(y),
         data_range=DATA_RANGE,
         size_average=False,
-        win_size=SSIM_WIN_SIZE,
-        win_sigma=SSIM_WIN_SIGMA,
+        win=_gauss_window(x.shape[1]).to(x.device),
     )

@@ -44,7 +44,9 @@ class LPIPSDistance(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if x.shape != y.shape or x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected two (B, 3, H, W) images, got {tuple(x.shape)}, {tuple(y.shape)}")
+            raise ValueError(
+                f"expected two (B, 3, H, W) images, got {tuple(x.shape)}, {tuple(y.shape)}"
+            )
         return self.inner(x, y).reshape(x.shape[0])
 
 
@@ -64,9 +66,7 @@ def build_lpips(net: str = "alex", weights_dir: str | os.PathLike | None = None)
         # pnet_rand=True builds torchvision's net without weights (no download); torchvision
         # warns about lpips' old `pretrained=` argument.
         warnings.simplefilter("ignore")
-        inner = lpips.LPIPS(
-            pretrained=False, net=net, version="0.1", pnet_rand=True, verbose=False
-        )
+        inner = lpips.LPIPS(pretrained=False, net=net, version="0.1", pnet_rand=True, verbose=False)
     inner.net.load_state_dict(torch.load(trunk_path, map_location="cpu", weights_only=True))
     heads = torch.load(heads_path, map_location="cpu", weights_only=True)
     expected = {f"lin{i}.model.1.weight" for i in range(len(inner.lins))}

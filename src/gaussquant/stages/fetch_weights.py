@@ -16,7 +16,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "them with a manifest of checksums. A second run only verifies.",
     )
     p.add_argument(
-        "--out", type=Path, default=None, help="weights dir (default: $GAUSSQUANT_WEIGHTS or weights/)"
+        "--out",
+        type=Path,
+        default=None,
+        help="weights dir (default: $GAUSSQUANT_WEIGHTS or weights/)",
     )
     p.add_argument(
         "--source",

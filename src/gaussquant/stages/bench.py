@@ -1,0 +1,102 @@
+"""`gaussquant bench`: run the benchmarks in benchmarks/ and rewrite their report.
+
+Each ``benchmarks/bench_<name>.py`` exposes ``main(argv) -> list[dict]`` (rows measured in one
+run against a reference written for the benchmark) and a module docstring whose first line
+titles its section. Not part of the test suite: timings are machine-dependent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+from gaussquant.errors import GaussquantError
+
+# name -> arguments for a full and a --quick run
+SUITES = {
+    "gq": ([], ["--quick"]),
+    "data": ([], ["--quick"]),
+    "train": (["--steps", "20"], ["--steps", "5"]),
+    "eval": ([], ["--quick"]),
+    "pipeline": ([], []),
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="run benchmarks/ and rewrite benchmarks/README.md")
+    p.add_argument("--only", nargs="+", choices=sorted(SUITES), help="run only these suites")
+    p.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run, not for the report)")
+    p.add_argument("--dir", type=Path, default=Path("benchmarks"), help="benchmarks folder")
+    p.add_argument("--out", type=Path, default=None, help="report (default: <dir>/README.md)")
+    p.set_defaults(func=run)
+
+
+def _load(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def machine() -> dict[str, str]:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f"{kb / 2**20:.0f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return {"cpu": cpu, "cores": str(os.cpu_count()), "memory": mem, "gpu": gpu,
+            "python": platform.python_version(), "torch": torch.__version__}
+
+
+def run(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from gaussquant.io import write_json, write_text
+
+    suites = args.only or list(SUITES)
+    sections, raw = [], {}
+    for name in suites:
+        path = args.dir / f"bench_{name}.py"
+        if not path.is_file():
+            raise GaussquantError(f"benchmark {str(path)!r} not found (run from the repository root)")
+        module = _load(path)
+        argv = SUITES[name][1 if args.quick else 0]
+        print(f"== bench {name} {' '.join(argv)}", flush=True)
+        t0 = time.perf_counter()
+        rows = module.main(argv)
+        raw[name] = rows
+        title = (module.__doc__ or name).strip().splitlines()[0]
+        table = pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4g")
+        sections.append(f"## {name}: {title}\n\n`python benchmarks/bench_{name}.py {' '.join(argv)}` "
+                        f"({time.perf_counter() - t0:.0f} s)\n\n{table}\n")
+    info = machine()
+    head = ["# Benchmarks", "",
+            "Regenerate with `make bench` (= `gaussquant bench`). Every ratio is measured in one run "
+            "against a reference implementation written for the benchmark.", "",
+            "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), "",
+            f"Command: `{' '.join(['gaussquant', 'bench'] + sys.argv[2:])}`", ""]
+    out = args.out or args.dir / "README.md"
+    if args.quick:
+        out = out.with_name("README.quick.md")
+    write_text(out, "\n".join(head) + "\n" + "\n".join(sections))
+    write_json(out.with_suffix(".json"), {"machine": info, "results": raw})
+    print(f"wrote {out}")
+    return 0

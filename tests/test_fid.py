@@ -1,0 +1,184 @@
+"""FID: Fréchet distance closed forms, streaming statistics, and the real Inception network."""
+
+import numpy as np
+import pytest
+import torch
+
+from gaussquant.metrics.fid import (
+    FeatureStats,
+    build_inception,
+    fid_from_stats,
+    frechet_distance,
+    inception_features,
+    load_fidelity_inception,
+)
+from gaussquant.weights import WEIGHT_FILES
+
+
+def _random_spd(rng, d):
+    a = rng.standard_normal((d, d))
+    return a @ a.T / d + 0.1 * np.eye(d)
+
+
+def test_fid_of_a_set_with_itself_is_zero():
+    rng = np.random.default_rng(0)
+    stats = FeatureStats(64)
+    stats.update(rng.standard_normal((500, 64)) * 3 + 1)
+    mu, cov = stats.mean_cov()
+    assert abs(frechet_distance(mu, cov, mu, cov)) < 1e-3
+
+
+def test_fid_closed_form_diagonal():
+    rng = np.random.default_rng(1)
+    d = 32
+    mu1, mu2 = rng.standard_normal(d), rng.standard_normal(d)
+    s1, s2 = rng.uniform(0.1, 4, d), rng.uniform(0.1, 4, d)
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum(s1 + s2 - 2 * np.sqrt(s1 * s2))
+    assert frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2)) == pytest.approx(
+        expected, rel=1e-10
+    )
+
+
+def test_fid_closed_form_shared_eigenbasis():
+    # cov_i = Q diag(s_i) Q^T commute, so tr sqrt(cov1 cov2) = sum sqrt(s1 s2)
+    rng = np.random.default_rng(2)
+    d = 24
+    q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    s1, s2 = rng.uniform(0.1, 4, d), rng.uniform(0.1, 4, d)
+    cov1, cov2 = q @ np.diag(s1) @ q.T, q @ np.diag(s2) @ q.T
+    mu1, mu2 = np.zeros(d), np.full(d, 0.5)
+    expected = 0.25 * d + np.sum(s1 + s2 - 2 * np.sqrt(s1 * s2))
+    assert frechet_distance(mu1, cov1, mu2, cov2) == pytest.approx(expected, rel=1e-8)
+
+
+def test_fid_is_symmetric_and_handles_singular_covariances():
+    rng = np.random.default_rng(3)
+    a, b = _random_spd(rng, 16), _random_spd(rng, 16)
+    mu = rng.standard_normal(16)
+    assert frechet_distance(mu, a, 0 * mu, b) == pytest.approx(
+        frechet_distance(0 * mu, b, mu, a), rel=1e-8
+    )
+    # rank-3 covariances (fewer samples than dimensions, as in tiny evaluations): finite, >= 0
+    x, y = rng.standard_normal((4, 16)), rng.standard_normal((4, 16)) + 0.3
+    fd = frechet_distance(x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False))
+    assert np.isfinite(fd) and fd > 0
+
+
+def test_streaming_equals_one_shot_and_numpy():
+    rng = np.random.default_rng(4)
+    feats = rng.standard_normal((301, 20)) @ rng.standard_normal((20, 20)) + 2.0
+    one = FeatureStats(20)
+    one.update(feats)
+    parts = [FeatureStats(20) for _ in range(3)]
+    for i, chunk in enumerate(np.array_split(feats, 7)):
+        parts[i % 3].update(torch.from_numpy(chunk).float() if i == 0 else chunk)
+    parts[0].update(feats[:0])  # an empty batch changes nothing
+    merged = parts[0]
+    merged.merge(parts[1])
+    merged.merge(parts[2])
+    assert merged.count == one.count == 301
+    mu, cov = one.mean_cov()
+    np.testing.assert_allclose(mu, feats.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(cov, np.cov(feats, rowvar=False), rtol=1e-10, atol=1e-12)
+    # chunk 0 went through float32: equal to the one-shot statistics up to float32 rounding
+    np.testing.assert_allclose(merged.mean_cov()[1], cov, rtol=1e-5, atol=1e-6)
+    ref = FeatureStats(20)
+    ref.update(feats[: len(feats) // 2])
+    assert fid_from_stats(merged, ref) == pytest.approx(fid_from_stats(one, ref), rel=1e-5)
+
+
+def test_stats_save_load_roundtrip(tmp_path):
+    stats = FeatureStats(8)
+    stats.update(np.random.default_rng(5).standard_normal((10, 8)))
+    stats.save(tmp_path / "ref.npz")
+    back = FeatureStats.load(tmp_path / "ref.npz")
+    assert back.count == 10 and np.array_equal(back.sum_outer, stats.sum_outer)
+    with pytest.raises(ValueError, match="at least 2"):
+        FeatureStats(8).mean_cov()
+
+
+@pytest.fixture(scope="module")
+def inception(weights_dir):
+    return build_inception(weights_dir)
+
+
+def test_weights_reproduce_torchmetrics_documented_fid64(weights_dir):
+    """torchmetrics documents FrechetInceptionDistance(feature=64) = 12.6388 for two uint8
+    sets drawn after torch.manual_seed(42) (its doctest seed) and building the network (whose
+    random init consumes the generator). Uses torch-fidelity's own (TF-style) forward."""
+    torch.manual_seed(42)
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    net = FeatureExtractorInceptionV3(
+        "inception-v3-compat",
+        ["64"],
+        feature_extractor_weights_path=str(weights_dir / WEIGHT_FILES["fid_inception"]),
+    )
+    a = torch.randint(0, 200, (100, 3, 299, 299), dtype=torch.uint8)
+    b = torch.randint(100, 255, (100, 3, 299, 299), dtype=torch.uint8)
+    sa, sb = FeatureStats(64), FeatureStats(64)
+    with torch.no_grad():
+        for i in range(0, 100, 50):
+            sa.update(net(a[i : i + 50])[0])
+            sb.update(net(b[i : i + 50])[0])
+    assert fid_from_stats(sa, sb) == pytest.approx(12.6388, abs=1e-3)
+
+
+def test_pytorch_fid_preprocessing(weights_dir, inception):
+    tf_net = load_fidelity_inception(weights_dir / WEIGHT_FILES["fid_inception"])
+    g = torch.Generator().manual_seed(1)
+    # at 299 px neither resizes: the only difference is the scaling, (v - 128) / 128 given here
+    u = torch.randint(0, 256, (1, 3, 299, 299), generator=g, dtype=torch.uint8)
+    with torch.no_grad():
+        ref = tf_net(u)[0]
+    assert torch.equal(inception_features(inception, (u.float() - 128) / 128), ref)
+    # at 256 px the half-pixel (PyTorch) and TF1 bilinear resizes differ, by about 0.5 %
+    small = torch.randint(0, 256, (1, 3, 8, 8), generator=g).float()
+    u = (
+        torch.nn.functional.interpolate(small, size=(256, 256), mode="bilinear")
+        .round()
+        .to(torch.uint8)
+    )
+    with torch.no_grad():
+        ref = tf_net(u)[0]
+    ours = inception_features(inception, u.float() / 127.5 - 1)
+    rel = ((ours - ref).norm() / ref.norm()).item()
+    assert 1e-3 < rel < 2e-2
+
+
+def test_inception_is_frozen_eval_and_pool3(inception):
+    torch.nn.Sequential(inception).train()
+    assert not any(m.training for m in inception.modules())
+    assert all(not p.requires_grad for p in inception.parameters())
+
+
+@pytest.fixture(scope="module")
+def regression_features(inception):
+    """Pool3 features of two fixed-seed sets of 5 smooth random 64x64 images (one batch)."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.rand(10, 3, 8, 8, generator=g) * 2 - 1
+    x = torch.nn.functional.interpolate(z, size=(64, 64), mode="bilinear", align_corners=False)
+    x = (x * 0.8 + torch.tensor([0.0] * 5 + [0.1] * 5).view(10, 1, 1, 1)).clamp(-1, 1)
+    f = inception_features(inception, x)
+    return f[:5], f[5:]
+
+
+# Golden values measured once with this code (CPU, torch 2.15, 2 threads; 1 thread agreed to
+# 1e-8 in the means and 6e-6 in FID). They pin the network, its weights and the preprocessing.
+GOLDEN_FEATURE_MEANS = (0.26298571, 0.27282397)
+GOLDEN_FID = 81.21272
+
+
+def test_pool3_feature_regression(regression_features):
+    fa, fb = regression_features
+    assert fa.shape == (5, 2048) and fa.dtype == torch.float32 and (fa >= 0).all()  # post-ReLU pool
+    got = (fa.double().mean().item(), fb.double().mean().item())
+    assert got == pytest.approx(GOLDEN_FEATURE_MEANS, abs=1e-6)
+
+
+@pytest.mark.slow  # ~10 s: scipy's sqrtm of a 2048 x 2048 matrix on 2 CPU cores
+def test_fid_regression_through_inception(regression_features):
+    sa, sb = FeatureStats(), FeatureStats()
+    sa.update(regression_features[0])
+    sb.update(regression_features[1])
+    assert fid_from_stats(sa, sb) == pytest.approx(GOLDEN_FID, abs=1e-3)

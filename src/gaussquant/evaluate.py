@@ -125,7 +125,8 @@ def evaluate_model(
     result = sums.means()
     if result["n_images"] != n_total:
         raise GaussquantError(f"evaluated {result['n_images']} images, expected {n_total}")
-    result["psnr_pooled"] = 10 * math.log10(255.0**2 / result.pop("mse"))
+    mse = result.pop("mse")  # pooled over images, for contrast with the per-image mean
+    result["psnr_pooled"] = 10 * math.log10(255.0**2 / mse) if mse > 0 else math.inf
     if inception is not None:
         ref = FeatureStats.load(fid_reference) if fid_reference is not None else real_stats
         result["rfid"] = frechet_distance(*ref.mean_cov(), *fake_stats.mean_cov())

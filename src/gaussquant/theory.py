@@ -16,8 +16,8 @@ are simulated; ``gq`` gets its own exact value by quadrature (:func:`exact_failu
 Bounds. With the signed ``t = log K - R``: ``upper = exp(-e^t sqrt(2/pi) e^(-c1 - 1/2))`` (SPEC's
 ``log K = R + t``) and ``lower = 1 - e^t sqrt(2/pi) e^(c2^2/2 - 1/2)`` (SPEC's ``log K = R - t'``,
 ``t' = -t``), ``c1 = |mu sigma|``, ``c2 = |mu| + sigma`` of the posterior itself. Both hold at
-every ``t`` for rule ``nn`` and i.i.d. codebooks: ``e^-Kp >= (1 - p)^K >= 1 - Kp`` and ``p`` lies
-between ``2 sigma`` times the smallest and largest normal density on the interval.
+every ``t`` with ``K >= 1`` for rule ``nn`` and i.i.d. codebooks: ``e^-Kp >= (1 - p)^K >= 1 - Kp``
+and ``p`` lies between ``2 sigma`` times the least and the largest normal density on the interval.
 
 Posteriors. A family is (R, mean share f): ``mu = sqrt(2 f R)`` and ``sigma < 1`` carries the rest
 (:func:`posterior_for_rate`); ``f = 0`` (``mu = 0``) makes both bounds nearly tight.
@@ -400,7 +400,8 @@ def _points(ax, x, rows: pd.DataFrame, color, kind: str, success: bool = False) 
 
 
 def _family_panels(axes, fam: pd.DataFrame, color) -> None:
-    """Panels (a)-(c) for one 1-D posterior family: exact curves (smooth in K), bounds, MC."""
+    """Panels (a)-(c) for one 1-D posterior family: exact curves (in (a), (b) smooth in K),
+    bounds, MC."""
     ax_up, ax_lo, ax_rule = axes
     rate, mu, sigma = fam.R.iloc[0], fam.mu.iloc[0], fam.sigma.iloc[0]
     c1, c2 = abs(mu * sigma), abs(mu) + sigma
@@ -411,9 +412,9 @@ def _family_panels(axes, fam: pd.DataFrame, color) -> None:
     ax_up.plot(tu, upper_bound(tu, c1), "--", color=color)
     ax_lo.plot(-tl, -np.expm1(np.log1p(-interval_mass(mu, sigma)) * np.exp(rate + tl)), c=color)
     ax_lo.plot(-tl, np.exp(tl) * SQRT_2_OVER_PI * np.exp(c2**2 / 2 - 0.5), "--", color=color)
-    ax_rule.plot(t, exact_failure(mu, sigma, np.exp(rate + t)), color=color, label=label)
-    gq = fam[fam.rule == "gq"].drop_duplicates("K")
-    ax_rule.plot(gq.t, gq.exact, "-.", color=color)
+    for rule, style in (("nn", "-"), ("gq", "-.")):  # gq's exact is a quadrature: rows only
+        rows = fam[fam.rule == rule].drop_duplicates("K")
+        ax_rule.plot(rows.t, rows.exact, style, color=color, label=label if rule == "nn" else None)
     for kind, rows in fam.groupby("kind"):
         nn, gq = rows[rows.rule == "nn"], rows[rows.rule == "gq"]
         up, lo = nn[nn.t >= -0.5], nn[nn.t <= 0.5]

@@ -45,11 +45,16 @@ def run(args: argparse.Namespace) -> int:
             f"{args.ckpt} is a continuous Gaussian VAE: convert it first (gaussquant convert --to gq) "
             "or pass --continuous for the unquantized reference row"
         )
+    from accelerate import Accelerator
+
+    accelerator = Accelerator()  # one process, or several under `accelerate launch`
     torch.manual_seed(0)
     dataset = PreparedDataset(args.data, "val")
     metrics = evaluate_model(model, dataset, cfg, args.weights, continuous=args.continuous,
                              fid_reference=args.fid_ref, progress=not args.no_progress,
-                             grid_path=args.grid)
+                             accelerator=accelerator, grid_path=args.grid)
+    if not accelerator.is_main_process:
+        return 0
     tcfg = payload["config"]
     f = tcfg["model"]["downsample"]
     res = dataset[0].shape[-1]

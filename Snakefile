@@ -37,6 +37,7 @@ rule figures:
 
 rule all:
     input:
+        rules.theory.output,
         table1_outputs(),
         tokenbridge_outputs(),
         figure_outputs(),

@@ -182,3 +182,17 @@ def test_fid_regression_through_inception(regression_features):
     sa.update(regression_features[0])
     sb.update(regression_features[1])
     assert fid_from_stats(sa, sb) == pytest.approx(GOLDEN_FID, abs=1e-3)
+
+
+@pytest.mark.parametrize("n", [50, 400])
+def test_fast_trace_term_equals_pytorch_fid_sqrtm(n):
+    """The eigh form of tr((C1 C2)^(1/2)) equals scipy sqrtm's (pytorch-fid), singular or not."""
+    from gaussquant.metrics.fid import trace_sqrt_product
+
+    rng = np.random.default_rng(n)
+    a = rng.standard_normal((n, 256))
+    b = rng.standard_normal((n, 256)) * 1.5 + 0.3 * a
+    c1, c2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    fast = trace_sqrt_product(c1, c2)
+    ref = trace_sqrt_product(c1, c2, method="sqrtm")
+    assert fast == pytest.approx(ref, rel=1e-6)

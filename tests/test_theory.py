@@ -40,14 +40,18 @@ def test_posterior_family_has_the_requested_rate():
     assert stats.chi2.cdf(T.event_radius2(4), 4) == pytest.approx(stats.chi2.cdf(1, 1))
 
 
-@pytest.mark.parametrize("mu,sigma", [(0.0, 0.08), (1.41, 0.23), (2.68, 0.45), (-1.9, 0.59)])
+@pytest.mark.parametrize(
+    "mu,sigma", [(0.0, 0.011), (0.0, 0.08), (1.41, 0.23), (2.68, 0.45), (-1.9, 0.59)]
+)
 def test_exact_formula_matches_closed_form_and_quadrature(mu, sigma):
     p = stats.norm.cdf(mu + sigma) - stats.norm.cdf(mu - sigma)
-    for k in (1, 2, 7, 148, 2981):
+    for k in (1, 2, 7, 148, 2981, 65536):
         want = (1 - p) ** k
         assert T.exact_failure(mu, sigma, k) == pytest.approx(want, rel=1e-9, abs=1e-300)
         # independent route: density of the nearest codeword integrated outside the interval
-        assert T.exact_failure_rule(mu, sigma, k, beta=0.0) == pytest.approx(want, rel=1e-7)
+        assert T.exact_failure_rule(mu, sigma, k, beta=0.0) == pytest.approx(want, rel=1e-8)
+        if mu == 0:  # centred posterior: the GQ score's vertex mu / (1 - sigma^2) is mu itself
+            assert T.exact_failure_rule(mu, sigma, k, beta=1.0) == pytest.approx(want, rel=1e-8)
     # K = 1: the only codeword is a N(0, 1) draw, it misses with probability 1 - p
     assert T.exact_failure(mu, sigma, 1) == pytest.approx(1 - p, rel=1e-12)
 

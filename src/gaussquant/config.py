@@ -29,6 +29,7 @@ from gaussquant.models.discriminator import DiscriminatorConfig
 from gaussquant.models.unet import UNetConfig
 from gaussquant.models.vit import ViTConfig
 from gaussquant.quantizers.tdc import TDCConfig
+from gaussquant.theory import TheoryConfig
 
 PROFILES = ("tiny", "quick", "paper")
 METHODS = ("vq", "fsq", "lfq", "bsq", "gq")  # trained tokenizers of Table 1 (gq = TDC VAE + GQ)
@@ -178,6 +179,7 @@ class Config:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     table: TableConfig = field(default_factory=TableConfig)
+    theory: TheoryConfig = field(default_factory=TheoryConfig)
 
     def rate(self, name: str) -> RateConfig:
         if name not in self.rates:

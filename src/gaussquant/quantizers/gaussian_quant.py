@@ -35,6 +35,7 @@ LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0  # SPEC 1 clamp (same values as quantizers.
 _U32, _U64 = 2.0**-24, 2.0**-53  # unit roundoff of float32 / float64
 _TINY32 = 2.0**-126  # smallest normal float32: absolute error of flushed/underflowed products
 _PAIR_SLICE = 1 << 16  # candidates re-scored per float64 batch (bounds the gather memory)
+_GROUP = 64  # codes per group in the block maxima (see _group_width)
 
 
 # ----------------------------------------------------------------------------- token layout
@@ -92,14 +93,52 @@ def _ieee_fp32_matmul() -> Iterator[None]:
 
 
 def code_features(codebook: torch.Tensor) -> torch.Tensor:
-    """Codebook features ``[c^2, c]`` as a (2m, K) float32 matrix for the search GEMM."""
+    """Codebook features ``[c^2 - M2/2, c]`` as a (2m, K) float32 matrix for the search GEMM.
+
+    M2_d = max_j c_jd^2. Shifting c^2 by a per-dimension constant adds the same amount to
+    every code's score (argmax unchanged) and halves the largest |feature|, hence the bound.
+    """
     c = codebook.double()
-    return torch.cat([c * c, c], dim=1).float().t().contiguous()
+    c2 = c * c
+    return torch.cat([c2 - 0.5 * c2.amax(0), c], dim=1).float().t().contiguous()
 
 
 def _direct_scores(c: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, beta: float):
     """The official score in float64, direct form; all inputs (..., m) float64."""
     return beta * (c * c).sum(-1) - ((c - mu) / sigma).square().sum(-1)
+
+
+def _group_width(cols: int) -> int:
+    # Row maxima are taken as max over groups of 64 contiguous codes of the group maxima:
+    # ``amax`` over short contiguous runs vectorises, ``max`` with indices over a row does not
+    # (measured ~2x faster on CPU). Falls back to width 1 (plain max) for odd block sizes.
+    return _GROUP if cols % _GROUP == 0 else 1
+
+
+def _block_best(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row of a score block (R, cols): max value, its column, and the runner-up value."""
+    rows, cols = s.shape
+    width = _group_width(cols)
+    groups = s.view(rows, cols // width, width)
+    gmax = groups.amax(2)
+    v, g = gmax.max(1)
+    runner = gmax.scatter(1, g[:, None], -math.inf).amax(1)  # best of the other groups
+    inside = groups[torch.arange(rows, device=s.device), g]  # (R, width) winning group
+    i = inside.argmax(1)
+    runner = torch.maximum(runner, inside.scatter(1, i[:, None], -math.inf).amax(1))
+    return v, g * width + i, runner
+
+
+def _candidates(s: torch.Tensor, threshold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, column) of every entry of the block s (R, cols) with s >= threshold[row], in
+    row-major order; entire groups below the threshold are skipped cheaply."""
+    rows, cols = s.shape
+    width = _group_width(cols)
+    groups = s.view(rows, cols // width, width)
+    thr = threshold[:, None]
+    r, g = (groups.amax(2) >= thr).nonzero().unbind(1)
+    p, i = (groups[r, g] >= thr[r]).nonzero().unbind(1)
+    return r[p], g[p] * width + i
 
 
 def gq_search(
@@ -122,14 +161,14 @@ def gq_search(
     float32 block plus O(N m). ``info`` (optional dict) receives counts of rows re-scored.
 
     Why the float32 pass never loses the exact winner. Write w = 1/sigma^2 = exp(-logvar),
-    a = beta/2 - w/2, b = w mu (float64, per dim). Then score_j = 2 h_j - sum_d w_d mu_d^2 with
-    h_j = sum_d a_d c_jd^2 + b_d c_jd: one dot product of the query [a, b] with the code
-    features [c^2, c]. The GEMM evaluates h_j in float32 from rounded inputs (a, b, c^2 each
-    rounded once; c is exact); for any summation order (Higham, Thm 3.5)
-        |h32_j - h_j| <= gamma_{2m+2} * sum_d (|a_d| c_jd^2 + |b_d| |c_jd|)
-                      <= E32 := 2 gamma_{2m+2} * sum_d (|a_d| M2_d + |b_d| M1_d) + tiny,
-    with M2_d = max_j c_jd^2, M1_d = max_j |c_jd| (factor 2 = safety; tiny covers underflow).
-    The float64 direct form itself differs from the exact score by at most 2 E64 with
+    a = beta/2 - w/2, b = w mu (float64, per dim). Then score_j = 2 h_j + const(row) with
+    h_j = sum_d a_d (c_jd^2 - M2_d/2) + b_d c_jd: one dot product of the query [a, b] with the
+    code features (M2_d = max_j c_jd^2). The GEMM evaluates h_j in float32 from inputs rounded
+    once each; for any summation order (Higham, Thm 3.5)
+        |h32_j - h_j| <= gamma_{2m+2} * sum_d (|a_d| |c_jd^2 - M2_d/2| + |b_d| |c_jd|)
+                      <= E32 := 2 gamma_{2m+2} * sum_d (|a_d| M2_d/2 + |b_d| M1_d) + tiny,
+    with M1_d = max_j |c_jd| (factor 2 = safety; tiny covers underflow). The float64 direct
+    form itself differs from the exact score by at most 2 E64 with
     E64 := 2 (m + 16) u64 * sum_d (w_d (M1_d + |mu_d|)^2 + |beta| M2_d). Let j* be the float64
     winner and j' the float32 winner. Then h32_{j*} >= h_{j*} - E32 >= h_{j'} - E64 - E32
     >= h32_{j'} - D with D = 2 E32 + E64. Hence every code with h32_j < max h32 - D is not the
@@ -148,7 +187,7 @@ def gq_search(
     w = torch.exp(-lv64)
     a, b = 0.5 * beta - 0.5 * w, w * mu64
     m2, m1 = (c64 * c64).amax(0), c64.abs().amax(0)
-    mag = a.abs() @ m2 + b.abs() @ m1  # (N,) bound on |h_j| for every j
+    mag = a.abs() @ (0.5 * m2) + b.abs() @ m1  # (N,) bound on |h_j| for every j
     g32 = (2 * m + 2) * _U32 / (1 - (2 * m + 2) * _U32)
     e32 = 2 * g32 * mag + 4 * m * _TINY32 * (1.0 + float(torch.maximum(m1, m2).max()))
     e64 = 2 * (m + 16) * _U64 * ((w * (m1 + mu64.abs()) ** 2).sum(1) + abs(beta) * m2.sum())
@@ -173,11 +212,8 @@ def gq_search(
             flag = torch.zeros(rows, dtype=torch.bool, device=device)
             for k0 in range(0, k, code_block):
                 cols = min(code_block, k - k0)
-                s = torch.mm(q, cf[:, k0 : k0 + cols], out=buf[:rows, :cols])
-                v, i = s.max(1)
-                flag |= (v - bv).abs() <= d  # close to the best of an earlier block
-                s.scatter_(1, i[:, None], -math.inf)
-                flag |= s.amax(1) >= v - d  # runner-up inside this block is close
+                v, i, runner = _block_best(torch.mm(q, cf[:, k0 : k0 + cols], out=buf[:rows, :cols]))
+                flag |= (runner >= v - d) | ((v - bv).abs() <= d)  # a rival within D
                 better = v > bv  # strict: an equal later block keeps the lower index
                 bv, bi = torch.where(better, v, bv), torch.where(better, i + k0, bi)
             best_v[r0 : r0 + rows], best_i[r0 : r0 + rows] = bv, bi
@@ -186,39 +222,38 @@ def gq_search(
         if info is not None:
             info.update(rows=n, rescored_rows=int(rows.numel()), all_codes_rows=int((~usable).sum()))
         if rows.numel():
+            threshold = torch.where(usable, best_v - slack32, -math.inf)  # all codes if unusable
             best_i[rows] = _rescore(
-                rows, query, cf, best_v - slack32, ~usable, mu64, lv64, c64, beta,
-                chunk_size, code_block, info,
-            )  # fmt: skip
+                rows, query, cf, threshold, mu64, lv64, c64, beta, chunk_size, code_block, info
+            )
     return best_i
 
 
-def _rescore(rows, query, cf, threshold, everything, mu64, lv64, c64, beta, chunk, block, info):
+def _rescore(rows, query, cf, threshold, mu64, lv64, c64, beta, chunk, block, info):
     """Float64 direct-form argmax over the float32 candidates (h32 >= threshold) of ``rows``.
 
-    Rows with ``everything`` set consider every code. Codes are visited in increasing index
-    order, and within a block the lowest index among equal maxima is kept, so ties resolve to
-    the lowest index overall.
+    Codes are visited in increasing index order, and within a block the lowest index among
+    equal maxima is kept, so ties resolve to the lowest index overall.
     """
     k = c64.shape[0]
     out = torch.empty(rows.numel(), dtype=torch.long, device=rows.device)
     pairs_total = 0
     for r0 in range(0, rows.numel(), chunk):
         sel = rows[r0 : r0 + chunk]
-        q, thr, force = query[sel], threshold[sel], everything[sel]
+        q, thr = query[sel], threshold[sel]
         mu, sigma = mu64[sel], torch.exp(0.5 * lv64[sel])
         bv = torch.full((sel.numel(),), -math.inf, dtype=torch.float64, device=rows.device)
         bi = torch.zeros(sel.numel(), dtype=torch.long, device=rows.device)
         for k0 in range(0, k, block):
-            s = q @ cf[:, k0 : k0 + block]
-            pairs = ((s >= thr[:, None]) | force[:, None]).nonzero()
-            pairs_total += pairs.shape[0]
-            for p0 in range(0, pairs.shape[0], _PAIR_SLICE):
-                r, j = pairs[p0 : p0 + _PAIR_SLICE].unbind(1)
-                score = _direct_scores(c64[k0 + j], mu[r], sigma[r], beta)
+            # rows whose features overflowed float32 have threshold -inf: every code competes
+            r_all, j_all = _candidates(q @ cf[:, k0 : k0 + block], thr)
+            pairs_total += r_all.numel()
+            for p0 in range(0, r_all.numel(), _PAIR_SLICE):
+                r, j = r_all[p0 : p0 + _PAIR_SLICE], j_all[p0 : p0 + _PAIR_SLICE] + k0
+                score = _direct_scores(c64[j], mu[r], sigma[r], beta)
                 top = torch.full_like(bv, -math.inf).scatter_reduce(0, r, score, "amax")
                 win = score == top[r]
-                first = torch.full_like(bi, k).scatter_reduce(0, r[win], j[win] + k0, "amin")
+                first = torch.full_like(bi, k).scatter_reduce(0, r[win], j[win], "amin")
                 better = top > bv  # strict: earlier (lower-index) codes win ties
                 bv, bi = torch.where(better, top, bv), torch.where(better, first, bi)
         out[r0 : r0 + sel.numel()] = bi

@@ -18,9 +18,10 @@ rule convert:
     params:
         to=lambda wc: CONVERSIONS[wc.conv][1],
         gq=str(CFG.gq),
+    threads: 1
     log:
         f"{RES}/logs/convert/{{conv}}-{{arch}}-{{rate}}.log",
     benchmark:
         f"{RES}/benchmarks/convert/{{conv}}-{{arch}}-{{rate}}.tsv"
     shell:
-        "gaussquant convert {PARAMS} --ckpt {input.model} --to {params.to} --out {output.model} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} gaussquant convert {PARAMS} --ckpt {input.model} --to {params.to} --out {output.model} > {log} 2>&1"

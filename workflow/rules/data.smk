@@ -6,9 +6,10 @@ rule prepare_data:
     params:
         data=str(CFG.data),
         out=f"{RES}/data",
+    threads: 1
     log:
         f"{RES}/logs/prepare_data.log",
     benchmark:
         f"{RES}/benchmarks/prepare_data.tsv"
     shell:
-        "gaussquant prepare-data {PARAMS} --out {params.out} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} gaussquant prepare-data {PARAMS} --out {params.out} > {log} 2>&1"

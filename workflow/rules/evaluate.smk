@@ -23,12 +23,13 @@ rule evaluate:
         eval=str(CFG.eval),
         data=f"{RES}/data",
         continuous=lambda wc: "--continuous" if wc.row.endswith("-continuous") else "",
+    threads: 1
     log:
         f"{RES}/logs/eval/{{row}}-{{arch}}-{{rate}}.log",
     benchmark:
         f"{RES}/benchmarks/eval/{{row}}-{{arch}}-{{rate}}.tsv"
     shell:
-        "gaussquant evaluate {PARAMS} --ckpt {input.model} --data {params.data} --name {wildcards.row}"
+        "OMP_NUM_THREADS={threads} gaussquant evaluate {PARAMS} --ckpt {input.model} --data {params.data} --name {wildcards.row}"
         " {params.continuous} --fid-ref {input.fid_ref} --out {output.metrics} --grid {output.grid} --no-progress > {log} 2>&1"
 
 
@@ -41,9 +42,10 @@ rule fid_reference:
     params:
         data=f"{RES}/data",
         eval=str(CFG.eval),
+    threads: 1
     log:
         f"{RES}/logs/eval/fid_reference.log",
     benchmark:
         f"{RES}/benchmarks/eval/fid_reference.tsv"
     shell:
-        "gaussquant fid-reference {PARAMS} --data {params.data} --out {output} --no-progress > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} gaussquant fid-reference {PARAMS} --data {params.data} --out {output} --no-progress > {log} 2>&1"

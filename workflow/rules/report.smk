@@ -13,10 +13,11 @@ rule table1:
     params:
         table=str(CFG.table),
         prefix=f"{RES}/tables/table1",
+    threads: 1
     log:
         f"{RES}/logs/table1.log",
     shell:
-        "gaussquant table {PARAMS} --kind table1 --out {params.prefix} {input.metrics} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} gaussquant table {PARAMS} --kind table1 --out {params.prefix} {input.metrics} > {log} 2>&1"
 
 
 rule table_tokenbridge:
@@ -31,10 +32,11 @@ rule table_tokenbridge:
     params:
         table=str(CFG.table),
         prefix=f"{RES}/tables/tokenbridge",
+    threads: 1
     log:
         f"{RES}/logs/table_tokenbridge.log",
     shell:
-        "gaussquant table {PARAMS} --kind tokenbridge --out {params.prefix} {input.metrics} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} gaussquant table {PARAMS} --kind tokenbridge --out {params.prefix} {input.metrics} > {log} 2>&1"
 
 
 rule figure_rate_distortion:
@@ -43,10 +45,11 @@ rule figure_rate_distortion:
         code=CODE_FIGURE,
     output:
         report(f"{RES}/figures/rate_distortion.png", category="Figures"),
+    threads: 1
     log:
         f"{RES}/logs/figures/rate_distortion.log",
     shell:
-        "gaussquant figure {PARAMS} --kind rate-distortion --out {output} {input.metrics} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} gaussquant figure {PARAMS} --kind rate-distortion --out {output} {input.metrics} > {log} 2>&1"
 
 
 rule figure_tdc_kl_hist:
@@ -55,13 +58,15 @@ rule figure_tdc_kl_hist:
         data=rules.prepare_data.output.manifest,
         code=CODE_FIGURE,
     output:
-        report(f"{RES}/figures/tdc_kl_hist.png", category="Figures"),
+        fig=report(f"{RES}/figures/tdc_kl_hist.png", category="Figures"),
+        summary=f"{RES}/figures/tdc_kl_hist.json",
     params:
         data=f"{RES}/data",
+    threads: 1
     log:
         f"{RES}/logs/figures/tdc_kl_hist.log",
     shell:
-        "gaussquant figure {PARAMS} --kind kl-hist --data {params.data} --out {output} {input.models} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} gaussquant figure {PARAMS} --kind kl-hist --data {params.data} --out {output.fig} --summary {output.summary} {input.models} > {log} 2>&1"
 
 
 rule figure_tdc_dynamics:
@@ -70,10 +75,11 @@ rule figure_tdc_dynamics:
         code=CODE_FIGURE,
     output:
         report(f"{RES}/figures/tdc_dynamics.png", category="Figures"),
+    threads: 1
     log:
         f"{RES}/logs/figures/tdc_dynamics.log",
     shell:
-        "gaussquant figure {PARAMS} --kind tdc-dynamics --out {output} {input.logs} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} gaussquant figure {PARAMS} --kind tdc-dynamics --out {output} {input.logs} > {log} 2>&1"
 
 
 rule figure_recon_grid:
@@ -82,10 +88,11 @@ rule figure_recon_grid:
         code=CODE_FIGURE,
     output:
         report(f"{RES}/figures/recon_grid.png", category="Figures"),
+    threads: 1
     log:
         f"{RES}/logs/figures/recon_grid.log",
     shell:
-        "gaussquant figure {PARAMS} --kind recon-grid --out {output} {input.grids} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} gaussquant figure {PARAMS} --kind recon-grid --out {output} {input.grids} > {log} 2>&1"
 
 
 rule theory:
@@ -96,9 +103,10 @@ rule theory:
         fig=report(f"{RES}/theory/theory.png", category="Theory"),
     params:
         theory=str(CFG.theory),
+    threads: 1
     log:
         f"{RES}/logs/theory.log",
     benchmark:
         f"{RES}/benchmarks/theory.tsv"
     shell:
-        "gaussquant theory {PARAMS} --out-csv {output.csv} --out-fig {output.fig} --no-progress > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} gaussquant theory {PARAMS} --out-csv {output.csv} --out-fig {output.fig} --no-progress > {log} 2>&1"

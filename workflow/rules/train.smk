@@ -13,10 +13,11 @@ rule train:
     resources:
         gpus=0,
         nodes=1,
+    threads: 1
     log:
         f"{RES}/logs/train/{{method}}-{{arch}}-{{rate}}.log",
     benchmark:
         f"{RES}/benchmarks/train/{{method}}-{{arch}}-{{rate}}.tsv"
     shell:
-        "{params.launch} train {PARAMS} --method {wildcards.method} --arch {wildcards.arch}"
+        "OMP_NUM_THREADS={threads} {params.launch} train {PARAMS} --method {wildcards.method} --arch {wildcards.arch}"
         " --rate {wildcards.rate} --data {params.data} --out {params.out} --no-progress > {log} 2>&1"

@@ -35,7 +35,7 @@ LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0  # SPEC 1 clamp (same values as quantizers.
 _U32, _U64 = 2.0**-24, 2.0**-53  # unit roundoff of float32 / float64
 _TINY32 = 2.0**-126  # smallest normal float32: absolute error of flushed/underflowed products
 _PAIR_SLICE = 1 << 16  # candidates re-scored per float64 batch (bounds the gather memory)
-_GROUP = 64  # codes per group in the block maxima (see _group_width)
+_GROUP = 64  # codes per group whose float32 maximum the GEMM pass keeps (see gq_search)
 
 
 # ----------------------------------------------------------------------------- token layout
@@ -92,53 +92,20 @@ def _ieee_fp32_matmul() -> Iterator[None]:
         torch.set_float32_matmul_precision(previous)
 
 
-def code_features(codebook: torch.Tensor) -> torch.Tensor:
-    """Codebook features ``[c^2 - M2/2, c]`` as a (2m, K) float32 matrix for the search GEMM.
+def code_features(codebook: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Codebook features ``[c^2 - M2/2, c]``, (K, 2m) in ``dtype``, for the search GEMM.
 
     M2_d = max_j c_jd^2. Shifting c^2 by a per-dimension constant adds the same amount to
     every code's score (argmax unchanged) and halves the largest |feature|, hence the bound.
     """
     c = codebook.double()
     c2 = c * c
-    return torch.cat([c2 - 0.5 * c2.amax(0), c], dim=1).float().t().contiguous()
+    return torch.cat([c2 - 0.5 * c2.amax(0), c], dim=1).to(dtype).contiguous()
 
 
 def _direct_scores(c: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, beta: float):
     """The official score in float64, direct form; all inputs (..., m) float64."""
     return beta * (c * c).sum(-1) - ((c - mu) / sigma).square().sum(-1)
-
-
-def _group_width(cols: int) -> int:
-    # Row maxima are taken as max over groups of 64 contiguous codes of the group maxima:
-    # ``amax`` over short contiguous runs vectorises, ``max`` with indices over a row does not
-    # (measured ~2x faster on CPU). Falls back to width 1 (plain max) for odd block sizes.
-    return _GROUP if cols % _GROUP == 0 else 1
-
-
-def _block_best(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per row of a score block (R, cols): max value, its column, and the runner-up value."""
-    rows, cols = s.shape
-    width = _group_width(cols)
-    groups = s.view(rows, cols // width, width)
-    gmax = groups.amax(2)
-    v, g = gmax.max(1)
-    runner = gmax.scatter(1, g[:, None], -math.inf).amax(1)  # best of the other groups
-    inside = groups[torch.arange(rows, device=s.device), g]  # (R, width) winning group
-    i = inside.argmax(1)
-    runner = torch.maximum(runner, inside.scatter(1, i[:, None], -math.inf).amax(1))
-    return v, g * width + i, runner
-
-
-def _candidates(s: torch.Tensor, threshold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(row, column) of every entry of the block s (R, cols) with s >= threshold[row], in
-    row-major order; entire groups below the threshold are skipped cheaply."""
-    rows, cols = s.shape
-    width = _group_width(cols)
-    groups = s.view(rows, cols // width, width)
-    thr = threshold[:, None]
-    r, g = (groups.amax(2) >= thr).nonzero().unbind(1)
-    p, i = (groups[r, g] >= thr[r]).nonzero().unbind(1)
-    return r[p], g[p] * width + i
 
 
 def gq_search(
@@ -147,119 +114,158 @@ def gq_search(
     codebook: torch.Tensor,
     beta: float = 1.0,
     *,
-    chunk_size: int = 1024,
-    code_block: int = 1024,
-    features: torch.Tensor | None = None,
+    chunk_size: int = 512,
+    code_block: int = 512,
+    features: tuple[torch.Tensor, torch.Tensor] | None = None,
     info: dict | None = None,
 ) -> torch.Tensor:
     """Exact GQ indices: ``argmax_j beta ||c_j||^2 - ||(c_j - mu) / sigma||^2`` per row.
 
     mu, logvar: (N, m) posterior means and (already clamped) log-variances, any float dtype.
     codebook: (K, m) float32. Returns (N,) int64 in [0, K): the first maximiser of the score
-    evaluated in float64, identical to brute force. ``features`` = :func:`code_features`
-    (cached by :class:`GaussianQuant`). Peak extra memory is one ``chunk_size x code_block``
-    float32 block plus O(N m). ``info`` (optional dict) receives counts of rows re-scored.
+    evaluated in float64, identical to brute force. ``features``: the float32 and float64
+    :func:`code_features` (cached by :class:`GaussianQuant`). Extra memory: one
+    ``chunk_size x code_block`` score block plus ``chunk_size x K/64`` group maxima. ``info``
+    (optional dict) receives how many rows went to the float64 tier and to exact re-scoring.
 
-    Why the float32 pass never loses the exact winner. Write w = 1/sigma^2 = exp(-logvar),
+    Why no pass ever loses the exact winner. Write w = 1/sigma^2 = exp(-logvar),
     a = beta/2 - w/2, b = w mu (float64, per dim). Then score_j = 2 h_j + const(row) with
     h_j = sum_d a_d (c_jd^2 - M2_d/2) + b_d c_jd: one dot product of the query [a, b] with the
-    code features (M2_d = max_j c_jd^2). The GEMM evaluates h_j in float32 from inputs rounded
-    once each; for any summation order (Higham, Thm 3.5)
-        |h32_j - h_j| <= gamma_{2m+2} * sum_d (|a_d| |c_jd^2 - M2_d/2| + |b_d| |c_jd|)
-                      <= E32 := 2 gamma_{2m+2} * sum_d (|a_d| M2_d/2 + |b_d| M1_d) + tiny,
+    code features (M2_d = max_j c_jd^2). Any evaluation h~_j of it in a precision with unit
+    roundoff u (GEMM or bmm, any summation order, inputs rounded once each; Higham, Thm 3.5)
+    satisfies
+        |h~_j - h_j| <= gamma_{2m+2}(u) * sum_d (|a_d| |c_jd^2 - M2_d/2| + |b_d| |c_jd|)
+                     <= E := 2 gamma_{2m+2}(u) * sum_d (|a_d| M2_d/2 + |b_d| M1_d) + tiny,
     with M1_d = max_j |c_jd| (factor 2 = safety; tiny covers underflow). The float64 direct
-    form itself differs from the exact score by at most 2 E64 with
+    form, and the float64 rounding of a and b, move scores by at most
     E64 := 2 (m + 16) u64 * sum_d (w_d (M1_d + |mu_d|)^2 + |beta| M2_d). Let j* be the float64
-    winner and j' the float32 winner. Then h32_{j*} >= h_{j*} - E32 >= h_{j'} - E64 - E32
-    >= h32_{j'} - D with D = 2 E32 + E64. Hence every code with h32_j < max h32 - D is not the
-    winner; if only one code lies within D of the maximum, it is the exact winner (no
-    re-scoring); otherwise all codes within D are re-scored in float64 (direct form) and the
-    lowest index among the maxima wins. Rows whose features overflow float32 re-score all codes.
+    winner and j' any code. From o_{j*} >= o_{j'}: h_{j*} >= h_{j'} - E64, so
+    h~_{j*} >= h~_{j'} - D with D = 2 E + E64. Hence no code with h~_j < max h~ - D can be
+    the winner, and if only one code lies within D of the maximum it is the winner.
+
+    Tiers: (1) float32 GEMM over all rows; rows with a rival within D are uncertain (mostly
+    rows with collapsed dims, where w ~ 1e9 makes the float32 bound wide). (2) float64 GEMM
+    over those rows (D ~ 1e9 x smaller). (3) rows still uncertain (true near-ties) have every
+    code within D re-scored with the direct float64 form; the lowest index among the maxima
+    wins. Rows whose features overflow float32 skip to tier 2.
     """
     n, m = mu.shape
     k = codebook.shape[0]
     device = mu.device
-    cf = code_features(codebook) if features is None else features
+    out = torch.zeros(n, dtype=torch.long, device=device)
+    counts = {"rows": n, "float64_rows": 0, "rescored_rows": 0, "rescored_pairs": 0}
     if n == 0:
-        return torch.zeros(0, dtype=torch.long, device=device)
+        return out
+    if features is None:
+        features = (code_features(codebook), code_features(codebook, torch.float64))
     c64 = codebook.double()
     mu64, lv64 = mu.double(), logvar.double()
     w = torch.exp(-lv64)
     a, b = 0.5 * beta - 0.5 * w, w * mu64
     m2, m1 = (c64 * c64).amax(0), c64.abs().amax(0)
     mag = a.abs() @ (0.5 * m2) + b.abs() @ m1  # (N,) bound on |h_j| for every j
-    g32 = (2 * m + 2) * _U32 / (1 - (2 * m + 2) * _U32)
-    e32 = 2 * g32 * mag + 4 * m * _TINY32 * (1.0 + float(torch.maximum(m1, m2).max()))
     e64 = 2 * (m + 16) * _U64 * ((w * (m1 + mu64.abs()) ** 2).sum(1) + abs(beta) * m2.sum())
-    slack = 2 * e32 + e64
-    # Comparisons below are done in float32 on values of size <= mag: widen D by their
-    # rounding (a few ulp of mag) so the tests stay conservative, then round up.
-    slack32 = ((slack + 8 * _U32 * (mag + slack)) * (1 + 2**-20)).float()
-    query = torch.cat([a, b], dim=1).float()
-    usable = torch.isfinite(query).all(1) & torch.isfinite(slack32) & (mag < 1e36)
-    query[~usable] = 0.0
-
-    best_v = torch.empty(n, device=device)
-    best_i = torch.empty(n, dtype=torch.long, device=device)
-    unsure = ~usable
-    buf = torch.empty(min(chunk_size, n), min(code_block, k), device=device)
+    query = torch.cat([a, b], dim=1)
+    shape = (chunk_size, code_block)
     with _ieee_fp32_matmul():
-        for r0 in range(0, n, chunk_size):
-            q, d = query[r0 : r0 + chunk_size], slack32[r0 : r0 + chunk_size]
-            rows = q.shape[0]
-            bv = torch.full((rows,), -math.inf, device=device)
-            bi = torch.zeros(rows, dtype=torch.long, device=device)
-            flag = torch.zeros(rows, dtype=torch.bool, device=device)
-            for k0 in range(0, k, code_block):
-                cols = min(code_block, k - k0)
-                v, i, runner = _block_best(torch.mm(q, cf[:, k0 : k0 + cols], out=buf[:rows, :cols]))
-                flag |= (runner >= v - d) | ((v - bv).abs() <= d)  # a rival within D
-                better = v > bv  # strict: an equal later block keeps the lower index
-                bv, bi = torch.where(better, v, bv), torch.where(better, i + k0, bi)
-            best_v[r0 : r0 + rows], best_i[r0 : r0 + rows] = bv, bi
-            unsure[r0 : r0 + rows] |= flag
-        rows = unsure.nonzero()[:, 0]
-        if info is not None:
-            info.update(rows=n, rescored_rows=int(rows.numel()), all_codes_rows=int((~usable).sum()))
+        q32, d32 = query.float(), _slack(mag, e64, m, m1, m2, _U32).float()
+        usable = torch.isfinite(q32).all(1) & torch.isfinite(d32) & (mag < 1e36)
+        q32[~usable] = 0.0
+        out, unsure, _, _ = _gemm_pass(q32, d32, features[0], *shape)
+        rows = (unsure | ~usable).nonzero()[:, 0]
+        counts["float64_rows"] = rows.numel()
         if rows.numel():
-            threshold = torch.where(usable, best_v - slack32, -math.inf)  # all codes if unusable
-            best_i[rows] = _rescore(
-                rows, query, cf, threshold, mu64, lv64, c64, beta, chunk_size, code_block, info
-            )
-    return best_i
-
-
-def _rescore(rows, query, cf, threshold, mu64, lv64, c64, beta, chunk, block, info):
-    """Float64 direct-form argmax over the float32 candidates (h32 >= threshold) of ``rows``.
-
-    Codes are visited in increasing index order, and within a block the lowest index among
-    equal maxima is kept, so ties resolve to the lowest index overall.
-    """
-    k = c64.shape[0]
-    out = torch.empty(rows.numel(), dtype=torch.long, device=rows.device)
-    pairs_total = 0
-    for r0 in range(0, rows.numel(), chunk):
-        sel = rows[r0 : r0 + chunk]
-        q, thr = query[sel], threshold[sel]
-        mu, sigma = mu64[sel], torch.exp(0.5 * lv64[sel])
-        bv = torch.full((sel.numel(),), -math.inf, dtype=torch.float64, device=rows.device)
-        bi = torch.zeros(sel.numel(), dtype=torch.long, device=rows.device)
-        for k0 in range(0, k, block):
-            # rows whose features overflowed float32 have threshold -inf: every code competes
-            r_all, j_all = _candidates(q @ cf[:, k0 : k0 + block], thr)
-            pairs_total += r_all.numel()
-            for p0 in range(0, r_all.numel(), _PAIR_SLICE):
-                r, j = r_all[p0 : p0 + _PAIR_SLICE], j_all[p0 : p0 + _PAIR_SLICE] + k0
-                score = _direct_scores(c64[j], mu[r], sigma[r], beta)
-                top = torch.full_like(bv, -math.inf).scatter_reduce(0, r, score, "amax")
-                win = score == top[r]
-                first = torch.full_like(bi, k).scatter_reduce(0, r[win], j[win], "amin")
-                better = top > bv  # strict: earlier (lower-index) codes win ties
-                bv, bi = torch.where(better, top, bv), torch.where(better, first, bi)
-        out[r0 : r0 + sel.numel()] = bi
+            q64, d64 = query[rows], _slack(mag[rows], e64[rows], m, m1, m2, _U64)
+            out[rows], unsure, thr, gmax = _gemm_pass(q64, d64, features[1], *shape)
+            if unsure.any():
+                sel = unsure.nonzero()[:, 0]
+                counts["rescored_rows"] = sel.numel()
+                out[rows[sel]] = _rescore(
+                    gmax, thr[sel], q64[sel], features[1], c64, mu64[rows[sel]],
+                    torch.exp(0.5 * lv64[rows[sel]]), beta, counts,
+                )  # fmt: skip
     if info is not None:
-        info["rescored_pairs"] = pairs_total
+        info.update(counts)
     return out
+
+
+def _slack(mag, e64, m, m1, m2, u):
+    """Per-row D = 2 E + E64 for a GEMM in unit roundoff ``u`` (see gq_search), widened by the
+    rounding of the comparisons themselves (done in that precision on values <= mag)."""
+    gamma = (2 * m + 2) * u / (1 - (2 * m + 2) * u)
+    tiny = 4 * m * (_TINY32 if u == _U32 else 2.0**-1022) * (1.0 + float(torch.maximum(m1, m2).max()))
+    d = 2 * (2 * gamma * mag + tiny) + e64
+    return (d + 8 * u * (mag + d)) * (1 + 2**-20)
+
+
+def _gemm_pass(query, slack, feats, chunk, code_block):
+    """Argmax of ``query @ feats.T`` per row, in the query's dtype, chunked.
+
+    Returns (indices, unsure, threshold, gmax): unsure marks rows with another code whose
+    score is >= threshold = max - slack; gmax (n_unsure, K/width) are those rows' group
+    maxima. Codes form groups of ``width``; the block pass keeps only each group's maximum
+    (``amax`` over contiguous runs vectorises, a row ``max`` with indices does not: ~2x on
+    CPU), then the winning group is re-evaluated with a tiny bmm to find the winner and
+    runner-up. Any evaluation obeys the same bound, so mixing them is sound.
+    """
+    n, k = query.shape[0], feats.shape[0]
+    width = math.gcd(k, _GROUP)
+    block = max(width, code_block // width * width)
+    group_feats = feats.view(k // width, width, -1)
+    idx = torch.empty(n, dtype=torch.long, device=query.device)
+    thr = torch.empty(n, dtype=query.dtype, device=query.device)
+    unsure = torch.zeros(n, dtype=torch.bool, device=query.device)
+    kept = []
+    buf = torch.empty(min(chunk, n), min(block, k), dtype=query.dtype, device=query.device)
+    for r0 in range(0, n, chunk):
+        q = query[r0 : r0 + chunk]
+        rows = q.shape[0]
+        gmax = []
+        for k0 in range(0, k, block):
+            cols = min(block, k - k0)
+            s = torch.mm(q, feats[k0 : k0 + cols].t(), out=buf[:rows, :cols])
+            gmax.append(s.view(rows, cols // width, width).amax(2))
+        gmax = torch.cat(gmax, dim=1)  # (rows, K / width)
+        g = gmax.argmax(1)
+        other = gmax.scatter(1, g[:, None], -math.inf).amax(1)
+        inside = torch.bmm(group_feats[g], q[:, :, None])[:, :, 0]  # (rows, width)
+        v, j = inside.max(1)
+        runner = torch.maximum(other, inside.scatter(1, j[:, None], -math.inf).amax(1))
+        idx[r0 : r0 + rows] = g * width + j
+        thr[r0 : r0 + rows] = v - slack[r0 : r0 + rows]
+        flag = runner >= thr[r0 : r0 + rows]
+        unsure[r0 : r0 + rows] = flag
+        kept.append(gmax[flag])
+    return idx, unsure, thr, torch.cat(kept)
+
+
+def _rescore(gmax, thr, query, feats, c64, mu64, sigma64, beta, counts):
+    """Float64 direct-form argmax over each row's codes whose GEMM score is >= ``thr``.
+
+    gmax (R, G): the rows' group maxima; only groups reaching ``thr`` are re-evaluated.
+    Candidates arrive in increasing code order per row and ties keep the earlier code, so
+    the lowest index among equal maxima wins.
+    """
+    n_rows, k = gmax.shape[0], feats.shape[0]
+    width = k // gmax.shape[1]
+    group_feats = feats.view(gmax.shape[1], width, -1)
+    best_v = torch.full((n_rows,), -math.inf, dtype=torch.float64, device=gmax.device)
+    best_i = torch.zeros(n_rows, dtype=torch.long, device=gmax.device)
+    r_all, g_all = (gmax >= thr[:, None]).nonzero().unbind(1)  # row-major: codes ascend
+    step = max(1, _PAIR_SLICE // width)
+    for p0 in range(0, r_all.numel(), step):
+        r, g = r_all[p0 : p0 + step], g_all[p0 : p0 + step]
+        scores = torch.bmm(group_feats[g], query[r][:, :, None])[:, :, 0]
+        p, i = (scores >= thr[r][:, None]).nonzero().unbind(1)
+        r, j = r[p], g[p] * width + i
+        counts["rescored_pairs"] += r.numel()
+        exact = _direct_scores(c64[j], mu64[r], sigma64[r], beta)
+        top = torch.full_like(best_v, -math.inf).scatter_reduce(0, r, exact, "amax")
+        win = exact == top[r]
+        first = torch.zeros_like(best_i).scatter_reduce(0, r[win], j[win], "amin", include_self=False)
+        better = top > best_v  # strict: earlier (lower-index) codes win ties
+        best_v, best_i = torch.where(better, top, best_v), torch.where(better, first, best_i)
+    return best_i
 
 
 # ----------------------------------------------------------------------------- module
@@ -283,8 +289,8 @@ class GaussianQuant(nn.Module):
         dim: int,
         seed: int = 42,
         beta: float = 1.0,
-        chunk_size: int = 1024,
-        code_block: int = 1024,
+        chunk_size: int = 512,
+        code_block: int = 512,
     ):
         super().__init__()
         _check_int("latent_channels", latent_channels, 1)
@@ -309,6 +315,7 @@ class GaussianQuant(nn.Module):
         self.sha256 = codebook_sha256(codebook)
         self.register_buffer("codebook", codebook, persistent=False)
         self.register_buffer("features", code_features(codebook), persistent=False)
+        self.register_buffer("features64", code_features(codebook, torch.float64), persistent=False)
 
     def metadata(self) -> dict:
         """What identifies the codebook (for checkpoints): seed, K, m, beta, sha256."""
@@ -345,7 +352,7 @@ class GaussianQuant(nn.Module):
             idx = gq_search(
                 mu_t.reshape(-1, m), lv_t.reshape(-1, m), self.codebook, self.beta,
                 chunk_size=self.chunk_size, code_block=self.code_block,
-                features=self.features, info=info,
+                features=(self.features, self.features64), info=info,
             )  # fmt: skip
         return idx.reshape(b, t, h, w)
 
@@ -364,7 +371,7 @@ class GaussianQuant(nn.Module):
             token_bits = to_tokens(kl_bits, self.dim).sum(-1)
         stats = {
             "kl_bits_per_token": token_bits.mean().detach(),
-            "rescored_fraction": torch.tensor(info["rescored_rows"] / max(info["rows"], 1)),
+            "float64_fraction": torch.tensor(info["float64_rows"] / max(info["rows"], 1)),
         }
         return QuantizerOutput(z_q=self.indices_to_codes(indices), indices=indices, stats=stats)
 

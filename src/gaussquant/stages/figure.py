@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 from gaussquant.errors import GaussquantError
+from gaussquant.io import write_json
 from gaussquant.stages.common import add_params_args, load_stage_config
 
 KINDS = ("rate-distortion", "kl-hist", "tdc-dynamics", "recon-grid")
@@ -19,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kind", choices=KINDS, required=True)
     p.add_argument("--out", required=True, type=Path, help="output PNG")
     p.add_argument("--data", type=Path, help="prepared data (kl-hist)")
+    p.add_argument("--summary", type=Path, help="kl-hist: JSON with the per-token KL range of each model")
     p.add_argument("inputs", nargs="+", type=Path, help="metrics JSONs, checkpoints, logs or grids")
     p.set_defaults(func=run)
 
@@ -49,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
             raise GaussquantError("--data is required for --kind kl-hist")
         rates = {p.parent.name: posterior_token_bits(p, args.data, cfg) for p in args.inputs}
         ranges = figures.kl_histograms(rates, target, args.out)
-        summary = args.out.with_suffix(".json")
-        summary.write_text(json.dumps({"target_bits": target, "ranges_bits": ranges}, indent=2))
+        if args.summary is not None:
+            write_json(args.summary, {"target_bits": target, "ranges_bits": ranges})
         print(json.dumps(ranges, indent=2))
     print(f"wrote {args.out}")
     return 0

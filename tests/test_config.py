@@ -175,3 +175,12 @@ def test_config_round_trips_through_checkpoint_dict():
     for profile in ("tiny", "quick", "paper"):
         cfg = load_config(ROOT / "params.yaml", profile)
         assert config_from_dict(config_to_dict(cfg)) == cfg
+
+
+def test_overrides_apply_after_profile_and_are_checked():
+    cfg = load_config(ROOT / "params.yaml", "quick", ["tdc.tolerance=0.25", "gq.seed=7"])
+    assert cfg.tdc.tolerance == 0.25 and cfg.gq.seed == 7
+    with pytest.raises(ConfigError, match="override tdc.tolerence: unknown key; allowed: codebook_size"):
+        load_config(ROOT / "params.yaml", "quick", ["tdc.tolerence=0.25"])
+    with pytest.raises(ConfigError, match="tdc.codebook_size: 1000 is not a power of two"):
+        load_config(ROOT / "params.yaml", "quick", ["tdc.codebook_size=1000"])

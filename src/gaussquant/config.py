@@ -245,9 +245,34 @@ def _merge(base: dict, override: dict, where: str) -> dict:
     return out
 
 
-def load_config(path: str | Path = "params.yaml", profile: str | None = None) -> Config:
-    """Load, merge, type-check and validate ``params.yaml``. Raises :class:`ConfigError`."""
-    return config_from_dict(resolve_params(read_params(path), profile))
+def load_config(
+    path: str | Path = "params.yaml", profile: str | None = None, overrides: list[str] | None = None
+) -> Config:
+    """Load, merge, type-check and validate ``params.yaml``. Raises :class:`ConfigError`.
+
+    ``overrides`` are ``dotted.key=value`` strings (value parsed as YAML) applied after the
+    profile, e.g. ``tdc.tolerance=0.25`` (the ablation rules use them).
+    """
+    data = resolve_params(read_params(path), profile)
+    for item in overrides or []:
+        apply_override(data, item)
+    return config_from_dict(data)
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Set ``dotted.key=value`` in the resolved params dict; the key must exist."""
+    key, sep, text = item.partition("=")
+    if not sep:
+        raise ConfigError(f"override {item!r}: expected dotted.key=value, e.g. tdc.tolerance=0.25")
+    *path, last = key.strip().split(".")
+    node = data
+    for i, part in enumerate(path):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(f"override {key}: unknown key {'.'.join(path[: i + 1])}")
+        node = node[part]
+    if not isinstance(node, dict) or last not in node:
+        raise ConfigError(f"override {key}: unknown key; allowed: {', '.join(map(str, node))}")
+    node[last] = yaml.safe_load(text)
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

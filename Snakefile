@@ -17,6 +17,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/convert.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/ablation.smk"
 
 
 rule reproduce_table1:
@@ -35,9 +36,15 @@ rule figures:
         figure_outputs(),
 
 
+rule ablations:
+    input:
+        ablation_outputs(),
+
+
 rule all:
     input:
         rules.theory.output,
+        ablation_outputs(),
         table1_outputs(),
         tokenbridge_outputs(),
         figure_outputs(),

@@ -24,6 +24,7 @@ STAGES = (
     "table",
     "figure",
     "theory",
+    "ablation",
     "bench",
 )
 

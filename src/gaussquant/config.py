@@ -163,6 +163,17 @@ class TableConfig:
 
 
 @dataclass
+class AblationConfig:
+    """Ablations of SPEC 3/7 on one (arch, rate) of the TDC VAE."""
+
+    arch: str = "unet"
+    rate: str = "0.25"
+    codebook_log2_offsets: list[int] = field(default_factory=lambda: [-2, -1, 0, 1, 2])  # K = 2^(b + o)
+    tolerances: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0])  # TDC alpha, bits
+    seeds: list[int] = field(default_factory=lambda: [42, 1, 2, 3, 4])  # GQ codebook seeds
+
+
+@dataclass
 class Config:
     profile: str = "paper"
     data: DataConfig = field(default_factory=DataConfig)
@@ -180,6 +191,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     table: TableConfig = field(default_factory=TableConfig)
     theory: TheoryConfig = field(default_factory=TheoryConfig)
+    ablation: AblationConfig = field(default_factory=AblationConfig)
 
     def rate(self, name: str) -> RateConfig:
         if name not in self.rates:
@@ -420,6 +432,13 @@ def validate(cfg: Config) -> None:
         _allowed("experiment.rates", name, tuple(cfg.rates))
     for name, r in cfg.rates.items():
         _validate_rate(cfg, name, r)
+    a = cfg.ablation
+    _allowed("ablation.arch", a.arch, ARCHS)
+    _allowed("ablation.rate", a.rate, tuple(cfg.rates))
+    _check(all(t >= 0 for t in a.tolerances), f"ablation.tolerances: must be >= 0, got {a.tolerances}")
+    log2k = int(math.log2(cfg.tdc.codebook_size))
+    _check(all(log2k + o >= 1 for o in a.codebook_log2_offsets),
+           f"ablation.codebook_log2_offsets: {a.codebook_log2_offsets} give K < 2 for log2 K = {log2k}")
     _check(cfg.eval.batch_size >= 1, f"eval.batch_size: must be >= 1, got {cfg.eval.batch_size}")
     _check(cfg.eval.max_images >= 0, f"eval.max_images: must be >= 0 (0 = all), got {cfg.eval.max_images}")
     for key in ("n_train", "n_val"):

@@ -62,17 +62,21 @@ def eval_json(row, arch, rate):
     return f"{RES}/eval/{row}-{arch}-{rate}/metrics.json"
 
 
-def train_params(wildcards):
+def train_params_for(method, rate):
     """The params that change a training run (rerun triggers)."""
     return {
         "model": str(CFG.model),
         "loss": str(CFG.loss),
         "train": str(CFG.train),
-        "rate": str(CFG.rate(wildcards.rate)),
-        "method": str(getattr(CFG, wildcards.method, "")),
+        "rate": str(CFG.rate(rate)),
+        "method": str(getattr(CFG, method, "")),
         "tdc": str(CFG.tdc),
         "vanilla": str(CFG.vanilla),
     }
+
+
+def train_params(wildcards):
+    return train_params_for(wildcards.method, wildcards.rate)
 
 
 def launch_prefix(resources):

@@ -62,10 +62,13 @@ def build_post_quantizer(cfg: Config, meta: dict[str, Any]) -> nn.Module:
     raise GaussquantError(f"unknown post-training quantizer {meta['kind']!r}")
 
 
-def convert_checkpoint(src: str | Path, to: str, out: str | Path, gq_cfg=None) -> dict[str, Any]:
+def convert_checkpoint(
+    src: str | Path, to: str, out: str | Path, gq_cfg=None, codebook_size: int | None = None
+) -> dict[str, Any]:
     """Convert a trained Gaussian VAE checkpoint ``src`` into a VQ-VAE checkpoint ``out``.
 
-    ``gq_cfg`` (seed, beta) overrides the checkpoint's GQ settings when given (params.yaml).
+    ``gq_cfg`` (seed, beta) overrides the checkpoint's GQ settings when given (params.yaml);
+    ``codebook_size`` overrides K (the codebook-size ablation; default: the TDC target's K).
     Returns the quantizer metadata written.
     """
     import dataclasses
@@ -87,6 +90,11 @@ def convert_checkpoint(src: str | Path, to: str, out: str | Path, gq_cfg=None) -
     if gq_cfg is not None:
         cfg = dataclasses.replace(cfg, gq=gq_cfg)
     meta = post_quantizer_meta(cfg, payload["rate"], to)
+    if codebook_size is not None and to == "gq" and codebook_size != meta["codebook_size"]:
+        from gaussquant.quantizers.gaussian_quant import codebook_sha256, gaussian_codebook
+
+        meta["codebook_size"] = codebook_size
+        meta["codebook_sha256"] = codebook_sha256(gaussian_codebook(codebook_size, meta["dim"], meta["seed"]))
     model = build_autoencoder(cfg, method, payload["arch"], payload["rate"])
     model.load_state_dict(payload["model"])
     model.bottleneck = build_post_quantizer(cfg, meta)

@@ -15,6 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ckpt", required=True, type=Path, help="trained Gaussian VAE (gaussquant train)")
     p.add_argument("--to", choices=("gq", "tokenbridge"), default="gq")
     p.add_argument("--out", required=True, type=Path, help="converted checkpoint path")
+    p.add_argument("--codebook-size", type=int, default=None,
+                   help="GQ codebook size K (default: the TDC target's K; the K ablation varies it)")
     p.set_defaults(func=run)
 
 
@@ -22,7 +24,12 @@ def run(args: argparse.Namespace) -> int:
     from gaussquant.quantizers.convert import convert_checkpoint
 
     cfg = load_stage_config(args)
-    meta = convert_checkpoint(args.ckpt, args.to, args.out, gq_cfg=cfg.gq)
+    k = args.codebook_size
+    if k is not None and (k < 2 or k & (k - 1)):
+        from gaussquant.errors import ConfigError
+
+        raise ConfigError(f"--codebook-size: {k} is not a power of two (allowed: 2, 4, ..., 65536, ...)")
+    meta = convert_checkpoint(args.ckpt, args.to, args.out, gq_cfg=cfg.gq, codebook_size=k)
     print(json.dumps(meta, indent=2))
     print(f"wrote {args.out}")
     return 0

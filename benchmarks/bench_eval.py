@@ -1,0 +1,306 @@
+"""Evaluation throughput and memory: streaming `evaluate_model` vs a keep-everything evaluator.
+
+Model: an untrained ``build_autoencoder(cfg, "fsq", "unet", "0.25")`` of the ``quick`` profile
+(32 px, eval batch 64), on prepared bundled-photo crops; rFID against the originals
+(``fid_reference=None``: both Inception passes run). Each configuration runs in a fresh child
+process, which reports its own peak RSS (``ru_maxrss`` is a per-process high-water mark).
+
+- ``ours``: :func:`gaussquant.evaluate.evaluate_model` (sums, float64 feature moments,
+  networks built once). Target: peak RSS at 4N images within 10 % of N images.
+- ``naive``: a reference written for this benchmark in the style of the official evaluation:
+  keeps every image, reconstruction and Inception feature in lists, computes PSNR/SSIM on the
+  stacked set and rFID at the end from the full feature matrices (``np.cov``, scipy ``sqrtm``
+  as pytorch-fid), and rebuilds the LPIPS network every batch. Same networks and metrics, so
+  its numbers must match ours (checked: largest relative difference in the note).
+
+The ``profile`` rows are cProfile cumulative times of one ``evaluate_model`` call (fresh child)
+on ``--profile-images`` images: where evaluation time goes.
+
+    python benchmarks/bench_eval.py [--quick] [--images N] [--out JSON]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILE = "quick"
+
+# (label, substring of "file:function" in cProfile's keys) of the evaluation's parts
+PARTS = (
+    ("evaluate_model (total)", "evaluate.py:evaluate_model"),
+    ("Inception forward (resize + net)", "fid.py:forward"),
+    ("Inception resize to 299", "functional.py:interpolate"),
+    ("LPIPS AlexNet", "lpips.py:forward"),
+    ("SSIM", "image.py:ssim"),
+    ("PSNR", "image.py:psnr"),
+    ("model encode", "autoencoder.py:encode"),
+    ("model decode", "autoencoder.py:decode"),
+    ("feature moments (FeatureStats.update)", "fid.py:update"),
+    ("Frechet distance (eigh)", "fid.py:frechet_distance"),
+    ("build Inception", "fid.py:build_inception"),
+    ("build LPIPS", "lpips.py:build_lpips"),
+    ("codebook stats", "codebook.py:update"),
+    ("data loading (DataLoader next)", "dataloader.py:__next__"),
+)
+
+
+# ----------------------------------------------------------------------------- child side
+
+
+def _setup(args):
+    """(cfg, model, dataset, continuous, model label) for a child process."""
+    import torch
+
+    from gaussquant.config import load_config
+    from gaussquant.data import PreparedDataset
+    from gaussquant.models.autoencoder import build_autoencoder
+
+    cfg = load_config(ROOT / "params.yaml", PROFILE)
+    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, max_images=args.images))
+    torch.manual_seed(0)
+    try:
+        import gaussquant.metrics.codebook  # noqa: F401 (evaluate_model needs it for FSQ)
+
+        model, label, continuous = build_autoencoder(cfg, "fsq", "unet", "0.25"), "fsq-unet", False
+    except ImportError:  # quantizer package still under construction: a Gaussian VAE instead
+        model, label, continuous = (
+            build_autoencoder(cfg, "gq", "unet", "0.25"),
+            "gq-unet (mean)",
+            True,
+        )
+    return cfg, model.eval(), PreparedDataset(args.data, "val"), continuous, label
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_ours(args) -> dict:
+    from gaussquant.evaluate import evaluate_model
+
+    cfg, model, dataset, continuous, label = _setup(args)
+    t0 = time.perf_counter()
+    metrics = evaluate_model(
+        model, dataset, cfg, args.weights, continuous=continuous, fid_reference=None, progress=False
+    )
+    return {"seconds": time.perf_counter() - t0, "metrics": metrics, "model": label}
+
+
+def naive_evaluate(model, dataset, n: int, batch_size: int, weights: Path) -> dict:
+    """Reference evaluator: keep everything, reduce at the end, rebuild LPIPS per batch."""
+    import numpy as np
+    import torch
+    from scipy import linalg
+    from torch.utils.data import DataLoader, Subset
+
+    from gaussquant.metrics.fid import build_inception
+    from gaussquant.metrics.image import psnr, ssim
+    from gaussquant.metrics.lpips import build_lpips
+
+    inception = build_inception(weights)
+    originals, recons, lpips_values, real, fake = [], [], [], [], []
+    with torch.no_grad():
+        for x in DataLoader(Subset(dataset, range(n)), batch_size=batch_size):
+            x_rec = model.decode(model.encode(x).z_q)
+            lpips_net = build_lpips("alex", weights)  # the official script builds it per batch
+            lpips_values.append(lpips_net(x, x_rec))
+            originals.append(x)
+            recons.append(x_rec)
+            real.append(inception(x).numpy())
+            fake.append(inception(x_rec).numpy())
+    x_all, rec_all = torch.cat(originals), torch.cat(recons)
+    feats = [np.concatenate(f).astype(np.float64) for f in (real, fake)]
+    (mu1, mu2), (c1, c2) = [f.mean(0) for f in feats], [np.cov(f, rowvar=False) for f in feats]
+    covmean = linalg.sqrtm(c1 @ c2)  # pytorch-fid
+    if not np.isfinite(covmean).all():
+        offset = np.eye(c1.shape[0]) * 1e-6
+        covmean = linalg.sqrtm((c1 + offset) @ (c2 + offset))
+    fid = float(
+        (mu1 - mu2) @ (mu1 - mu2) + np.trace(c1) + np.trace(c2) - 2 * np.trace(covmean.real)
+    )
+    return {
+        "psnr": float(psnr(x_all, rec_all).mean()),
+        "ssim": float(ssim(x_all, rec_all).mean()),
+        "lpips": float(torch.cat(lpips_values).mean()),
+        "rfid": fid,
+        "n_images": len(x_all),
+    }
+
+
+def run_naive(args) -> dict:
+    cfg, model, dataset, _, label = _setup(args)
+    t0 = time.perf_counter()
+    metrics = naive_evaluate(model, dataset, args.images, cfg.eval.batch_size, args.weights)
+    return {"seconds": time.perf_counter() - t0, "metrics": metrics, "model": label}
+
+
+def run_profile(args) -> dict:
+    import cProfile
+    import pstats
+
+    from gaussquant.evaluate import evaluate_model
+
+    cfg, model, dataset, continuous, label = _setup(args)
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    evaluate_model(
+        model, dataset, cfg, args.weights, continuous=continuous, fid_reference=None, progress=False
+    )
+    prof.disable()
+    seconds = time.perf_counter() - t0
+    stats = pstats.Stats(
+        prof
+    ).stats  # (file, line, func) -> (cc, ncalls, tottime, cumtime, callers)
+    parts = []
+    for name, key in PARTS:
+        file_part, func = key.split(":")
+        hits = [v for (f, _, fn), v in stats.items() if f.endswith(file_part) and fn == func]
+        if hits:  # the outermost entry: cumtime of recursive calls is already included
+            calls, cum = max(h[1] for h in hits), max(h[3] for h in hits)
+            parts.append({"part": name, "seconds": cum, "calls": calls})
+    top = sorted(stats.items(), key=lambda kv: -kv[1][2])[:8]
+    own = [
+        {"part": f"{Path(f).name}:{fn}", "seconds": v[2], "calls": v[1]} for (f, _, fn), v in top
+    ]
+    return {"seconds": seconds, "parts": parts, "top_own_time": own, "model": label}
+
+
+def child_main(args) -> None:
+    import torch
+
+    torch.set_num_threads(torch.get_num_threads())
+    result = {"ours": run_ours, "naive": run_naive, "profile": run_profile}[args.worker](args)
+    result["peak_rss_mb"] = _peak_rss_mb()
+    result["threads"] = torch.get_num_threads()
+    Path(args.json).write_text(json.dumps(result, default=float))
+
+
+# ----------------------------------------------------------------------------- parent side
+
+
+def spawn(worker: str, images: int, data: Path, weights: Path) -> dict:
+    """Run one measurement in a fresh Python process; return its JSON result."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--worker",
+            worker,
+            "--images",
+            str(images),
+            "--data",
+            str(data),
+            "--weights",
+            str(weights),
+            "--json",
+            str(out),
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        if proc.returncode != 0 or not out.exists():
+            raise RuntimeError(
+                f"bench_eval child {worker} N={images} failed:\n{proc.stderr[-3000:]}"
+            )
+        return json.loads(out.read_text())
+
+
+def _rel_diff(a: dict, b: dict) -> str:
+    diffs = {k: abs(a[k] - b[k]) / max(abs(b[k]), 1e-12) for k in ("psnr", "ssim", "lpips", "rfid")}
+    worst = max(diffs, key=diffs.get)
+    return f"max rel. diff to ours {diffs[worst]:.1e} ({worst})"
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="N = 32 (a smoke run)")
+    ap.add_argument("--images", type=int, default=None, help="N (default 128, --quick 32)")
+    ap.add_argument("--profile-images", type=int, default=None, help="default 128, --quick 64")
+    ap.add_argument("--weights", type=Path, default=ROOT / "weights")
+    ap.add_argument("--out", type=Path, default=None, help="write the rows as JSON")
+    ap.add_argument("--worker", choices=("ours", "naive", "profile"), help=argparse.SUPPRESS)
+    ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--json", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        args.images = args.images or 128
+        child_main(args)
+        return []
+
+    import pandas as pd
+
+    from gaussquant.config import load_config
+    from gaussquant.data import prepare
+
+    n = args.images or (32 if args.quick else 128)
+    n_prof = args.profile_images or (64 if args.quick else 128)
+    cfg = load_config(ROOT / "params.yaml", PROFILE)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:
+        data = Path(tmp) / "data"
+        prepare(
+            dataclasses.replace(cfg.data, n_val=max(4 * n, n_prof), n_train=1), data, progress=False
+        )
+        runs = {}
+        for worker in ("ours", "naive"):
+            for images in (n, 4 * n):
+                print(f"bench eval: {worker} N={images}", flush=True)
+                runs[worker, images] = r = spawn(worker, images, data, args.weights)
+                rows.append(
+                    {
+                        "what": worker,
+                        "model": r["model"],
+                        "images": images,
+                        "seconds": r["seconds"],
+                        "images_per_s": images / r["seconds"],
+                        "peak_rss_mb": r["peak_rss_mb"],
+                        "note": "",
+                    }
+                )
+        for worker in ("ours", "naive"):
+            small, big = runs[worker, n], runs[worker, 4 * n]
+            marginal = 3 * n / (big["seconds"] - small["seconds"])
+            growth = big["peak_rss_mb"] / small["peak_rss_mb"] - 1
+            note = f"4N vs N: peak RSS {100 * growth:+.1f} %, marginal {marginal:.3g} images/s"
+            if worker == "ours":
+                note += f" (target < 10 %: {'met' if abs(growth) < 0.10 else 'MISSED'})"
+            else:
+                per_image_kb = (big["peak_rss_mb"] - small["peak_rss_mb"]) * 1024 / (3 * n)
+                note += f"; {per_image_kb:.0f} KB/image kept; " + _rel_diff(
+                    big["metrics"], runs["ours", 4 * n]["metrics"]
+                )
+            next(r for r in rows if r["what"] == worker and r["images"] == 4 * n)["note"] = note
+        print(f"bench eval: profile N={n_prof}", flush=True)
+        prof = spawn("profile", n_prof, data, args.weights)
+    total = next(p["seconds"] for p in prof["parts"] if p["part"].startswith("evaluate_model"))
+    for p in prof["parts"] + [dict(q, part="own time: " + q["part"]) for q in prof["top_own_time"]]:
+        rows.append(
+            {
+                "what": "profile: " + p["part"],
+                "model": prof["model"],
+                "images": n_prof,
+                "seconds": p["seconds"],
+                "images_per_s": "",
+                "peak_rss_mb": "",
+                "note": f"{100 * p['seconds'] / total:.0f} % of evaluate_model, {p['calls']} calls",
+            }
+        )
+    print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4g"))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(rows, indent=2, default=float) + "\n")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -83,8 +83,9 @@ class DataConfig:
     - ``n_train`` / ``n_val``: bundled: number of random crops (>= 1); folder: at most this
       many images, a seeded random subset kept in path order (0 = every image).
     - ``val_photos``: bundled photos held out for validation (all others are training photos).
-    - ``min_scale``: bundled crops cover a fraction ``f`` of the photo's short side, ``f``
-      log-uniform in ``[min_scale, 1]`` (and never so small that the crop is upsampled);
+    - ``min_scale``, ``max_scale``: bundled crops cover a fraction ``f`` of the photo's short
+      side, ``f`` log-uniform in ``[min_scale, max_scale]`` (and never so small that the crop is
+      upsampled);
       the crop is then resized to ``resolution``. ``f = 1`` is a whole-photo view. 0.25 (at most
       4x zoom) keeps ~97 % of 32 px crops textured (mean |pixel gradient| >= 2/255, measured);
       smaller values give more flat sky/background patches (rocket: 27 % at 0.125).
@@ -100,6 +101,7 @@ class DataConfig:
     n_val: int = 0
     val_photos: list[str] = field(default_factory=lambda: ["coffee", "grace_hopper"])
     min_scale: float = 0.25
+    max_scale: float = 1.0
     seed: int = 0
     strict: bool = False
     shard_size: int = 4096
@@ -117,6 +119,10 @@ def check_data_config(cfg: DataConfig) -> None:
         (cfg.n_train >= bundled, f"n_train: must be >= {int(bundled)}, got {cfg.n_train}"),
         (cfg.n_val >= bundled, f"n_val: must be >= {int(bundled)}, got {cfg.n_val}"),
         (0.0 < cfg.min_scale <= 1.0, f"min_scale: must be in (0, 1], got {cfg.min_scale}"),
+        (
+            cfg.min_scale <= cfg.max_scale <= 1.0,
+            f"max_scale: must be in [min_scale, 1] = [{cfg.min_scale}, 1], got {cfg.max_scale}",
+        ),
         (
             val <= set(BUNDLED_PHOTOS),
             f"val_photos: unknown photo(s) {sorted(val - set(BUNDLED_PHOTOS))};"
@@ -197,7 +203,8 @@ def _bundled_crops(
         short = min(h, w)
         # never upsample, unless the photo's short side is below the resolution
         lo = min(1.0, max(cfg.min_scale, resolution / short))
-        side = short * math.exp(rng.uniform(math.log(lo), 0.0))
+        hi = max(lo, cfg.max_scale)
+        side = short * math.exp(rng.uniform(math.log(lo), math.log(hi)))
         x0, y0 = rng.uniform(0.0, w - side), rng.uniform(0.0, h - side)
         box = (x0, y0, x0 + side, y0 + side)
         # resize(box=...) resamples only the box: the same pixels as resizing the whole photo

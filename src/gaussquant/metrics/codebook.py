@@ -37,7 +37,8 @@ class CodebookStats:
         """Add a batch of indices (B, T, ...) with T == groups."""
         if indices.ndim < 2 or indices.shape[1] != self.groups:
             raise GaussquantError(
-                f"codebook stats: expected indices (B, {self.groups}, ...), got {tuple(indices.shape)}"
+                f"codebook stats: expected indices (B, {self.groups}, ...), "
+                f"got {tuple(indices.shape)}"
             )
         idx = indices.detach().to("cpu", torch.long).transpose(0, 1).reshape(self.groups, -1)
         if idx.numel() and (idx.min() < 0 or idx.max() >= self.codebook_size):
@@ -46,7 +47,9 @@ class CodebookStats:
                 f"min {int(idx.min())}, max {int(idx.max())}"
             )
         offsets = torch.arange(self.groups)[:, None] * self.codebook_size
-        flat = torch.bincount((idx + offsets).reshape(-1), minlength=self.groups * self.codebook_size)
+        flat = torch.bincount(
+            (idx + offsets).reshape(-1), minlength=self.groups * self.codebook_size
+        )
         self.counts += flat.view(self.groups, self.codebook_size)
 
     def state(self) -> torch.Tensor:

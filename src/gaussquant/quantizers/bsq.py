@@ -45,7 +45,9 @@ def _binary_entropy(p: torch.Tensor, eps: float) -> torch.Tensor:
     return -(torch.xlogy(p, p) + torch.xlogy(1 - p, 1 - p))
 
 
-def bsq_entropies(u: torch.Tensor, temperature: float, rule: str) -> tuple[torch.Tensor, torch.Tensor]:
+def bsq_entropies(
+    u: torch.Tensor, temperature: float, rule: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(per-sample entropy, codebook entropy) in nats for unit vectors u (N, d) under ``rule``."""
     d = u.shape[1]
     p = torch.sigmoid(4.0 * u / (math.sqrt(d) * temperature))  # P(bit = +1)
@@ -86,7 +88,8 @@ class BSQ(nn.Module):
         self.codebook_size = 2**self.token_bits
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, entropy_rule={self.entropy_rule!r}, tokens={self.tokens_per_position}"
+        rule, tokens = self.entropy_rule, self.tokens_per_position
+        return f"bits={self.bits}, entropy_rule={rule!r}, tokens={tokens}"
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         if z.ndim != 4 or z.shape[1] != self.in_channels:
@@ -97,7 +100,7 @@ class BSQ(nn.Module):
             u = F.normalize(z.float(), dim=1)
             positive = u > 0
             codes = torch.where(positive, 1.0, -1.0) / math.sqrt(self.bits)
-            z_q = u + (codes - u).detach()  # straight-through
+            z_q = u + (codes - u).detach() if self.training else codes  # straight-through
             indices = sign_bits_to_indices(positive, self.token_bits)
             losses, stats = {}, {}
             if self.training:
@@ -105,8 +108,11 @@ class BSQ(nn.Module):
                 per_sample, codebook = bsq_entropies(flat, self.temperature, self.entropy_rule)
                 aux = per_sample - codebook
                 losses = {"entropy": self.entropy_weight * aux}
-                stats = {"entropy_aux_loss": aux.detach(), "per_sample_entropy": per_sample.detach(),
-                         "codebook_entropy": codebook.detach()}  # fmt: skip
+                stats = {
+                    "entropy_aux_loss": aux.detach(),
+                    "per_sample_entropy": per_sample.detach(),
+                    "codebook_entropy": codebook.detach(),
+                }
         return QuantizerOutput(z_q=z_q, indices=indices, losses=losses, stats=stats)
 
     def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:

@@ -45,17 +45,27 @@ class FSQ(nn.Module):
     def __init__(self, levels: list[int], channels_per_token: int | None = None):
         super().__init__()
         levels = list(levels)
-        if not levels or any(not isinstance(lv, int) or isinstance(lv, bool) or lv < 2 for lv in levels):
-            raise GaussquantError(f"fsq: levels {levels!r} must be a non-empty list of integers >= 2")
+        if not levels or any(
+            not isinstance(lv, int) or isinstance(lv, bool) or lv < 2 for lv in levels
+        ):
+            raise GaussquantError(
+                f"fsq: levels {levels!r} must be a non-empty list of integers >= 2"
+            )
         total = math.prod(levels)
         if channels_per_token is None:
             channels_per_token = len(levels) if total <= _SINGLE_TOKEN_MAX else 4
-        if not isinstance(channels_per_token, int) or channels_per_token < 1 or len(levels) % channels_per_token:
+        if (
+            not isinstance(channels_per_token, int)
+            or channels_per_token < 1
+            or len(levels) % channels_per_token
+        ):
             raise GaussquantError(
                 f"fsq: channels_per_token={channels_per_token!r} must divide the number of "
                 f"levels ({len(levels)}); levels={levels}"
             )
-        groups = [levels[i : i + channels_per_token] for i in range(0, len(levels), channels_per_token)]
+        groups = [
+            levels[i : i + channels_per_token] for i in range(0, len(levels), channels_per_token)
+        ]
         sizes = {math.prod(g) for g in groups}
         if len(sizes) != 1:
             raise GaussquantError(
@@ -103,14 +113,18 @@ class FSQ(nn.Module):
             z = z.float()
             bounded = torch.tanh(z + self._shape(self._shift)) * self._shape(self._half_l)
             bounded = bounded - self._shape(self._offset)
-            rounded = bounded + (bounded.round() - bounded).detach()  # straight-through
+            rounded = bounded.round()
+            if self.training:  # straight-through; eval returns the exact codes
+                rounded = bounded + (rounded - bounded).detach()
             z_q = rounded / self._shape(self._half_width)
             indices = self.codes_to_indices(z_q.detach())
         return QuantizerOutput(z_q=z_q, indices=indices)
 
     def codes_to_indices(self, z_q: torch.Tensor) -> torch.Tensor:
         """Quantized codes (B, C, H, W) in [-1, 1] -> indices (B, T, H, W) int64."""
-        digits = (z_q * self._shape(self._half_width) + self._shape(self._half_width)).round().long()
+        digits = (
+            (z_q * self._shape(self._half_width) + self._shape(self._half_width)).round().long()
+        )
         b, c, h, w = digits.shape
         weighted = digits * self._basis.view(1, -1, 1, 1)
         return weighted.view(b, self.tokens_per_position, self.channels_per_token, h, w).sum(2)

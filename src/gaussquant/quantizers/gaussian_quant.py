@@ -150,10 +150,11 @@ def gq_search(
     wins. Rows whose features overflow float32 skip to tier 2.
     """
     n, m = mu.shape
-    k = codebook.shape[0]
     device = mu.device
     out = torch.zeros(n, dtype=torch.long, device=device)
     counts = {"rows": n, "float64_rows": 0, "rescored_rows": 0, "rescored_pairs": 0}
+    if info is not None:
+        info.update(counts)  # filled in below as the tiers run
     if n == 0:
         return out
     if features is None:
@@ -171,7 +172,7 @@ def gq_search(
         q32, d32 = query.float(), _slack(mag, e64, m, m1, m2, _U32).float()
         usable = torch.isfinite(q32).all(1) & torch.isfinite(d32) & (mag < 1e36)
         q32[~usable] = 0.0
-        out, unsure, _, _ = _gemm_pass(q32, d32, features[0], *shape)
+        out, unsure, _, _ = _gemm_pass(q32, d32, features[0], *shape, keep_groups=False)
         rows = (unsure | ~usable).nonzero()[:, 0]
         counts["float64_rows"] = rows.numel()
         if rows.numel():
@@ -181,9 +182,16 @@ def gq_search(
                 sel = unsure.nonzero()[:, 0]
                 counts["rescored_rows"] = sel.numel()
                 out[rows[sel]] = _rescore(
-                    gmax, thr[sel], q64[sel], features[1], c64, mu64[rows[sel]],
-                    torch.exp(0.5 * lv64[rows[sel]]), beta, counts,
-                )  # fmt: skip
+                    gmax,
+                    thr[sel],
+                    q64[sel],
+                    features[1],
+                    c64,
+                    mu64[rows[sel]],
+                    torch.exp(0.5 * lv64[rows[sel]]),
+                    beta,
+                    counts,
+                )
     if info is not None:
         info.update(counts)
     return out
@@ -193,20 +201,23 @@ def _slack(mag, e64, m, m1, m2, u):
     """Per-row D = 2 E + E64 for a GEMM in unit roundoff ``u`` (see gq_search), widened by the
     rounding of the comparisons themselves (done in that precision on values <= mag)."""
     gamma = (2 * m + 2) * u / (1 - (2 * m + 2) * u)
-    tiny = 4 * m * (_TINY32 if u == _U32 else 2.0**-1022) * (1.0 + float(torch.maximum(m1, m2).max()))
+    tiny = (
+        4 * m * (_TINY32 if u == _U32 else 2.0**-1022) * (1.0 + float(torch.maximum(m1, m2).max()))
+    )
     d = 2 * (2 * gamma * mag + tiny) + e64
     return (d + 8 * u * (mag + d)) * (1 + 2**-20)
 
 
-def _gemm_pass(query, slack, feats, chunk, code_block):
+def _gemm_pass(query, slack, feats, chunk, code_block, keep_groups=True):
     """Argmax of ``query @ feats.T`` per row, in the query's dtype, chunked.
 
     Returns (indices, unsure, threshold, gmax): unsure marks rows with another code whose
     score is >= threshold = max - slack; gmax (n_unsure, K/width) are those rows' group
-    maxima. Codes form groups of ``width``; the block pass keeps only each group's maximum
-    (``amax`` over contiguous runs vectorises, a row ``max`` with indices does not: ~2x on
-    CPU), then the winning group is re-evaluated with a tiny bmm to find the winner and
-    runner-up. Any evaluation obeys the same bound, so mixing them is sound.
+    maxima (None unless ``keep_groups``). Codes form groups of ``width``; the block pass
+    keeps only each group's maximum (``amax`` over contiguous runs vectorises, a row ``max``
+    with indices does not: ~2x on CPU), then the winning group is re-evaluated with a tiny
+    bmm to find the winner and runner-up. Any evaluation obeys the same bound, so mixing
+    them is sound.
     """
     n, k = query.shape[0], feats.shape[0]
     width = math.gcd(k, _GROUP)
@@ -235,8 +246,9 @@ def _gemm_pass(query, slack, feats, chunk, code_block):
         thr[r0 : r0 + rows] = v - slack[r0 : r0 + rows]
         flag = runner >= thr[r0 : r0 + rows]
         unsure[r0 : r0 + rows] = flag
-        kept.append(gmax[flag])
-    return idx, unsure, thr, torch.cat(kept)
+        if keep_groups:
+            kept.append(gmax[flag])
+    return idx, unsure, thr, torch.cat(kept) if keep_groups else None
 
 
 def _rescore(gmax, thr, query, feats, c64, mu64, sigma64, beta, counts):
@@ -262,7 +274,9 @@ def _rescore(gmax, thr, query, feats, c64, mu64, sigma64, beta, counts):
         exact = _direct_scores(c64[j], mu64[r], sigma64[r], beta)
         top = torch.full_like(best_v, -math.inf).scatter_reduce(0, r, exact, "amax")
         win = exact == top[r]
-        first = torch.zeros_like(best_i).scatter_reduce(0, r[win], j[win], "amin", include_self=False)
+        first = torch.zeros_like(best_i).scatter_reduce(
+            0, r[win], j[win], "amin", include_self=False
+        )
         better = top > best_v  # strict: earlier (lower-index) codes win ties
         best_v, best_i = torch.where(better, top, best_v), torch.where(better, first, best_i)
     return best_i
@@ -297,12 +311,22 @@ class GaussianQuant(nn.Module):
         _check_int("dim", dim, 1)
         _check_int("chunk_size", chunk_size, 1)
         _check_int("code_block", code_block, 1)
-        if not isinstance(codebook_size, int) or codebook_size < 2 or codebook_size & (codebook_size - 1):
-            raise GaussquantError(f"gq: codebook_size K={codebook_size!r} must be a power of two >= 2")
+        if (
+            not isinstance(codebook_size, int)
+            or codebook_size < 2
+            or codebook_size & (codebook_size - 1)
+        ):
+            raise GaussquantError(
+                f"gq: codebook_size K={codebook_size!r} must be a power of two >= 2"
+            )
         if latent_channels % dim:
-            raise GaussquantError(f"gq: dim m={dim} must divide latent_channels C={latent_channels}")
+            raise GaussquantError(
+                f"gq: dim m={dim} must divide latent_channels C={latent_channels}"
+            )
         if dim > SobolEngine.MAXDIM:
-            raise GaussquantError(f"gq: dim m={dim} exceeds the Sobol engine's {SobolEngine.MAXDIM}")
+            raise GaussquantError(
+                f"gq: dim m={dim} exceeds the Sobol engine's {SobolEngine.MAXDIM}"
+            )
         if not math.isfinite(beta):
             raise GaussquantError(f"gq: beta={beta!r} must be a finite number (paper: 1.0)")
         self.latent_channels, self.dim, self.codebook_size = latent_channels, dim, codebook_size
@@ -319,8 +343,13 @@ class GaussianQuant(nn.Module):
 
     def metadata(self) -> dict:
         """What identifies the codebook (for checkpoints): seed, K, m, beta, sha256."""
-        return {"seed": self.seed, "codebook_size": self.codebook_size, "dim": self.dim,
-                "beta": self.beta, "sha256": self.sha256}  # fmt: skip
+        return {
+            "seed": self.seed,
+            "codebook_size": self.codebook_size,
+            "dim": self.dim,
+            "beta": self.beta,
+            "sha256": self.sha256,
+        }
 
     def check_sha256(self, expected: str) -> None:
         """Raise if the regenerated codebook differs from the one a checkpoint was made with."""
@@ -332,8 +361,10 @@ class GaussianQuant(nn.Module):
             )
 
     def extra_repr(self) -> str:
-        return (f"C={self.latent_channels}, K={self.codebook_size}, m={self.dim}, "
-                f"seed={self.seed}, beta={self.beta}, sha256={self.sha256[:12]}")  # fmt: skip
+        return (
+            f"C={self.latent_channels}, K={self.codebook_size}, m={self.dim}, "
+            f"seed={self.seed}, beta={self.beta}, sha256={self.sha256[:12]}"
+        )
 
     def encode(self, z: torch.Tensor, info: dict | None = None) -> torch.Tensor:
         """Indices (B, C/m, H, W) int64 for the encoder output z (B, 2C, H, W)."""
@@ -350,10 +381,15 @@ class GaussianQuant(nn.Module):
             mu_t, lv_t = to_tokens(mu, self.dim), to_tokens(logvar, self.dim)
             b, t, h, w, m = mu_t.shape
             idx = gq_search(
-                mu_t.reshape(-1, m), lv_t.reshape(-1, m), self.codebook, self.beta,
-                chunk_size=self.chunk_size, code_block=self.code_block,
-                features=(self.features, self.features64), info=info,
-            )  # fmt: skip
+                mu_t.reshape(-1, m),
+                lv_t.reshape(-1, m),
+                self.codebook,
+                self.beta,
+                chunk_size=self.chunk_size,
+                code_block=self.code_block,
+                features=(self.features, self.features64),
+                info=info,
+            )
         return idx.reshape(b, t, h, w)
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:

@@ -26,7 +26,6 @@ import itertools
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from gaussquant.errors import GaussquantError
@@ -85,7 +84,11 @@ class LFQ(nn.Module):
     ):
         super().__init__()
         self.token_bits = check_bits("lfq", bits, token_bits)
-        if not isinstance(sub_codebook_bits, int) or not 1 <= sub_codebook_bits <= 16 or bits % sub_codebook_bits:
+        if (
+            not isinstance(sub_codebook_bits, int)
+            or not 1 <= sub_codebook_bits <= 16
+            or bits % sub_codebook_bits
+        ):
             raise GaussquantError(
                 f"lfq: sub_codebook_bits={sub_codebook_bits!r} must be an integer in [1, 16] "
                 f"dividing bits={bits}"
@@ -103,8 +106,10 @@ class LFQ(nn.Module):
         self.register_buffer("sub_codes", codes, persistent=False)  # (2^s, s) in {-1, +1}
 
     def extra_repr(self) -> str:
-        return (f"bits={self.bits}, sub_codebook_bits={self.sub_codebook_bits}, "
-                f"tokens={self.tokens_per_position}, temperature={self.temperature}")  # fmt: skip
+        return (
+            f"bits={self.bits}, sub_codebook_bits={self.sub_codebook_bits}, "
+            f"tokens={self.tokens_per_position}, temperature={self.temperature}"
+        )
 
     def entropy_terms(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(per-sample entropy, codebook entropy) in nats for z (B, bits, H, W), float32."""
@@ -125,16 +130,23 @@ class LFQ(nn.Module):
             z = z.float()
             positive = z > 0
             codes = torch.where(positive, 1.0, -1.0)
-            z_q = z + (codes - z).detach()  # straight-through
+            z_q = z + (codes - z).detach() if self.training else codes  # straight-through
             indices = sign_bits_to_indices(positive, self.token_bits)
             losses, stats = {}, {}
             if self.training:
                 per_sample, codebook = self.entropy_terms(z)
                 aux = per_sample - codebook
                 commit = (z - codes).square().mean()
-                losses = {"entropy": self.entropy_weight * aux, "commit": self.commit_weight * commit}
-                stats = {"entropy_aux_loss": aux.detach(), "per_sample_entropy": per_sample.detach(),
-                         "codebook_entropy": codebook.detach(), "commit_loss": commit.detach()}  # fmt: skip
+                losses = {
+                    "entropy": self.entropy_weight * aux,
+                    "commit": self.commit_weight * commit,
+                }
+                stats = {
+                    "entropy_aux_loss": aux.detach(),
+                    "per_sample_entropy": per_sample.detach(),
+                    "codebook_entropy": codebook.detach(),
+                    "commit_loss": commit.detach(),
+                }
         return QuantizerOutput(z_q=z_q, indices=indices, losses=losses, stats=stats)
 
     def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:

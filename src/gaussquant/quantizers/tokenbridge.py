@@ -47,7 +47,9 @@ class TokenBridge(nn.Module):
         if not isinstance(latent_channels, int) or latent_channels < 1:
             raise GaussquantError(f"tokenbridge: latent_channels={latent_channels!r} must be >= 1")
         if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 16:
-            raise GaussquantError(f"tokenbridge: bits={bits!r} per channel must be an integer in [1, 16]")
+            raise GaussquantError(
+                f"tokenbridge: bits={bits!r} per channel must be an integer in [1, 16]"
+            )
         self.latent_channels, self.bits = latent_channels, bits
         self.in_channels, self.out_channels = 2 * latent_channels, latent_channels
         self.tokens_per_position = latent_channels

@@ -45,19 +45,26 @@ class VectorQuantizer(nn.Module):
         weight: float = 1.0,
     ):
         super().__init__()
-        for name, value in (("latent_channels", latent_channels), ("codebook_size", codebook_size),
-                            ("tokens", tokens)):  # fmt: skip
+        for name, value in (
+            ("latent_channels", latent_channels),
+            ("codebook_size", codebook_size),
+            ("tokens", tokens),
+        ):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise GaussquantError(f"vq: {name}={value!r} must be an integer >= 1")
         if codebook_size < 2 or codebook_size & (codebook_size - 1):
-            raise GaussquantError(f"vq: codebook_size K={codebook_size} must be a power of two >= 2")
+            raise GaussquantError(
+                f"vq: codebook_size K={codebook_size} must be a power of two >= 2"
+            )
         if latent_channels % tokens:
             raise GaussquantError(
                 f"vq: tokens={tokens} must divide latent_channels={latent_channels} "
                 "(each token has C/T channels)"
             )
         if not (math.isfinite(beta) and beta >= 0 and math.isfinite(weight) and weight >= 0):
-            raise GaussquantError(f"vq: beta={beta!r} and weight={weight!r} must be finite and >= 0")
+            raise GaussquantError(
+                f"vq: beta={beta!r} and weight={weight!r} must be finite and >= 0"
+            )
         self.in_channels = self.out_channels = latent_channels
         self.tokens_per_position, self.dim = tokens, latent_channels // tokens
         self.codebook_size = codebook_size
@@ -67,8 +74,10 @@ class VectorQuantizer(nn.Module):
         nn.init.uniform_(self.embedding.weight, -1.0 / codebook_size, 1.0 / codebook_size)
 
     def extra_repr(self) -> str:
-        return (f"K={self.codebook_size}, tokens={self.tokens_per_position}, dim={self.dim}, "
-                f"beta={self.beta}, legacy_loss={self.legacy_loss}")  # fmt: skip
+        return (
+            f"K={self.codebook_size}, tokens={self.tokens_per_position}, dim={self.dim}, "
+            f"beta={self.beta}, legacy_loss={self.legacy_loss}"
+        )
 
     def nearest(self, flat: torch.Tensor) -> torch.Tensor:
         """Index of the nearest codeword (squared L2) for each row of flat (N, dim)."""
@@ -94,10 +103,12 @@ class VectorQuantizer(nn.Module):
                 loss = commit + self.beta * codebook
             else:
                 loss = codebook + self.beta * commit
-            z_st = z + (z_q - z).detach()  # straight-through estimator
+            # straight-through estimator in training; the exact codewords in eval
+            z_st = z + (z_q - z).detach() if self.training else z_q.detach()
         stats = {"codebook_loss": loss.detach(), "commit": commit.detach()}
-        return QuantizerOutput(z_q=z_st, indices=indices, losses={"vq": self.weight * loss},
-                               stats=stats)  # fmt: skip
+        return QuantizerOutput(
+            z_q=z_st, indices=indices, losses={"vq": self.weight * loss}, stats=stats
+        )
 
     def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
         """Indices (B, T, H, W) -> codewords in the latent layout (B, C, H, W)."""

@@ -80,13 +80,15 @@ def _bottleneck(cfg: Config, method: str, rate: str) -> nn.Module:
         lf = cfg.lfq
         return LFQ(
             r.lfq_bits,
+            token_bits=min(r.lfq_bits, 16),  # one index per 16 bits (tiny profile: 8)
             sub_codebook_bits=lf.sub_codebook_bits,
             entropy_weight=lf.entropy_weight,
             commit_weight=lf.commit_weight,
             temperature=lf.temperature,
         )
     if method == "bsq":
-        return BSQ(r.bsq_bits, entropy_weight=cfg.bsq.entropy_weight, entropy_rule=cfg.bsq.entropy_rule)
+        return BSQ(r.bsq_bits, entropy_weight=cfg.bsq.entropy_weight, entropy_rule=cfg.bsq.entropy_rule,
+                   token_bits=min(r.bsq_bits, 16))
     raise GaussquantError(f"unknown method {method!r}; allowed: {', '.join(TRAINED_METHODS)}")
 
 

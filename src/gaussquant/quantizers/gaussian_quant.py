@@ -114,7 +114,7 @@ def gq_search(
     codebook: torch.Tensor,
     beta: float = 1.0,
     *,
-    chunk_size: int = 512,
+    chunk_size: int = 1024,
     code_block: int = 512,
     features: tuple[torch.Tensor, torch.Tensor] | None = None,
     info: dict | None = None,
@@ -303,7 +303,7 @@ class GaussianQuant(nn.Module):
         dim: int,
         seed: int = 42,
         beta: float = 1.0,
-        chunk_size: int = 512,
+        chunk_size: int = 1024,
         code_block: int = 512,
     ):
         super().__init__()

@@ -157,7 +157,8 @@ def train(cfg: Config, method: str, arch: str, rate: str, data_dir: Path, out: P
     if perceptual is not None:
         perceptual = perceptual.to(accelerator.device)
     nll_loss = ReconstructionNLL(lc)
-    lr, betas = tc.lr[method], tuple(tc.betas)
+    hp = "gq" if method == "tbtdc" else method  # the TokenBridge TDC VAE trains like the GQ one
+    lr, betas = tc.lr[hp], tuple(tc.betas)
     g_params = list(model.parameters()) + [nll_loss.logvar]
     opt_g = torch.optim.Adam(g_params, lr=lr, betas=betas)
     opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=betas)
@@ -174,7 +175,7 @@ def train(cfg: Config, method: str, arch: str, rate: str, data_dir: Path, out: P
 
     # ---- data: order is a function of (seed, step) only
     dataset = PreparedDataset(data_dir, "train")
-    batch = tc.batch_size[method]
+    batch = tc.batch_size[hp]
     sampler = StepBatchSampler(len(dataset), batch, tc.steps, tc.seed, loop.step,
                                accelerator.process_index, accelerator.num_processes)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=tc.num_workers,

@@ -77,7 +77,11 @@ def seed_table(records: list[dict]) -> pd.DataFrame:
     for col in METRIC_COLS:
         v = pd.to_numeric(df[col], errors="coerce")
         summary[col] = f"{v.mean():.4g} +- {v.std(ddof=1):.2g}" if v.notna().sum() > 1 else "-"
-    return pd.concat([df.astype({"seed": str}), pd.DataFrame([summary])], ignore_index=True)
+    shown = df.astype(object)
+    for col in METRIC_COLS:
+        shown[col] = [f"{v:.4g}" if isinstance(v, (int, float)) and v == v else "-" for v in df[col]]
+    shown["seed"] = df["seed"].astype(str)
+    return pd.concat([shown, pd.DataFrame([summary])], ignore_index=True)
 
 
 def tolerance_table(records: list[dict], tolerances: list[float], rates: list[dict]) -> pd.DataFrame:

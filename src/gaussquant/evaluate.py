@@ -121,7 +121,9 @@ def evaluate_model(
         for stats in (real_stats, fake_stats):
             stats.reduce(accelerator)
         if codes is not None:
-            codes.reduce(accelerator)
+            total = accelerator.reduce(codes.state().to(device), "sum").cpu()
+            codes.counts.zero_()
+            codes.merge(total)
     result = sums.means()
     if result["n_images"] != n_total:
         raise GaussquantError(f"evaluated {result['n_images']} images, expected {n_total}")
@@ -133,7 +135,9 @@ def evaluate_model(
     else:
         result["rfid"] = None
     if codes is not None:
-        result.update(codes.summary())
+        summary = codes.summary()
+        result["codebook_usage"], result["perplexity"] = summary.pop("usage"), summary.pop("perplexity")
+        result["codebook"] = summary  # per token group and pooled
     if grid_path is not None and rank == 0:
         save_grid(grid_pairs[: cfg.eval.grid_images], grid_path)
     return result

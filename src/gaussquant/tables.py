@@ -98,7 +98,7 @@ def format_table(table: pd.DataFrame, decimals: dict[str, int], bold: tuple[str,
     shown["Arch"] = table["arch"]
     shown["bpp"] = table["bpp"].map(lambda v: f"{v:g}")
     shown["Method"] = table["method"]
-    shown["Tokens"] = table["tokens"].map(lambda v: f"{int(v)}")
+    shown["Tokens"] = table["tokens"].map(lambda v: f"{int(v)}" if v else "-")  # 0: continuous row
     for key, (title, higher) in METRICS.items():
         d = decimals.get(key, 3 if key not in ("perplexity",) else 1)
         cells = []

@@ -48,10 +48,14 @@ def reference_loop(cfg, method, arch, rate, data_dir, steps, weights, taming: bo
     perceptual = build_lpips("vgg", weights) if cfg.loss.lpips_weight > 0 else None
     nll_loss = ReconstructionNLL(cfg.loss)
     lr = cfg.train.lr[method]
-    opt_g = torch.optim.Adam(list(model.parameters()) + [nll_loss.logvar], lr=lr, betas=tuple(cfg.train.betas))
+    opt_g = torch.optim.Adam(
+        list(model.parameters()) + [nll_loss.logvar], lr=lr, betas=tuple(cfg.train.betas)
+    )
     opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=tuple(cfg.train.betas))
     data = PreparedDataset(data_dir, "train")
-    loader = torch.utils.data.DataLoader(data, batch_size=cfg.train.batch_size[method], shuffle=True, drop_last=True)
+    loader = torch.utils.data.DataLoader(
+        data, batch_size=cfg.train.batch_size[method], shuffle=True, drop_last=True
+    )
     it = iter(loader)
     lc = cfg.loss
     t0 = None
@@ -88,8 +92,10 @@ def reference_loop(cfg, method, arch, rate, data_dir, steps, weights, taming: bo
 def ours(cfg, method, arch, rate, data_dir, steps, weights) -> float:
     out = Path(tempfile.mkdtemp(prefix="bench-train-"))
     try:
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps + 2, log_every=1,
-                                                                save_every=10**9))
+        cfg = dataclasses.replace(
+            cfg,
+            train=dataclasses.replace(cfg.train, steps=steps + 2, log_every=1, save_every=10**9),
+        )
         train(cfg, method, arch, rate, data_dir, out, weights, progress=False)
         log = pd.read_csv(out / "metrics.csv")
         t = log.set_index("step")["time_s"]
@@ -117,15 +123,27 @@ def main(argv=None) -> list[dict]:
     for arch in cfg.experiment.archs:
         batch = cfg.train.batch_size["gq"]
         t_ours = ours(cfg, "gq", arch, rate, data_dir / "d", args.steps, args.weights)
-        t_plain = reference_loop(cfg, "gq", arch, rate, data_dir / "d", args.steps, args.weights, taming=False)
-        t_taming = reference_loop(cfg, "gq", arch, rate, data_dir / "d", args.steps, args.weights, taming=True)
-        rows.append({
-            "profile": args.profile, "arch": arch, "gan": args.gan, "batch": batch,
-            "ours_updates_per_s": 1 / t_ours, "plain_updates_per_s": 1 / t_plain,
-            "taming_updates_per_s": 1 / t_taming, "ours_images_per_s": batch / t_ours,
-            "ours_vs_plain": t_plain / t_ours, "ours_vs_taming": t_taming / t_ours,
-            "peak_rss_mb": _peak_rss_mb(),
-        })
+        t_plain = reference_loop(
+            cfg, "gq", arch, rate, data_dir / "d", args.steps, args.weights, taming=False
+        )
+        t_taming = reference_loop(
+            cfg, "gq", arch, rate, data_dir / "d", args.steps, args.weights, taming=True
+        )
+        rows.append(
+            {
+                "profile": args.profile,
+                "arch": arch,
+                "gan": args.gan,
+                "batch": batch,
+                "ours_updates_per_s": 1 / t_ours,
+                "plain_updates_per_s": 1 / t_plain,
+                "taming_updates_per_s": 1 / t_taming,
+                "ours_images_per_s": batch / t_ours,
+                "ours_vs_plain": t_plain / t_ours,
+                "ours_vs_taming": t_taming / t_ours,
+                "peak_rss_mb": _peak_rss_mb(),
+            }
+        )
     shutil.rmtree(data_dir, ignore_errors=True)
     print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3g"))
     if args.out:

@@ -31,5 +31,7 @@ def weights_dir():
     """Metric weights fetched by `make test` (gaussquant fetch-weights) before pytest runs."""
     path = Path(os.environ.get("GAUSSQUANT_WEIGHTS", ROOT / "weights"))
     if not (path / "manifest.json").exists():
-        pytest.fail(f"metric weights missing in {path}: run `gaussquant fetch-weights --out {path}` (make test does)")
+        pytest.fail(
+            f"metric weights missing in {path}: run `gaussquant fetch-weights --out {path}` (make test does)"
+        )
     return path

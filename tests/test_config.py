@@ -37,28 +37,60 @@ def test_every_profile_loads(profile):
 def test_paper_profile_is_spec():
     """The paper profile encodes SPEC 1, 2, 4, 5 exactly."""
     cfg = load_config(ROOT / "params.yaml", "paper")
-    assert cfg.data.resolution == 256 and cfg.model.latent_channels == 16 and cfg.model.downsample == 8
+    assert (
+        cfg.data.resolution == 256 and cfg.model.latent_channels == 16 and cfg.model.downsample == 8
+    )
     assert cfg.model.unet.ch == 128 and list(cfg.model.unet.ch_mult) == [1, 2, 4, 4]
     assert cfg.model.unet.num_res_blocks == 2
     v = cfg.model.vit
     assert (v.patch, v.width, v.layers, v.heads, v.mlp_ratio) == (8, 768, 12, 12, 4.0)
     d = cfg.model.discriminator
     assert (d.ndf, d.n_layers, d.use_actnorm) == (160, 6, True)
-    assert cfg.loss.lpips_weight == 1.0 and cfg.loss.disc_start == 20001 and cfg.loss.disc_weight == 0.75
+    assert (
+        cfg.loss.lpips_weight == 1.0
+        and cfg.loss.disc_start == 20001
+        and cfg.loss.disc_weight == 0.75
+    )
     t = cfg.tdc
     assert (t.codebook_size, t.tolerance, t.factor, t.weight) == (65536, 0.5, 1.01, 0.1)
     assert tuple(t.lam_max_range) == (1.0, 1000.0) and tuple(t.lam_min_range) == (0.001, 1.0)
     assert cfg.vanilla.kl_weight == 0.64 and cfg.gq.seed == 42 and cfg.gq.beta == 1.0
     assert cfg.vq.codebook_size == 65536 and cfg.vq.beta == 0.25 and cfg.vq.legacy_loss
-    assert (cfg.lfq.sub_codebook_bits, cfg.lfq.entropy_weight, cfg.lfq.commit_weight) == (8, 0.1, 0.025)
-    assert cfg.lfq.temperature == 0.01 and cfg.bsq.entropy_weight == 0.1 and cfg.bsq.entropy_rule == "repo"
-    assert cfg.train.lr == {"gq": 1e-4, "vanilla": 1e-4, "fsq": 1e-4, "lfq": 4e-5, "bsq": 4e-5, "vq": 4e-4}
-    assert cfg.train.batch_size == {"gq": 16, "vanilla": 16, "fsq": 16, "lfq": 16, "bsq": 16, "vq": 8}
+    assert (cfg.lfq.sub_codebook_bits, cfg.lfq.entropy_weight, cfg.lfq.commit_weight) == (
+        8,
+        0.1,
+        0.025,
+    )
+    assert (
+        cfg.lfq.temperature == 0.01
+        and cfg.bsq.entropy_weight == 0.1
+        and cfg.bsq.entropy_rule == "repo"
+    )
+    assert cfg.train.lr == {
+        "gq": 1e-4,
+        "vanilla": 1e-4,
+        "fsq": 1e-4,
+        "lfq": 4e-5,
+        "bsq": 4e-5,
+        "vq": 4e-4,
+    }
+    assert cfg.train.batch_size == {
+        "gq": 16,
+        "vanilla": 16,
+        "fsq": 16,
+        "lfq": 16,
+        "bsq": 16,
+        "vq": 8,
+    }
     assert list(cfg.train.betas) == [0.9, 0.999] and cfg.train.mixed_precision == "no"
     assert [cfg.rates[r].gq_dim for r in ("0.25", "0.5", "1.0")] == [16, 8, 4]
     assert cfg.rates["0.25"].fsq_levels == [16] * 4 and cfg.rates["1.0"].fsq_levels == [16] * 16
     assert cfg.experiment.methods == ["vq", "fsq", "lfq", "bsq", "gq"]
-    assert cfg.experiment.archs == ["unet", "vit"] and cfg.experiment.rates == ["0.25", "0.5", "1.0"]
+    assert cfg.experiment.archs == ["unet", "vit"] and cfg.experiment.rates == [
+        "0.25",
+        "0.5",
+        "1.0",
+    ]
     assert cfg.eval.max_images == 0
     der = cfg.derived()
     assert der["latent_shape"] == [16, 32, 32]
@@ -180,7 +212,9 @@ def test_config_round_trips_through_checkpoint_dict():
 def test_overrides_apply_after_profile_and_are_checked():
     cfg = load_config(ROOT / "params.yaml", "quick", ["tdc.tolerance=0.25", "gq.seed=7"])
     assert cfg.tdc.tolerance == 0.25 and cfg.gq.seed == 7
-    with pytest.raises(ConfigError, match="override tdc.tolerence: unknown key; allowed: codebook_size"):
+    with pytest.raises(
+        ConfigError, match="override tdc.tolerence: unknown key; allowed: codebook_size"
+    ):
         load_config(ROOT / "params.yaml", "quick", ["tdc.tolerence=0.25"])
     with pytest.raises(ConfigError, match="tdc.codebook_size: 1000 is not a power of two"):
         load_config(ROOT / "params.yaml", "quick", ["tdc.codebook_size=1000"])

@@ -1,8 +1,8 @@
 """environment.yml (for conda users) lists exactly the dependencies of pyproject.toml."""
 
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -66,8 +66,14 @@ def test_per_image_mean_differs_from_pooled_psnr(tiny_cfg, tiny_data, weights_di
             return out
 
     data = PreparedDataset(tiny_data, "val")
-    m = evaluate_model(HalfBad(0), data, _cfg(tiny_cfg, batch_size=16, fid=False), weights_dir,
-                       continuous=True, progress=False)
+    m = evaluate_model(
+        HalfBad(0),
+        data,
+        _cfg(tiny_cfg, batch_size=16, fid=False),
+        weights_dir,
+        continuous=True,
+        progress=False,
+    )
     per_image = [10 * math.log10(255**2 / (d * 127.5) ** 2) for d in (0.5, 0.001)]
     pooled = 10 * math.log10(255**2 / (((0.5 * 127.5) ** 2 + (0.001 * 127.5) ** 2) / 2))
     assert m["psnr"] == pytest.approx(sum(per_image) / 2, abs=1e-3)
@@ -77,8 +83,14 @@ def test_per_image_mean_differs_from_pooled_psnr(tiny_cfg, tiny_data, weights_di
 
 def test_fid_of_identity_reconstruction_is_zero(tiny_cfg, tiny_data, weights_dir):
     data = PreparedDataset(tiny_data, "val")
-    m = evaluate_model(ShiftModel(0.0), data, _cfg(tiny_cfg, batch_size=5), weights_dir,
-                       continuous=True, progress=False)
+    m = evaluate_model(
+        ShiftModel(0.0),
+        data,
+        _cfg(tiny_cfg, batch_size=5),
+        weights_dir,
+        continuous=True,
+        progress=False,
+    )
     assert abs(m["rfid"]) < 1e-3
     assert m["lpips"] == pytest.approx(0.0, abs=1e-6)
 
@@ -100,15 +112,36 @@ def _tiny_checkpoint(tiny_cfg, tmp_path):
 
 def _evaluate_cli(args, launcher=()):
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
-    cmd = [*launcher, *(["-m", "gaussquant.cli"] if launcher else [sys.executable, "-m", "gaussquant.cli"]),
-           "evaluate", "--params", str(ROOT / "params.yaml"), "--profile", "tiny", "--no-progress", *args]
+    cmd = [
+        *launcher,
+        *(["-m", "gaussquant.cli"] if launcher else [sys.executable, "-m", "gaussquant.cli"]),
+        "evaluate",
+        "--params",
+        str(ROOT / "params.yaml"),
+        "--profile",
+        "tiny",
+        "--no-progress",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
 
 
 def test_architecture_mismatch_names_both(tiny_cfg, tiny_data, weights_dir, tmp_path):
     ckpt = _tiny_checkpoint(tiny_cfg, tmp_path)
-    proc = _evaluate_cli(["--ckpt", str(ckpt), "--data", str(tiny_data), "--out", str(tmp_path / "m.json"),
-                          "--arch", "vit", "--weights", str(weights_dir)])
+    proc = _evaluate_cli(
+        [
+            "--ckpt",
+            str(ckpt),
+            "--data",
+            str(tiny_data),
+            "--out",
+            str(tmp_path / "m.json"),
+            "--arch",
+            "vit",
+            "--weights",
+            str(weights_dir),
+        ]
+    )
     assert proc.returncode == 2
     assert "checkpoint architecture is 'unet' but 'vit' was requested" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -122,8 +155,19 @@ def test_two_processes_agree_with_one(tiny_cfg, tiny_data, weights_dir, tmp_path
     common = ["--ckpt", str(ckpt), "--data", str(tiny_data), "--weights", str(weights_dir)]
     one = _evaluate_cli([*common, "--out", str(tmp_path / "one.json")])
     assert one.returncode == 0, one.stderr[-3000:]
-    launcher = [str(BIN / "accelerate"), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launcher = [
+        str(BIN / "accelerate"),
+        "launch",
+        "--cpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
     two = _evaluate_cli([*common, "--out", str(tmp_path / "two.json")], launcher)
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))

@@ -19,23 +19,35 @@ ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_
 def _run(cmd, cwd, check=True):
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=ENV)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
     return proc
 
 
 def _copy_repo(dst: Path, weights: Path) -> Path:
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     for f in files:
         (dst / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / f, dst / f)
     params = yaml.safe_load((dst / "params.yaml").read_text())
     text = (dst / "params.yaml").read_text()
     assert params["profile"] in ("quick", "tiny", "paper")
-    (dst / "params.yaml").write_text(re.sub(r"^profile: \w+", "profile: tiny", text, count=1, flags=re.M))
+    (dst / "params.yaml").write_text(
+        re.sub(r"^profile: \w+", "profile: tiny", text, count=1, flags=re.M)
+    )
     (dst / "weights").symlink_to(weights)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"],
+    ):
         _run(cmd, dst)
     return dst
 
@@ -70,7 +82,9 @@ def test_dvc_repro_tiny_produces_sane_tables_and_figures(tiny_repo):
 
 @pytest.mark.slow
 def test_second_run_has_nothing_to_do(tiny_repo):
-    out = _run(["snakemake", "-n", "reproduce_table1", "reproduce_tokenbridge", "figures"], tiny_repo)
+    out = _run(
+        ["snakemake", "-n", "reproduce_table1", "reproduce_tokenbridge", "figures"], tiny_repo
+    )
     assert "Nothing to be done" in out.stdout + out.stderr
     status = _run(["dvc", "status"], tiny_repo)
     assert "up to date" in status.stdout.lower()
@@ -82,9 +96,17 @@ def test_table_parameter_change_reruns_only_table_rules(tiny_repo):
     text = params.read_text()
     params.write_text(text.replace("decimals: {psnr: 2,", "decimals: {psnr: 3,", 1))
     try:
-        out = _run(["snakemake", "-n", "--quiet", "rules", "reproduce_table1", "reproduce_tokenbridge"], tiny_repo)
+        out = _run(
+            ["snakemake", "-n", "--quiet", "rules", "reproduce_table1", "reproduce_tokenbridge"],
+            tiny_repo,
+        )
         rules = set(re.findall(r"^(\w+)\s+\d+", out.stdout, flags=re.M)) - {"total", "job"}
-        assert rules and rules <= {"table1", "table_tokenbridge", "reproduce_table1", "reproduce_tokenbridge"}, out.stdout
+        assert rules and rules <= {
+            "table1",
+            "table_tokenbridge",
+            "reproduce_table1",
+            "reproduce_tokenbridge",
+        }, out.stdout
     finally:
         params.write_text(text)
 
@@ -95,10 +117,24 @@ def test_snakemake_lint_is_clean():
 
 
 def test_paper_dry_run_with_slurm_renders_multi_gpu_launch(tmp_path):
-    out = _run(["snakemake", "-n", "-p", "--profile", "profiles/slurm", "--config", "profile=paper",
-                "reproduce_table1"], ROOT)
+    out = _run(
+        [
+            "snakemake",
+            "-n",
+            "-p",
+            "--profile",
+            "profiles/slurm",
+            "--config",
+            "profile=paper",
+            "reproduce_table1",
+        ],
+        ROOT,
+    )
     text = out.stdout + out.stderr
-    assert "accelerate launch --config_file workflow/accelerate/multigpu.yaml --num_processes 8" in text
+    assert (
+        "accelerate launch --config_file workflow/accelerate/multigpu.yaml --num_processes 8"
+        in text
+    )
     assert "-m gaussquant.cli train" in text
     for rate in ("0.25", "0.5", "1.0"):
         assert f"--rate {rate}" in text
@@ -109,11 +145,11 @@ def test_dvc_outs_cover_every_results_folder():
     dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     outs = {}
     for out in dvc["stages"]["pipeline"]["outs"]:
-        (path, opts), = out.items() if isinstance(out, dict) else ((out, {}),)
+        ((path, opts),) = out.items() if isinstance(out, dict) else ((out, {}),)
         outs[path] = opts
     written = set()
     for smk in (ROOT / "workflow" / "rules").glob("*.smk"):
-        written |= set(re.findall(r'\{RES\}/(\w+)/', smk.read_text()))
+        written |= set(re.findall(r"\{RES\}/(\w+)/", smk.read_text()))
     covered = {p.split("/")[2] for p in outs if p.startswith("results/")}
     assert written and written <= covered, f"not covered by dvc.yaml outs: {written - covered}"
     assert all(opts.get("persist") for opts in outs.values())

@@ -34,7 +34,12 @@ def test_matches_official_40_steps(ref):
         before = [reg.lam.item(), reg.lam_min.item(), reg.lam_max.item()]
         mu, logvar = split_posterior(torch.from_numpy(z[step]))
         loss, stats = reg(mu, logvar)
-        got = [loss.item(), stats["bits_mean"].item(), stats["bits_min"].item(), stats["bits_max"].item()]
+        got = [
+            loss.item(),
+            stats["bits_mean"].item(),
+            stats["bits_min"].item(),
+            stats["bits_max"].item(),
+        ]
         after = [reg.lam.item(), reg.lam_min.item(), reg.lam_max.item()]
         np.testing.assert_allclose(got, out[step], rtol=1e-5, err_msg=f"step {step}")
         np.testing.assert_allclose(before + after, lams[step], rtol=1e-5, err_msg=f"step {step}")
@@ -99,7 +104,9 @@ def test_reduced_statistics_make_processes_agree():
             shard(m, lv, reduce)
     for shard in shards:
         for name in ("lam", "lam_min", "lam_max"):
-            assert getattr(shard, name).item() == pytest.approx(getattr(whole, name).item(), rel=1e-12)
+            assert getattr(shard, name).item() == pytest.approx(
+                getattr(whole, name).item(), rel=1e-12
+            )
 
 
 def test_multipliers_are_saved_in_state_dict():

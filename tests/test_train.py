@@ -15,9 +15,30 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _train(method, arch, data, out, weights, *extra):
-    cmd = [sys.executable, "-m", "gaussquant.cli", "train", "--params", str(ROOT / "params.yaml"),
-           "--profile", "tiny", "--method", method, "--arch", arch, "--rate", "0.125",
-           "--data", str(data), "--out", str(out), "--weights", str(weights), "--no-progress", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gaussquant.cli",
+        "train",
+        "--params",
+        str(ROOT / "params.yaml"),
+        "--profile",
+        "tiny",
+        "--method",
+        method,
+        "--arch",
+        arch,
+        "--rate",
+        "0.125",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--weights",
+        str(weights),
+        "--no-progress",
+        *extra,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
 
@@ -33,7 +54,9 @@ def test_sigkill_resume_is_bitwise_identical(tiny_data, weights_dir, tmp_path):
     full = _train("gq", "unet", tiny_data, tmp_path / "full", weights_dir)
     assert full.returncode == 0, full.stderr[-3000:]
 
-    killed = _train("gq", "unet", tiny_data, tmp_path / "resumed", weights_dir, "--kill-at-step", "4")
+    killed = _train(
+        "gq", "unet", tiny_data, tmp_path / "resumed", weights_dir, "--kill-at-step", "4"
+    )
     assert killed.returncode == -9, killed.stderr[-3000:]  # SIGKILL
     assert not (tmp_path / "resumed" / "model.pt").exists()
     resumed = _train("gq", "unet", tiny_data, tmp_path / "resumed", weights_dir)
@@ -53,8 +76,17 @@ def test_sigkill_resume_is_bitwise_identical(tiny_data, weights_dir, tmp_path):
     pd.testing.assert_frame_equal(log_a.drop(columns="time_s"), log_b.drop(columns="time_s"))
 
 
-@pytest.mark.parametrize("method,arch", [("vq", "vit"), ("fsq", "unet"), ("lfq", "unet"),
-                                         ("bsq", "vit"), ("vanilla", "unet"), ("tbtdc", "vit")])
+@pytest.mark.parametrize(
+    "method,arch",
+    [
+        ("vq", "vit"),
+        ("fsq", "unet"),
+        ("lfq", "unet"),
+        ("bsq", "vit"),
+        ("vanilla", "unet"),
+        ("tbtdc", "vit"),
+    ],
+)
 def test_every_method_trains(method, arch, tiny_cfg, tiny_data, weights_dir, tmp_path):
     from gaussquant.models.autoencoder import load_autoencoder
     from gaussquant.train import train
@@ -90,5 +122,13 @@ def test_missing_lpips_weights_names_fetch_command(tiny_cfg, tiny_data, tmp_path
     from gaussquant.train import train
 
     with pytest.raises(GaussquantError, match="gaussquant fetch-weights"):
-        train(tiny_cfg, "gq", "unet", "0.125", tiny_data, tmp_path / "run", tmp_path / "no-weights",
-              progress=False)
+        train(
+            tiny_cfg,
+            "gq",
+            "unet",
+            "0.125",
+            tiny_data,
+            tmp_path / "run",
+            tmp_path / "no-weights",
+            progress=False,
+        )

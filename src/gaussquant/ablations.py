@@ -26,7 +26,9 @@ PAPER_KL = {"vanilla": (0.26, 27.29), "tdc": (2.93, 5.63)}  # bits per dimension
 
 
 @torch.no_grad()
-def posterior_rates(ckpt: Path, data_dir: Path, batch_size: int = 64, max_images: int = 512) -> dict:
+def posterior_rates(
+    ckpt: Path, data_dir: Path, batch_size: int = 64, max_images: int = 512
+) -> dict:
     """Per-token KL (bits) of every token, and mean KL per latent channel (bits), on val images."""
     from torch.utils.data import DataLoader, Subset
 
@@ -37,7 +39,9 @@ def posterior_rates(ckpt: Path, data_dir: Path, batch_size: int = 64, max_images
 
     model, payload = load_autoencoder(ckpt)
     if not isinstance(model.bottleneck, GaussianBottleneck):
-        raise GaussquantError(f"{ckpt}: KL ranges need a Gaussian VAE, got method {payload['method']!r}")
+        raise GaussquantError(
+            f"{ckpt}: KL ranges need a Gaussian VAE, got method {payload['method']!r}"
+        )
     data = PreparedDataset(data_dir, "val")
     data = Subset(data, range(min(max_images, len(data))))
     tokens, per_channel, n = [], 0.0, 0
@@ -79,12 +83,16 @@ def seed_table(records: list[dict]) -> pd.DataFrame:
         summary[col] = f"{v.mean():.4g} +- {v.std(ddof=1):.2g}" if v.notna().sum() > 1 else "-"
     shown = df.astype(object)
     for col in METRIC_COLS:
-        shown[col] = [f"{v:.4g}" if isinstance(v, (int, float)) and v == v else "-" for v in df[col]]
+        shown[col] = [
+            f"{v:.4g}" if isinstance(v, (int, float)) and v == v else "-" for v in df[col]
+        ]
     shown["seed"] = df["seed"].astype(str)
     return pd.concat([shown, pd.DataFrame([summary])], ignore_index=True)
 
 
-def tolerance_table(records: list[dict], tolerances: list[float], rates: list[dict]) -> pd.DataFrame:
+def tolerance_table(
+    records: list[dict], tolerances: list[float], rates: list[dict]
+) -> pd.DataFrame:
     df = _metrics(records, tolerance=tolerances)
     df["token_bits_min"] = [float(r["token_bits"].min()) for r in rates]
     df["token_bits_max"] = [float(r["token_bits"].max()) for r in rates]
@@ -98,12 +106,17 @@ def kl_range_table(rates: dict[str, dict]) -> pd.DataFrame:
     for label, r in rates.items():
         tb, cb = r["token_bits"], r["channel_bits"]
         paper = PAPER_KL["tdc" if r["method"] != "vanilla" else "vanilla"]
-        rows.append({
-            "model": label, "m": r["dim"],
-            "token_bits_min": float(tb.min()), "token_bits_max": float(tb.max()),
-            "dim_bits_min": float(cb.min()), "dim_bits_max": float(cb.max()),
-            "paper_dim_bits_range": f"{paper[0]}-{paper[1]}",
-        })
+        rows.append(
+            {
+                "model": label,
+                "m": r["dim"],
+                "token_bits_min": float(tb.min()),
+                "token_bits_max": float(tb.max()),
+                "dim_bits_min": float(cb.min()),
+                "dim_bits_max": float(cb.max()),
+                "paper_dim_bits_range": f"{paper[0]}-{paper[1]}",
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -118,7 +131,11 @@ def plot(kind: str, df: pd.DataFrame, out: Path, rates: dict[str, dict] | None =
         fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
         for label, r in (rates or {}).items():
             axes[0].hist(r["token_bits"], bins=60, alpha=0.55, density=True, label=label)
-            axes[1].bar([f"{label}\n{i}" for i in range(len(r["channel_bits"]))], r["channel_bits"], alpha=0.7)
+            axes[1].bar(
+                [f"{label}\n{i}" for i in range(len(r["channel_bits"]))],
+                r["channel_bits"],
+                alpha=0.7,
+            )
         axes[0].set_xlabel("KL per token (bits)")
         axes[0].legend()
         axes[1].set_ylabel("mean KL per latent dimension (bits)")
@@ -141,7 +158,9 @@ def plot(kind: str, df: pd.DataFrame, out: Path, rates: dict[str, dict] | None =
 
 def write_ablation(df: pd.DataFrame, prefix: Path, caption: str) -> None:
     write_text(prefix.with_suffix(".csv"), df.to_csv(index=False, float_format="%.6g"))
-    write_text(prefix.with_suffix(".md"), f"{caption}\n\n{df.to_markdown(index=False, floatfmt='.4g')}\n")
+    write_text(
+        prefix.with_suffix(".md"), f"{caption}\n\n{df.to_markdown(index=False, floatfmt='.4g')}\n"
+    )
 
 
 def mean_bits(rates: dict) -> float:

@@ -33,7 +33,9 @@ from gaussquant.theory import TheoryConfig
 
 PROFILES = ("tiny", "quick", "paper")
 METHODS = ("vq", "fsq", "lfq", "bsq", "gq")  # trained tokenizers of Table 1 (gq = TDC VAE + GQ)
-ALL_METHODS = METHODS + ("vanilla",)  # vanilla = Gaussian VAE with summed KL (TokenBridge, ablations)
+ALL_METHODS = METHODS + (
+    "vanilla",
+)  # vanilla = Gaussian VAE with summed KL (TokenBridge, ablations)
 ARCHS = ("unet", "vit")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 BSQ_ENTROPY_RULES = ("repo", "faithful")
@@ -168,8 +170,12 @@ class AblationConfig:
 
     arch: str = "unet"
     rate: str = "0.25"
-    codebook_log2_offsets: list[int] = field(default_factory=lambda: [-2, -1, 0, 1, 2])  # K = 2^(b + o)
-    tolerances: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0])  # TDC alpha, bits
+    codebook_log2_offsets: list[int] = field(
+        default_factory=lambda: [-2, -1, 0, 1, 2]
+    )  # K = 2^(b + o)
+    tolerances: list[float] = field(
+        default_factory=lambda: [0.25, 0.5, 1.0, 2.0]
+    )  # TDC alpha, bits
     seeds: list[int] = field(default_factory=lambda: [42, 1, 2, 3, 4])  # GQ codebook seeds
 
 
@@ -195,7 +201,9 @@ class Config:
 
     def rate(self, name: str) -> RateConfig:
         if name not in self.rates:
-            raise ConfigError(f"rate {name!r} is not defined in params.yaml 'rates' (defined: {sorted(self.rates)})")
+            raise ConfigError(
+                f"rate {name!r} is not defined in params.yaml 'rates' (defined: {sorted(self.rates)})"
+            )
         return self.rates[name]
 
     def derived(self) -> dict[str, Any]:
@@ -223,7 +231,9 @@ class Config:
 def read_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"params file {str(path)!r} not found (run from the repository root or pass --params)")
+        raise ConfigError(
+            f"params file {str(path)!r} not found (run from the repository root or pass --params)"
+        )
     with open(path) as f:
         raw = yaml.safe_load(f)
     if not isinstance(raw, dict):
@@ -240,7 +250,9 @@ def resolve_params(raw: dict[str, Any], profile: str | None = None) -> dict[str,
         raise ConfigError(f"profile: {profile!r} is not allowed; allowed: {', '.join(PROFILES)}")
     unknown = set(profiles) - set(PROFILES)
     if unknown:
-        raise ConfigError(f"profiles: unknown profile(s) {sorted(unknown)}; allowed: {', '.join(PROFILES)}")
+        raise ConfigError(
+            f"profiles: unknown profile(s) {sorted(unknown)}; allowed: {', '.join(PROFILES)}"
+        )
     raw["profile"] = profile
     return _merge(raw, profiles.get(profile) or {}, f"profiles.{profile}")
 
@@ -293,7 +305,10 @@ def config_from_dict(data: dict[str, Any]) -> Config:
         raise ConfigError("model.vit.image_size: derived from data.resolution; remove the key")
     cfg = _build(Config, data, "")
     res, f = cfg.data.resolution, cfg.model.downsample
-    _check(res > 0 and res % f == 0, f"data.resolution: {res} must be a positive multiple of model.downsample={f}")
+    _check(
+        res > 0 and res % f == 0,
+        f"data.resolution: {res} must be a positive multiple of model.downsample={f}",
+    )
     # the ViT's positional embedding length follows the image size (a derived value)
     cfg.model.vit = dataclasses.replace(cfg.model.vit, image_size=cfg.data.resolution)
     validate(cfg)
@@ -318,9 +333,13 @@ def _build(tp: Any, value: Any, key: str) -> Any:
         kwargs = {k: _build(hints[k], v, _join(key, k)) for k, v in value.items()}
         try:
             return tp(**kwargs)
-        except ConfigError as err:  # a section's own check, e.g. "unet.ch: ..." -> "model.unet.ch: ..."
+        except (
+            ConfigError
+        ) as err:  # a section's own check, e.g. "unet.ch: ..." -> "model.unet.ch: ..."
             msg, parent = str(err), key.rpartition(".")[0]
-            raise ConfigError(f"{parent}.{msg}" if parent and msg.startswith(key.rpartition(".")[2]) else msg) from None
+            raise ConfigError(
+                f"{parent}.{msg}" if parent and msg.startswith(key.rpartition(".")[2]) else msg
+            ) from None
         except (ValueError, TypeError) as err:
             raise ConfigError(f"{where}: {err}") from None
     origin, args = typing.get_origin(tp), typing.get_args(tp)
@@ -344,7 +363,11 @@ def _build(tp: Any, value: Any, key: str) -> Any:
         return {str(k): _build(args[1], v, _join(key, str(k))) for k, v in value.items()}
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            hint = " (write numbers like 1.0e-4 with a dot: YAML reads 1e-4 as text)" if isinstance(value, str) else ""
+            hint = (
+                " (write numbers like 1.0e-4 with a dot: YAML reads 1e-4 as text)"
+                if isinstance(value, str)
+                else ""
+            )
             raise ConfigError(f"{where}: expected a number, got {value!r}{hint}")
         return float(value)
     if tp is int:
@@ -379,7 +402,10 @@ def _check(cond: bool, msg: str) -> None:
 
 
 def _allowed(key: str, value: Any, allowed: tuple) -> None:
-    _check(value in allowed, f"{key}: {value!r} is not allowed; allowed: {', '.join(map(str, allowed))}")
+    _check(
+        value in allowed,
+        f"{key}: {value!r} is not allowed; allowed: {', '.join(map(str, allowed))}",
+    )
 
 
 def validate(cfg: Config) -> None:
@@ -389,11 +415,20 @@ def validate(cfg: Config) -> None:
     c, f = m.latent_channels, m.downsample
     _check(c > 0, f"model.latent_channels: must be positive, got {c}")
     _check(_is_pow2(f), f"model.downsample: must be a power of two, got {f}")
-    _check(cfg.data.resolution % f == 0, f"data.resolution: {cfg.data.resolution} must be a multiple of model.downsample={f}")
+    _check(
+        cfg.data.resolution % f == 0,
+        f"data.resolution: {cfg.data.resolution} must be a multiple of model.downsample={f}",
+    )
     unet_f = 2 ** (len(m.unet.ch_mult) - 1)
-    _check(unet_f == f, f"model.unet.ch_mult: {len(m.unet.ch_mult)} levels downsample by {unet_f}, but model.downsample is {f}")
+    _check(
+        unet_f == f,
+        f"model.unet.ch_mult: {len(m.unet.ch_mult)} levels downsample by {unet_f}, but model.downsample is {f}",
+    )
     _check(m.vit.patch == f, f"model.vit.patch: {m.vit.patch} must equal model.downsample={f}")
-    _check(cfg.data.resolution >= 32, f"data.resolution: {cfg.data.resolution} px is below 32 px, the smallest LPIPS AlexNet accepts")
+    _check(
+        cfg.data.resolution >= 32,
+        f"data.resolution: {cfg.data.resolution} px is below 32 px, the smallest LPIPS AlexNet accepts",
+    )
     d = m.discriminator
     _check(
         cfg.data.resolution >= d.min_image_size,
@@ -401,11 +436,20 @@ def validate(cfg: Config) -> None:
         f"data.resolution is {cfg.data.resolution}",
     )
 
-    for key, k in (("tdc.codebook_size", cfg.tdc.codebook_size), ("vq.codebook_size", cfg.vq.codebook_size)):
-        _check(_is_pow2(k) and k >= 2, f"{key}: {k} is not a power of two (allowed: 2, 4, ..., 65536, ...)")
+    for key, k in (
+        ("tdc.codebook_size", cfg.tdc.codebook_size),
+        ("vq.codebook_size", cfg.vq.codebook_size),
+    ):
+        _check(
+            _is_pow2(k) and k >= 2,
+            f"{key}: {k} is not a power of two (allowed: 2, 4, ..., 65536, ...)",
+        )
     _check(cfg.tdc.tolerance >= 0, f"tdc.tolerance: must be >= 0, got {cfg.tdc.tolerance}")
     _check(cfg.tdc.factor > 1, f"tdc.factor: must be > 1, got {cfg.tdc.factor}")
-    for key, (lo, hi) in (("tdc.lam_max_range", cfg.tdc.lam_max_range), ("tdc.lam_min_range", cfg.tdc.lam_min_range)):
+    for key, (lo, hi) in (
+        ("tdc.lam_max_range", cfg.tdc.lam_max_range),
+        ("tdc.lam_min_range", cfg.tdc.lam_min_range),
+    ):
         _check(0 < lo <= hi, f"{key}: need 0 < low <= high, got [{lo}, {hi}]")
     _allowed("bsq.entropy_rule", cfg.bsq.entropy_rule, BSQ_ENTROPY_RULES)
     _check(cfg.lfq.temperature > 0, f"lfq.temperature: must be > 0, got {cfg.lfq.temperature}")
@@ -415,11 +459,17 @@ def validate(cfg: Config) -> None:
         _check(getattr(t, key) >= 1, f"train.{key}: must be >= 1, got {getattr(t, key)}")
     _check(t.num_workers >= 0, f"train.num_workers: must be >= 0, got {t.num_workers}")
     _check(cfg.loss.disc_start >= 0, f"loss.disc_start: must be >= 0, got {cfg.loss.disc_start}")
-    _check(len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), f"train.betas: need two values in [0, 1), got {t.betas}")
+    _check(
+        len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas),
+        f"train.betas: need two values in [0, 1), got {t.betas}",
+    )
     _allowed("train.mixed_precision", t.mixed_precision, MIXED_PRECISION)
     for key, table in (("train.lr", t.lr), ("train.batch_size", t.batch_size)):
         for method in ALL_METHODS:
-            _check(method in table, f"{key}: missing method {method!r}; give a value for each of {', '.join(ALL_METHODS)}")
+            _check(
+                method in table,
+                f"{key}: missing method {method!r}; give a value for each of {', '.join(ALL_METHODS)}",
+            )
         for method, v in table.items():
             _allowed(f"{key} key", method, ALL_METHODS)
             _check(v > 0, f"{key}.{method}: must be positive, got {v}")
@@ -435,28 +485,49 @@ def validate(cfg: Config) -> None:
     a = cfg.ablation
     _allowed("ablation.arch", a.arch, ARCHS)
     _allowed("ablation.rate", a.rate, tuple(cfg.rates))
-    _check(all(t >= 0 for t in a.tolerances), f"ablation.tolerances: must be >= 0, got {a.tolerances}")
+    _check(
+        all(t >= 0 for t in a.tolerances), f"ablation.tolerances: must be >= 0, got {a.tolerances}"
+    )
     log2k = int(math.log2(cfg.tdc.codebook_size))
-    _check(all(log2k + o >= 1 for o in a.codebook_log2_offsets),
-           f"ablation.codebook_log2_offsets: {a.codebook_log2_offsets} give K < 2 for log2 K = {log2k}")
+    _check(
+        all(log2k + o >= 1 for o in a.codebook_log2_offsets),
+        f"ablation.codebook_log2_offsets: {a.codebook_log2_offsets} give K < 2 for log2 K = {log2k}",
+    )
     _check(cfg.eval.batch_size >= 1, f"eval.batch_size: must be >= 1, got {cfg.eval.batch_size}")
-    _check(cfg.eval.max_images >= 0, f"eval.max_images: must be >= 0 (0 = all), got {cfg.eval.max_images}")
+    _check(
+        cfg.eval.max_images >= 0,
+        f"eval.max_images: must be >= 0 (0 = all), got {cfg.eval.max_images}",
+    )
     for key in ("n_train", "n_val"):
-        _check(getattr(cfg.data, key) >= 0, f"data.{key}: must be >= 0, got {getattr(cfg.data, key)}")
+        _check(
+            getattr(cfg.data, key) >= 0, f"data.{key}: must be >= 0, got {getattr(cfg.data, key)}"
+        )
 
 
 def _validate_rate(cfg: Config, name: str, r: RateConfig) -> None:
     c, f = cfg.model.latent_channels, cfg.model.downsample
     key = f"rates.{name}"
     bits = r.bpp * f * f
-    _check(r.bpp > 0 and bits == int(bits), f"{key}.bpp: {r.bpp} x {f}x{f} pixels is not a whole number of bits per position")
+    _check(
+        r.bpp > 0 and bits == int(bits),
+        f"{key}.bpp: {r.bpp} x {f}x{f} pixels is not a whole number of bits per position",
+    )
     bits = int(bits)
-    _check(r.gq_dim >= 1 and c % r.gq_dim == 0, f"{key}.gq_dim: m={r.gq_dim} must divide model.latent_channels={c}")
+    _check(
+        r.gq_dim >= 1 and c % r.gq_dim == 0,
+        f"{key}.gq_dim: m={r.gq_dim} must divide model.latent_channels={c}",
+    )
     log2k = int(math.log2(cfg.tdc.codebook_size))
     per_method = {
         "gq_dim": ((c // r.gq_dim) * log2k, f"{c}/{r.gq_dim} tokens x {log2k} bits"),
-        "vq_tokens": (r.vq_tokens * int(math.log2(cfg.vq.codebook_size)), f"{r.vq_tokens} tokens x log2 vq.codebook_size"),
-        "fsq_levels": (math.log2(math.prod(r.fsq_levels)) if r.fsq_levels else 0, f"log2 of the product of {r.fsq_levels}"),
+        "vq_tokens": (
+            r.vq_tokens * int(math.log2(cfg.vq.codebook_size)),
+            f"{r.vq_tokens} tokens x log2 vq.codebook_size",
+        ),
+        "fsq_levels": (
+            math.log2(math.prod(r.fsq_levels)) if r.fsq_levels else 0,
+            f"log2 of the product of {r.fsq_levels}",
+        ),
         "lfq_bits": (r.lfq_bits, f"{r.lfq_bits} sign bits"),
         "bsq_bits": (r.bsq_bits, f"{r.bsq_bits} sign bits"),
         "tokenbridge_bits": (c * r.tokenbridge_bits, f"{c} channels x {r.tokenbridge_bits} bits"),
@@ -466,17 +537,30 @@ def _validate_rate(cfg: Config, name: str, r: RateConfig) -> None:
             got == bits,
             f"{key}.{field_name}: gives {got:g} bits per position ({how}) but bpp={r.bpp} needs {bits}",
         )
-    _check(r.vq_tokens >= 1 and c % r.vq_tokens == 0, f"{key}.vq_tokens: {r.vq_tokens} must divide model.latent_channels={c}")
-    _check(all(lv >= 2 for lv in r.fsq_levels), f"{key}.fsq_levels: every level must be >= 2, got {r.fsq_levels}")
+    _check(
+        r.vq_tokens >= 1 and c % r.vq_tokens == 0,
+        f"{key}.vq_tokens: {r.vq_tokens} must divide model.latent_channels={c}",
+    )
+    _check(
+        all(lv >= 2 for lv in r.fsq_levels),
+        f"{key}.fsq_levels: every level must be >= 2, got {r.fsq_levels}",
+    )
     sub = cfg.lfq.sub_codebook_bits
-    _check(r.lfq_bits % sub == 0, f"{key}.lfq_bits: {r.lfq_bits} must be a multiple of lfq.sub_codebook_bits={sub}")
+    _check(
+        r.lfq_bits % sub == 0,
+        f"{key}.lfq_bits: {r.lfq_bits} must be a multiple of lfq.sub_codebook_bits={sub}",
+    )
 
 
 def config_to_dict(cfg: Any) -> Any:
     """Plain (YAML/JSON-able) dict of a config dataclass, for checkpoints and logs; derived
     values are left out so :func:`config_from_dict` accepts the result."""
     if isinstance(cfg, ViTConfig):
-        return {f.name: config_to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name != "image_size"}
+        return {
+            f.name: config_to_dict(getattr(cfg, f.name))
+            for f in dataclasses.fields(cfg)
+            if f.name != "image_size"
+        }
     if dataclasses.is_dataclass(cfg):
         return {f.name: config_to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
     if isinstance(cfg, dict):
@@ -500,7 +584,12 @@ def _schema(tp: Any) -> dict[str, Any]:
     if origin is list:
         return {"type": "array", "items": _schema(args[0])}
     if origin is tuple:
-        return {"type": "array", "items": _schema(args[0]), "minItems": len(args), "maxItems": len(args)}
+        return {
+            "type": "array",
+            "items": _schema(args[0]),
+            "minItems": len(args),
+            "maxItems": len(args),
+        }
     if origin is dict:
         return {"type": "object", "additionalProperties": _schema(args[1])}
     simple = {float: "number", int: "integer", bool: "boolean", str: "string", type(None): "null"}
@@ -521,4 +610,8 @@ def json_schema() -> dict[str, Any]:
         "properties": {p: {"type": "object"} for p in PROFILES},
     }
     schema["required"] = ["profile"]
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "gaussquant params.yaml", **schema}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "gaussquant params.yaml",
+        **schema,
+    }

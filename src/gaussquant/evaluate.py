@@ -43,8 +43,9 @@ class _Sums:
 
     def add(self, values: dict[str, torch.Tensor]) -> None:
         n = next(iter(values.values())).numel()
-        self.total += torch.tensor([float(values[k].double().sum()) for k in self.keys] + [n],
-                                   dtype=torch.float64)
+        self.total += torch.tensor(
+            [float(values[k].double().sum()) for k in self.keys] + [n], dtype=torch.float64
+        )
 
     def means(self) -> dict[str, float]:
         n = self.total[-1].item()
@@ -71,7 +72,12 @@ def evaluate_model(
     """Metrics of ``model`` (an :class:`Autoencoder`) on ``dataset`` (images in [-1, 1])."""
     from tqdm.auto import tqdm
 
-    from gaussquant.metrics.fid import FeatureStats, build_inception, frechet_distance, inception_features
+    from gaussquant.metrics.fid import (
+        FeatureStats,
+        build_inception,
+        frechet_distance,
+        inception_features,
+    )
     from gaussquant.metrics.image import ms_ssim, psnr, ssim
     from gaussquant.metrics.lpips import build_lpips
 
@@ -136,7 +142,10 @@ def evaluate_model(
         result["rfid"] = None
     if codes is not None:
         summary = codes.summary()
-        result["codebook_usage"], result["perplexity"] = summary.pop("usage"), summary.pop("perplexity")
+        result["codebook_usage"], result["perplexity"] = (
+            summary.pop("usage"),
+            summary.pop("perplexity"),
+        )
         result["codebook"] = summary  # per token group and pooled
     if grid_path is not None and rank == 0:
         save_grid(grid_pairs[: cfg.eval.grid_images], grid_path)
@@ -160,7 +169,9 @@ def save_grid(pairs, path: Path) -> None:
 
 
 @torch.no_grad()
-def posterior_token_bits(ckpt: Path, data_dir: Path, cfg: Config, max_images: int = 512) -> np.ndarray:
+def posterior_token_bits(
+    ckpt: Path, data_dir: Path, cfg: Config, max_images: int = 512
+) -> np.ndarray:
     """Per-token KL (bits, exact log2) of a Gaussian VAE's posteriors on validation images."""
     from gaussquant.data import PreparedDataset
     from gaussquant.models.autoencoder import load_autoencoder
@@ -168,7 +179,9 @@ def posterior_token_bits(ckpt: Path, data_dir: Path, cfg: Config, max_images: in
 
     model, payload = load_autoencoder(ckpt)
     if not isinstance(model.bottleneck, GaussianBottleneck):
-        raise GaussquantError(f"{ckpt}: per-token KL needs a Gaussian VAE, got method {payload['method']!r}")
+        raise GaussquantError(
+            f"{ckpt}: per-token KL needs a Gaussian VAE, got method {payload['method']!r}"
+        )
     dataset = PreparedDataset(data_dir, "val")
     subset, _ = _shard(dataset, max_images, 0, 1)
     out = []
@@ -184,8 +197,10 @@ def weights_fingerprint(weights_dir: Path | None) -> dict[str, str]:
 
     manifest = verify_weights(weights_dir)
     files = manifest.get("files", manifest)
-    return {name: (info["sha256"] if isinstance(info, dict) else str(info)) for name, info in files.items()}
-
+    return {
+        name: (info["sha256"] if isinstance(info, dict) else str(info))
+        for name, info in files.items()
+    }
 
 
 @torch.no_grad()
@@ -198,7 +213,11 @@ def reference_stats(dataset, cfg: Config, weights_dir: Path | None = None, progr
     subset, _ = _shard(dataset, cfg.eval.max_images, 0, 1)
     inception = build_inception(weights_dir)
     stats = FeatureStats()
-    for x in tqdm(DataLoader(subset, batch_size=cfg.eval.batch_size), desc="fid reference",
-                  disable=not progress, dynamic_ncols=True):
+    for x in tqdm(
+        DataLoader(subset, batch_size=cfg.eval.batch_size),
+        desc="fid reference",
+        disable=not progress,
+        dynamic_ncols=True,
+    ):
         stats.update(inception_features(inception, x))
     return stats

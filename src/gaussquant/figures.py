@@ -18,9 +18,17 @@ from gaussquant.io import atomic_path  # noqa: E402
 from gaussquant.published import published  # noqa: E402
 from gaussquant.tables import METHOD_NAMES, METRICS  # noqa: E402
 
-COLORS = {"vq": "tab:blue", "fsq": "tab:orange", "lfq": "tab:green", "bsq": "tab:purple",
-          "gq": "tab:red", "gq-continuous": "0.5", "tb-vanilla": "tab:brown", "tb-tdc": "tab:pink",
-          "gq-vanilla": "tab:olive"}
+COLORS = {
+    "vq": "tab:blue",
+    "fsq": "tab:orange",
+    "lfq": "tab:green",
+    "bsq": "tab:purple",
+    "gq": "tab:red",
+    "gq-continuous": "0.5",
+    "tb-vanilla": "tab:brown",
+    "tb-tdc": "tab:pink",
+    "gq-vanilla": "tab:olive",
+}
 
 
 def _save(fig: plt.Figure, path: str | Path) -> None:
@@ -45,7 +53,13 @@ def rate_distortion(df: pd.DataFrame, out: str | Path, with_published: bool = Fa
                 pts = [(b, published(arch, name, b)) for b in g["bpp"]]
                 pts = [(b, p[key]) for b, p in pts if p]
                 if pts:
-                    ax.plot(*zip(*pts), linestyle="none", marker="s", mfc="none", color=COLORS.get(name, "k"))
+                    ax.plot(
+                        *zip(*pts),
+                        linestyle="none",
+                        marker="s",
+                        mfc="none",
+                        color=COLORS.get(name, "k"),
+                    )
         ax.set_xscale("log", base=2)
         ax.set_xlabel("bits per pixel")
         ax.set_title(f"{title} ({'higher' if higher else 'lower'} is better)")
@@ -57,7 +71,9 @@ def rate_distortion(df: pd.DataFrame, out: str | Path, with_published: bool = Fa
     _save(fig, out)
 
 
-def kl_histograms(rates: dict[str, np.ndarray], target: float, out: str | Path) -> dict[str, list[float]]:
+def kl_histograms(
+    rates: dict[str, np.ndarray], target: float, out: str | Path
+) -> dict[str, list[float]]:
     """Histogram of per-token KL (bits) for each model; ``rates[label]`` is a flat array.
     Returns the [min, max] range of each."""
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -66,8 +82,13 @@ def kl_histograms(rates: dict[str, np.ndarray], target: float, out: str | Path) 
     ranges = {}
     for label, v in rates.items():
         ranges[label] = [float(v.min()), float(v.max())]
-        ax.hist(np.clip(v, 0, bins[-1]), bins=bins, alpha=0.55, density=True,
-                label=f"{label}: {v.min():.2f}-{v.max():.2f} bits")
+        ax.hist(
+            np.clip(v, 0, bins[-1]),
+            bins=bins,
+            alpha=0.55,
+            density=True,
+            label=f"{label}: {v.min():.2f}-{v.max():.2f} bits",
+        )
     ax.axvline(target, color="k", linestyle=":", label=f"target log2 K = {target:g}")
     ax.set_xlabel("KL per token (bits)")
     ax.set_ylabel("density")
@@ -77,7 +98,9 @@ def kl_histograms(rates: dict[str, np.ndarray], target: float, out: str | Path) 
     return ranges
 
 
-def tdc_dynamics(logs: dict[str, pd.DataFrame], target: float, tolerance: float, out: str | Path) -> None:
+def tdc_dynamics(
+    logs: dict[str, pd.DataFrame], target: float, tolerance: float, out: str | Path
+) -> None:
     """Bits per token (mean, min, max) and the three multipliers over training steps."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
     for i, (label, log) in enumerate(logs.items()):
@@ -86,7 +109,9 @@ def tdc_dynamics(logs: dict[str, pd.DataFrame], target: float, tolerance: float,
         ax1.fill_between(log["step"], log["bits_min"], log["bits_max"], color=c, alpha=0.15)
         for key, ls in (("lam", "-"), ("lam_min", ":"), ("lam_max", "--")):
             ax2.plot(log["step"], log[key], ls, color=c, label=f"{label} {key}")
-    ax1.axhspan(target - tolerance, target + tolerance, color="k", alpha=0.1, label="target +- alpha")
+    ax1.axhspan(
+        target - tolerance, target + tolerance, color="k", alpha=0.1, label="target +- alpha"
+    )
     ax1.set_xlabel("step")
     ax1.set_ylabel("bits per token (band: min-max)")
     ax1.legend(fontsize=7)
@@ -108,4 +133,3 @@ def stack_grids(paths: Sequence[str | Path], out: str | Path) -> None:
         ax.set_title(Path(p).parent.name, fontsize=8, loc="left")
     fig.suptitle("Top row of each: originals; bottom: reconstructions", fontsize=9)
     _save(fig, out)
-

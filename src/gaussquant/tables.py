@@ -46,7 +46,9 @@ def load_metrics(paths: Sequence[str | Path]) -> pd.DataFrame:
     for p in paths:
         p = Path(p)
         if not p.is_file():
-            raise GaussquantError(f"metrics file {str(p)!r} not found (run gaussquant evaluate first)")
+            raise GaussquantError(
+                f"metrics file {str(p)!r} not found (run gaussquant evaluate first)"
+            )
         rows.append(json.loads(p.read_text()))
     if not rows:
         raise GaussquantError("no metrics files given")
@@ -91,7 +93,9 @@ def _best_mask(table: pd.DataFrame) -> pd.DataFrame:
     return mask
 
 
-def format_table(table: pd.DataFrame, decimals: dict[str, int], bold: tuple[str, str]) -> pd.DataFrame:
+def format_table(
+    table: pd.DataFrame, decimals: dict[str, int], bold: tuple[str, str]
+) -> pd.DataFrame:
     """Strings for display: fixed decimals, best values wrapped in ``bold``, arrows in headers."""
     mask = _best_mask(table)
     shown = pd.DataFrame(index=table.index)
@@ -117,7 +121,9 @@ def format_table(table: pd.DataFrame, decimals: dict[str, int], bold: tuple[str,
     return shown
 
 
-def write_tables(table: pd.DataFrame, prefix: str | Path, decimals: dict[str, int], caption: str) -> list[Path]:
+def write_tables(
+    table: pd.DataFrame, prefix: str | Path, decimals: dict[str, int], caption: str
+) -> list[Path]:
     """Write ``prefix``.csv (raw), .md and .tex (formatted) and .json (DVC metrics, nested
     arch -> bpp -> method -> metric). Returns the paths."""
     prefix = Path(prefix)
@@ -129,9 +135,14 @@ def write_tables(table: pd.DataFrame, prefix: str | Path, decimals: dict[str, in
         cell[row["method"]] = {k: _finite(row[k]) for k in METRICS}
     write_json(paths[3], nested)
     md = format_table(table, decimals, ("**", "**")).to_markdown(index=False)
-    write_text(paths[1], f"{caption}\n\n{md}\n\nBest quantized value per architecture and rate in bold.\n")
+    write_text(
+        paths[1], f"{caption}\n\n{md}\n\nBest quantized value per architecture and rate in bold.\n"
+    )
     tex_df = format_table(table, decimals, ("\\textbf{", "}"))
-    tex_df.columns = [c.replace("\u2191", "$\\uparrow$").replace("\u2193", "$\\downarrow$") for c in tex_df.columns]
+    tex_df.columns = [
+        c.replace("\u2191", "$\\uparrow$").replace("\u2193", "$\\downarrow$")
+        for c in tex_df.columns
+    ]
     tex = tex_df.to_latex(index=False, escape=False, caption=caption, label=f"tab:{prefix.name}")
     write_text(paths[2], tex)
     return paths

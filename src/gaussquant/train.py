@@ -33,8 +33,25 @@ from gaussquant.models.autoencoder import TRAINED_METHODS, build_autoencoder, sa
 from gaussquant.models.discriminator import NLayerDiscriminator
 
 COMPLETE = "COMPLETE"  # marker written after a state directory is fully saved
-LOG_KEYS = ("step", "loss", "nll", "l1", "lpips", "logvar", "aux", "g_loss", "d_weight", "d_loss",
-            "bits_mean", "bits_min", "bits_max", "lam", "lam_min", "lam_max", "time_s")
+LOG_KEYS = (
+    "step",
+    "loss",
+    "nll",
+    "l1",
+    "lpips",
+    "logvar",
+    "aux",
+    "g_loss",
+    "d_weight",
+    "d_loss",
+    "bits_mean",
+    "bits_min",
+    "bits_max",
+    "lam",
+    "lam_min",
+    "lam_max",
+    "time_s",
+)
 
 
 class StepBatchSampler(Sampler[list[int]]):
@@ -45,8 +62,16 @@ class StepBatchSampler(Sampler[list[int]]):
     order depends only on (seed, step), never on how many times the run was resumed.
     """
 
-    def __init__(self, n: int, batch_size: int, steps: int, seed: int, start_step: int = 0,
-                 rank: int = 0, world: int = 1):
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        steps: int,
+        seed: int,
+        start_step: int = 0,
+        rank: int = 0,
+        world: int = 1,
+    ):
         if n < batch_size * world:
             raise GaussquantError(
                 f"the training set has {n} images but one step needs {batch_size * world} "
@@ -126,9 +151,17 @@ def _reduce_fn(accelerator):
     return reduce
 
 
-def train(cfg: Config, method: str, arch: str, rate: str, data_dir: Path, out: Path,
-          weights_dir: Path | None = None, kill_at_step: int | None = None,
-          progress: bool = True) -> Path:
+def train(
+    cfg: Config,
+    method: str,
+    arch: str,
+    rate: str,
+    data_dir: Path,
+    out: Path,
+    weights_dir: Path | None = None,
+    kill_at_step: int | None = None,
+    progress: bool = True,
+) -> Path:
     """Train (method, arch, rate) on the prepared data in ``data_dir``.
 
     Writes ``out/model.pt`` (final checkpoint), ``out/metrics.csv`` (one row per log step),
@@ -176,17 +209,35 @@ def train(cfg: Config, method: str, arch: str, rate: str, data_dir: Path, out: P
     # ---- data: order is a function of (seed, step) only
     dataset = PreparedDataset(data_dir, "train")
     batch = tc.batch_size[hp]
-    sampler = StepBatchSampler(len(dataset), batch, tc.steps, tc.seed, loop.step,
-                               accelerator.process_index, accelerator.num_processes)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=tc.num_workers,
-                        pin_memory=accelerator.device.type == "cuda")
+    sampler = StepBatchSampler(
+        len(dataset),
+        batch,
+        tc.steps,
+        tc.seed,
+        loop.step,
+        accelerator.process_index,
+        accelerator.num_processes,
+    )
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=tc.num_workers,
+        pin_memory=accelerator.device.type == "cuda",
+    )
 
     raw_model = accelerator.unwrap_model(model)
-    accelerator.print(f"train {method}/{arch}/{rate}: {sum(p.numel() for p in raw_model.parameters()):,} "
-                      f"params, lr {lr}, batch {batch} x {accelerator.num_processes} processes, "
-                      f"steps {tc.steps}, derived {cfg.derived()['rates'].get(rate)}")
-    bar = tqdm(total=tc.steps, initial=loop.step, disable=not (progress and accelerator.is_main_process),
-               desc=f"{method}/{arch}", dynamic_ncols=True)
+    accelerator.print(
+        f"train {method}/{arch}/{rate}: {sum(p.numel() for p in raw_model.parameters()):,} "
+        f"params, lr {lr}, batch {batch} x {accelerator.num_processes} processes, "
+        f"steps {tc.steps}, derived {cfg.derived()['rates'].get(rate)}"
+    )
+    bar = tqdm(
+        total=tc.steps,
+        initial=loop.step,
+        disable=not (progress and accelerator.is_main_process),
+        desc=f"{method}/{arch}",
+        dynamic_ncols=True,
+    )
     t0 = time.perf_counter()
     for x in loader:
         step = loop.step
@@ -204,8 +255,9 @@ def train(cfg: Config, method: str, arch: str, rate: str, data_dir: Path, out: P
         g_loss = d_weight = None
         if use_gan:
             g_loss = generator_adv_loss(disc(x_rec))
-            d_weight = lc.disc_weight * adaptive_weight(nll, g_loss, raw_model.last_layer(),
-                                                        lc.adaptive_weight_max)
+            d_weight = lc.disc_weight * adaptive_weight(
+                nll, g_loss, raw_model.last_layer(), lc.adaptive_weight_max
+            )
             loss = loss + d_weight * lc.disc_factor * g_loss
             terms["g_loss"] = g_loss
         _check_finite({**terms, "loss": loss, **q.losses}, step, state_dir)
@@ -225,13 +277,24 @@ def train(cfg: Config, method: str, arch: str, rate: str, data_dir: Path, out: P
         loop.step = step + 1
         bar.update(1)
         if loop.step % tc.log_every == 0 or loop.step == tc.steps:
-            row = {"step": loop.step, "loss": loss, "nll": nll, "aux": aux, "g_loss": g_loss,
-                   "d_weight": d_weight, "d_loss": d_loss, **rec_stats, **q.stats,
-                   "time_s": time.perf_counter() - t0}
+            row = {
+                "step": loop.step,
+                "loss": loss,
+                "nll": nll,
+                "aux": aux,
+                "g_loss": g_loss,
+                "d_weight": d_weight,
+                "d_loss": d_loss,
+                **rec_stats,
+                **q.stats,
+                "time_s": time.perf_counter() - t0,
+            }
             row = {k: _scalar(row.get(k)) for k in LOG_KEYS} | {"step": loop.step}
             if accelerator.is_main_process:
                 _append_log(out / "metrics.csv", row)
-            bar.set_postfix({k: f"{row[k]:.4g}" for k in ("loss", "bits_mean", "lam") if row[k] == row[k]})
+            bar.set_postfix(
+                {k: f"{row[k]:.4g}" for k in ("loss", "bits_mean", "lam") if row[k] == row[k]}
+            )
         if loop.step % tc.save_every == 0 and loop.step < tc.steps:
             _save_state(accelerator, state_dir, loop.step)
         if kill_at_step is not None and loop.step == kill_at_step:
@@ -241,13 +304,29 @@ def train(cfg: Config, method: str, arch: str, rate: str, data_dir: Path, out: P
     # ---- final checkpoint (atomic), summary
     ckpt = out / "model.pt"
     if accelerator.is_main_process:
-        save_checkpoint(ckpt, raw_model.cpu(), cfg, method, arch, rate, loop.step,
-                        extra={"logvar": accelerator.unwrap_model(nll_loss).logvar.item()})
-        write_json(out / "summary.json", {
-            "method": method, "arch": arch, "rate": rate, "steps": loop.step,
-            "processes": accelerator.num_processes, "batch_per_process": batch,
-            "train_images": len(dataset), "config": config_to_dict(cfg.train),
-        })
+        save_checkpoint(
+            ckpt,
+            raw_model.cpu(),
+            cfg,
+            method,
+            arch,
+            rate,
+            loop.step,
+            extra={"logvar": accelerator.unwrap_model(nll_loss).logvar.item()},
+        )
+        write_json(
+            out / "summary.json",
+            {
+                "method": method,
+                "arch": arch,
+                "rate": rate,
+                "steps": loop.step,
+                "processes": accelerator.num_processes,
+                "batch_per_process": batch,
+                "train_images": len(dataset),
+                "config": config_to_dict(cfg.train),
+            },
+        )
     accelerator.wait_for_everyone()
     return ckpt
 

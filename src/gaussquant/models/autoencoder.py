@@ -87,8 +87,12 @@ def _bottleneck(cfg: Config, method: str, rate: str) -> nn.Module:
             temperature=lf.temperature,
         )
     if method == "bsq":
-        return BSQ(r.bsq_bits, entropy_weight=cfg.bsq.entropy_weight, entropy_rule=cfg.bsq.entropy_rule,
-                   token_bits=min(r.bsq_bits, 16))
+        return BSQ(
+            r.bsq_bits,
+            entropy_weight=cfg.bsq.entropy_weight,
+            entropy_rule=cfg.bsq.entropy_rule,
+            token_bits=min(r.bsq_bits, 16),
+        )
     raise GaussquantError(f"unknown method {method!r}; allowed: {', '.join(TRAINED_METHODS)}")
 
 
@@ -98,7 +102,9 @@ def build_autoencoder(cfg: Config, method: str, arch: str, rate: str) -> Autoenc
     arch_cfg = getattr(cfg.model, arch, None) if arch in ("unet", "vit") else None
     if arch_cfg is None:
         raise GaussquantError(f"unknown arch {arch!r}; allowed: unet, vit")
-    encoder, decoder = build_backbone(arch, arch_cfg, bottleneck.in_channels, bottleneck.out_channels)
+    encoder, decoder = build_backbone(
+        arch, arch_cfg, bottleneck.in_channels, bottleneck.out_channels
+    )
     return Autoencoder(encoder, bottleneck, decoder)
 
 
@@ -139,17 +145,25 @@ def save_checkpoint(
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise GaussquantError(f"checkpoint {str(path)!r} not found (train it first: gaussquant train)")
+        raise GaussquantError(
+            f"checkpoint {str(path)!r} not found (train it first: gaussquant train)"
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # a truncated or foreign file
-        raise GaussquantError(f"checkpoint {str(path)!r} cannot be read ({type(err).__name__}: {err})") from None
+        raise GaussquantError(
+            f"checkpoint {str(path)!r} cannot be read ({type(err).__name__}: {err})"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise GaussquantError(f"{path}: not a gaussquant checkpoint (expected format {CHECKPOINT_FORMAT})")
+        raise GaussquantError(
+            f"{path}: not a gaussquant checkpoint (expected format {CHECKPOINT_FORMAT})"
+        )
     return payload
 
 
-def load_autoencoder(path: str | Path, arch: str | None = None) -> tuple[Autoencoder, dict[str, Any]]:
+def load_autoencoder(
+    path: str | Path, arch: str | None = None
+) -> tuple[Autoencoder, dict[str, Any]]:
     """Rebuild the model from a checkpoint; ``arch`` (if given) must match the checkpoint's."""
     payload = read_checkpoint(path)
     if arch is not None and arch != payload["arch"]:

@@ -36,7 +36,11 @@ def post_quantizer_meta(cfg: Config, rate: str, to: str) -> dict[str, Any]:
             "codebook_sha256": codebook_sha256(gaussian_codebook(k, m, seed)),
         }
     if to == "tokenbridge":
-        return {"kind": "tokenbridge", "latent_channels": cfg.model.latent_channels, "bits": r.tokenbridge_bits}
+        return {
+            "kind": "tokenbridge",
+            "latent_channels": cfg.model.latent_channels,
+            "bits": r.tokenbridge_bits,
+        }
     raise GaussquantError(f"convert --to {to!r}: allowed {', '.join(TARGETS)}")
 
 
@@ -45,8 +49,13 @@ def build_post_quantizer(cfg: Config, meta: dict[str, Any]) -> nn.Module:
     if meta["kind"] == "gq":
         from gaussquant.quantizers.gaussian_quant import GaussianQuant, codebook_sha256
 
-        q = GaussianQuant(meta["latent_channels"], meta["codebook_size"], meta["dim"],
-                          seed=meta["seed"], beta=meta["beta"])
+        q = GaussianQuant(
+            meta["latent_channels"],
+            meta["codebook_size"],
+            meta["dim"],
+            seed=meta["seed"],
+            beta=meta["beta"],
+        )
         got = codebook_sha256(q.codebook)
         if got != meta["codebook_sha256"]:
             raise GaussquantError(
@@ -94,12 +103,18 @@ def convert_checkpoint(
         from gaussquant.quantizers.gaussian_quant import codebook_sha256, gaussian_codebook
 
         meta["codebook_size"] = codebook_size
-        meta["codebook_sha256"] = codebook_sha256(gaussian_codebook(codebook_size, meta["dim"], meta["seed"]))
+        meta["codebook_sha256"] = codebook_sha256(
+            gaussian_codebook(codebook_size, meta["dim"], meta["seed"])
+        )
     model = build_autoencoder(cfg, method, payload["arch"], payload["rate"])
     model.load_state_dict(payload["model"])
     model.bottleneck = build_post_quantizer(cfg, meta)
     name = {"gq": "gq", "tokenbridge": "tokenbridge"}[to]
-    extra = {"quantizer": meta, "source_method": method, "source_checkpoint": str(src),
-             "source_step": payload["step"]}
+    extra = {
+        "quantizer": meta,
+        "source_method": method,
+        "source_checkpoint": str(src),
+        "source_step": payload["step"],
+    }
     save_checkpoint(out, model, cfg, name, payload["arch"], payload["rate"], payload["step"], extra)
     return meta

@@ -80,7 +80,9 @@ class TDCRegularizer(nn.Module):
     def __init__(self, latent_channels: int, dim: int, cfg: TDCConfig):
         super().__init__()
         if latent_channels % dim:
-            raise ConfigError(f"tdc: codebook dim m={dim} must divide latent channels {latent_channels}")
+            raise ConfigError(
+                f"tdc: codebook dim m={dim} must divide latent channels {latent_channels}"
+            )
         self.latent_channels, self.dim, self.cfg = latent_channels, dim, cfg
         self.target = math.log2(cfg.codebook_size)
         self.register_buffer("lam", torch.ones((), dtype=torch.float64))
@@ -151,7 +153,11 @@ class GaussianBottleneck(nn.Module):
         self.in_channels, self.out_channels = 2 * latent_channels, latent_channels
         self.latent_channels, self.dim, self.regularizer = latent_channels, dim, regularizer
         self.kl_weight = kl_weight
-        self.tdc = TDCRegularizer(latent_channels, dim, tdc or TDCConfig()) if regularizer == "tdc" else None
+        self.tdc = (
+            TDCRegularizer(latent_channels, dim, tdc or TDCConfig())
+            if regularizer == "tdc"
+            else None
+        )
         self.reduce_fn: ReduceFn = _local_reduce  # set by the training loop for multi-process runs
 
     def forward(self, z: torch.Tensor, sample: bool | None = None) -> QuantizerOutput:
@@ -165,6 +171,10 @@ class GaussianBottleneck(nn.Module):
         kl_loss = kl.sum() / kl.shape[0]
         with torch.no_grad():
             bits = token_rates(kl, self.dim) / math.log(2)
-            stats = {"kl_loss": kl_loss.detach(), "bits_mean": bits.mean(), "bits_min": bits.min(),
-                     "bits_max": bits.max()}
+            stats = {
+                "kl_loss": kl_loss.detach(),
+                "bits_mean": bits.mean(),
+                "bits_min": bits.min(),
+                "bits_max": bits.max(),
+            }
         return QuantizerOutput(z_q=z_s, losses={"kl": self.kl_weight * kl_loss}, stats=stats)

@@ -25,8 +25,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kind", choices=sorted(CAPTIONS), required=True)
     p.add_argument("--out", required=True, type=Path, help="output prefix (.csv, .md, .png)")
     p.add_argument("--data", type=Path, help="prepared data (codebook, tolerance, kl)")
-    p.add_argument("--vae", type=Path, nargs="*", default=[], help="trained Gaussian VAE checkpoints")
-    p.add_argument("--tolerances", type=float, nargs="*", default=[], help="tolerance of each metrics file")
+    p.add_argument(
+        "--vae", type=Path, nargs="*", default=[], help="trained Gaussian VAE checkpoints"
+    )
+    p.add_argument(
+        "--tolerances", type=float, nargs="*", default=[], help="tolerance of each metrics file"
+    )
     p.add_argument("metrics", type=Path, nargs="*", help="metrics JSONs (gaussquant evaluate)")
     p.set_defaults(func=run)
 
@@ -46,7 +50,9 @@ def run(args: argparse.Namespace) -> int:
         df = ab.seed_table(records)
     elif args.kind == "tolerance":
         if not (len(args.tolerances) == len(records) == len(rates)):
-            raise GaussquantError("--kind tolerance needs one --tolerances value and one --vae per metrics file")
+            raise GaussquantError(
+                "--kind tolerance needs one --tolerances value and one --vae per metrics file"
+            )
         df = ab.tolerance_table(records, args.tolerances, list(rates.values()))
     else:
         df = ab.kl_range_table(rates)

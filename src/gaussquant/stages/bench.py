@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import platform
 import sys
@@ -31,7 +30,9 @@ SUITES = {
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="run benchmarks/ and rewrite benchmarks/README.md")
     p.add_argument("--only", nargs="+", choices=sorted(SUITES), help="run only these suites")
-    p.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run, not for the report)")
+    p.add_argument(
+        "--quick", action="store_true", help="smaller sizes (a smoke run, not for the report)"
+    )
     p.add_argument("--dir", type=Path, default=Path("benchmarks"), help="benchmarks folder")
     p.add_argument("--out", type=Path, default=None, help="report (default: <dir>/README.md)")
     p.set_defaults(func=run)
@@ -62,8 +63,14 @@ def machine() -> dict[str, str]:
     except (OSError, ValueError, IndexError):
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return {"cpu": cpu, "cores": str(os.cpu_count()), "memory": mem, "gpu": gpu,
-            "python": platform.python_version(), "torch": torch.__version__}
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "memory": mem,
+        "gpu": gpu,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,7 +83,9 @@ def run(args: argparse.Namespace) -> int:
     for name in suites:
         path = args.dir / f"bench_{name}.py"
         if not path.is_file():
-            raise GaussquantError(f"benchmark {str(path)!r} not found (run from the repository root)")
+            raise GaussquantError(
+                f"benchmark {str(path)!r} not found (run from the repository root)"
+            )
         module = _load(path)
         argv = SUITES[name][1 if args.quick else 0]
         print(f"== bench {name} {' '.join(argv)}", flush=True)
@@ -85,14 +94,22 @@ def run(args: argparse.Namespace) -> int:
         raw[name] = rows
         title = (module.__doc__ or name).strip().splitlines()[0]
         table = pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4g")
-        sections.append(f"## {name}: {title}\n\n`python benchmarks/bench_{name}.py {' '.join(argv)}` "
-                        f"({time.perf_counter() - t0:.0f} s)\n\n{table}\n")
+        sections.append(
+            f"## {name}: {title}\n\n`python benchmarks/bench_{name}.py {' '.join(argv)}` "
+            f"({time.perf_counter() - t0:.0f} s)\n\n{table}\n"
+        )
     info = machine()
-    head = ["# Benchmarks", "",
-            "Regenerate with `make bench` (= `gaussquant bench`). Every ratio is measured in one run "
-            "against a reference implementation written for the benchmark.", "",
-            "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), "",
-            f"Command: `{' '.join(['gaussquant', 'bench'] + sys.argv[2:])}`", ""]
+    head = [
+        "# Benchmarks",
+        "",
+        "Regenerate with `make bench` (= `gaussquant bench`). Every ratio is measured in one run "
+        "against a reference implementation written for the benchmark.",
+        "",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()),
+        "",
+        f"Command: `{' '.join(['gaussquant', 'bench'] + sys.argv[2:])}`",
+        "",
+    ]
     out = args.out or args.dir / "README.md"
     if args.quick:
         out = out.with_name("README.quick.md")

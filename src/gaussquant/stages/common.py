@@ -9,10 +9,18 @@ from gaussquant.config import Config, load_config
 
 
 def add_params_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
-    parser.add_argument("--profile", default=None, help="override the file's `profile` (tiny|quick|paper)")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--params", default="params.yaml", help="parameter file (default: params.yaml)"
+    )
+    parser.add_argument(
+        "--profile", default=None, help="override the file's `profile` (tiny|quick|paper)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override one parameter after the profile, e.g. --set tdc.tolerance=0.25 (repeatable)",
     )
 

@@ -10,17 +10,29 @@ from gaussquant.stages.common import add_params_args, load_stage_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="PSNR/SSIM/LPIPS/rFID/codebook stats of a checkpoint (SPEC 6)")
+    p = sub.add_parser(
+        "evaluate", help="PSNR/SSIM/LPIPS/rFID/codebook stats of a checkpoint (SPEC 6)"
+    )
     add_params_args(p)
     p.add_argument("--ckpt", required=True, type=Path, help="trained or converted checkpoint")
     p.add_argument("--data", required=True, type=Path, help="prepared data dir (val split is used)")
     p.add_argument("--out", required=True, type=Path, help="metrics JSON")
-    p.add_argument("--name", default=None, help="row name in tables (default: the checkpoint's method)")
+    p.add_argument(
+        "--name", default=None, help="row name in tables (default: the checkpoint's method)"
+    )
     p.add_argument("--arch", default=None, help="fail unless the checkpoint has this architecture")
-    p.add_argument("--continuous", action="store_true", help="Gaussian VAE: decode the posterior mean")
-    p.add_argument("--grid", type=Path, default=None, help="write originals/reconstructions PNG here")
-    p.add_argument("--fid-ref", type=Path, default=None, help="precomputed Inception stats of the originals")
-    p.add_argument("--weights", type=Path, default=None, help="metric weights dir (default weights/)")
+    p.add_argument(
+        "--continuous", action="store_true", help="Gaussian VAE: decode the posterior mean"
+    )
+    p.add_argument(
+        "--grid", type=Path, default=None, help="write originals/reconstructions PNG here"
+    )
+    p.add_argument(
+        "--fid-ref", type=Path, default=None, help="precomputed Inception stats of the originals"
+    )
+    p.add_argument(
+        "--weights", type=Path, default=None, help="metric weights dir (default weights/)"
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -50,9 +62,17 @@ def run(args: argparse.Namespace) -> int:
     accelerator = Accelerator()  # one process, or several under `accelerate launch`
     torch.manual_seed(0)
     dataset = PreparedDataset(args.data, "val")
-    metrics = evaluate_model(model, dataset, cfg, args.weights, continuous=args.continuous,
-                             fid_reference=args.fid_ref, progress=not args.no_progress,
-                             accelerator=accelerator, grid_path=args.grid)
+    metrics = evaluate_model(
+        model,
+        dataset,
+        cfg,
+        args.weights,
+        continuous=args.continuous,
+        fid_reference=args.fid_ref,
+        progress=not args.no_progress,
+        accelerator=accelerator,
+        grid_path=args.grid,
+    )
     if not accelerator.is_main_process:
         return 0
     tcfg = payload["config"]
@@ -72,11 +92,19 @@ def run(args: argparse.Namespace) -> int:
         "resolution": res,
         **metrics,
         "protocol": PROTOCOL,
-        "checkpoint": {"path": str(args.ckpt), "sha256": sha256_file(args.ckpt), "step": payload["step"],
-                       "quantizer": payload.get("extra", {}).get("quantizer")},
+        "checkpoint": {
+            "path": str(args.ckpt),
+            "sha256": sha256_file(args.ckpt),
+            "step": payload["step"],
+            "quantizer": payload.get("extra", {}).get("quantizer"),
+        },
         "weights_sha256": fingerprint,
         "profile": cfg.profile,
     }
     write_json(args.out, record)
-    print(json.dumps({k: v for k, v in record.items() if k not in ("protocol", "weights_sha256")}, indent=2))
+    print(
+        json.dumps(
+            {k: v for k, v in record.items() if k not in ("protocol", "weights_sha256")}, indent=2
+        )
+    )
     return 0

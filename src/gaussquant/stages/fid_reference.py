@@ -14,7 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_params_args(p)
     p.add_argument("--data", required=True, type=Path, help="prepared data dir (val split)")
     p.add_argument("--out", required=True, type=Path, help="statistics file (.npz)")
-    p.add_argument("--weights", type=Path, default=None, help="metric weights dir (default weights/)")
+    p.add_argument(
+        "--weights", type=Path, default=None, help="metric weights dir (default weights/)"
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -25,7 +27,9 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_stage_config(args)
     verify_prepared(args.data)
-    stats = reference_stats(PreparedDataset(args.data, "val"), cfg, args.weights, progress=not args.no_progress)
+    stats = reference_stats(
+        PreparedDataset(args.data, "val"), cfg, args.weights, progress=not args.no_progress
+    )
     stats.save(args.out)
     print(f"wrote {args.out} ({stats.count} images)")
     return 0

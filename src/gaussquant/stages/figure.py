@@ -20,7 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kind", choices=KINDS, required=True)
     p.add_argument("--out", required=True, type=Path, help="output PNG")
     p.add_argument("--data", type=Path, help="prepared data (kl-hist)")
-    p.add_argument("--summary", type=Path, help="kl-hist: JSON with the per-token KL range of each model")
+    p.add_argument(
+        "--summary", type=Path, help="kl-hist: JSON with the per-token KL range of each model"
+    )
     p.add_argument("inputs", nargs="+", type=Path, help="metrics JSONs, checkpoints, logs or grids")
     p.set_defaults(func=run)
 
@@ -38,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
     if args.kind == "rate-distortion":
         from gaussquant.tables import load_metrics
 
-        figures.rate_distortion(load_metrics(args.inputs), args.out, with_published=cfg.profile == "paper")
+        figures.rate_distortion(
+            load_metrics(args.inputs), args.out, with_published=cfg.profile == "paper"
+        )
     elif args.kind == "tdc-dynamics":
         logs = {p.parent.name: pd.read_csv(p) for p in args.inputs}
         figures.tdc_dynamics(logs, target, cfg.tdc.tolerance, args.out)

@@ -9,14 +9,20 @@ from gaussquant.stages.common import add_params_args, load_stage_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a Gaussian VAE (TDC/vanilla) or a VQ/FSQ/LFQ/BSQ tokenizer")
+    p = sub.add_parser(
+        "train", help="train a Gaussian VAE (TDC/vanilla) or a VQ/FSQ/LFQ/BSQ tokenizer"
+    )
     add_params_args(p)
     p.add_argument("--method", required=True, help="gq | vanilla | tbtdc | vq | fsq | lfq | bsq")
     p.add_argument("--arch", required=True, help="unet | vit")
     p.add_argument("--rate", required=True, help="a key of params.yaml `rates`, e.g. 0.25")
-    p.add_argument("--data", required=True, type=Path, help="prepared data dir (gaussquant prepare-data)")
+    p.add_argument(
+        "--data", required=True, type=Path, help="prepared data dir (gaussquant prepare-data)"
+    )
     p.add_argument("--out", required=True, type=Path, help="run dir: model.pt, metrics.csv, state/")
-    p.add_argument("--weights", type=Path, default=None, help="metric weights dir (default weights/)")
+    p.add_argument(
+        "--weights", type=Path, default=None, help="metric weights dir (default weights/)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--kill-at-step", type=int, default=None, help=argparse.SUPPRESS)  # test hook
     p.set_defaults(func=run)
@@ -29,7 +35,16 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_stage_config(args, verbose=True)
     cfg.rate(args.rate)  # fail early on an unknown rate
     verify_prepared(args.data)
-    ckpt = train(cfg, args.method, args.arch, args.rate, args.data, args.out, args.weights,
-                 kill_at_step=args.kill_at_step, progress=not args.no_progress)
+    ckpt = train(
+        cfg,
+        args.method,
+        args.arch,
+        args.rate,
+        args.data,
+        args.out,
+        args.weights,
+        kill_at_step=args.kill_at_step,
+        progress=not args.no_progress,
+    )
     print(f"wrote {ckpt}")
     return 0

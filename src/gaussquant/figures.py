@@ -41,6 +41,9 @@ def rate_distortion(df: pd.DataFrame, out: str | Path, with_published: bool = Fa
     """PSNR, SSIM, LPIPS, rFID vs bits per pixel; one panel per (metric), UNet solid, ViT dashed.
     Published numbers (paper profile) are drawn as hollow markers, never joined to ours."""
     keys = ["psnr", "ssim", "lpips", "rfid"]
+    if df["bpp"].nunique() == 1:  # one rate: a curve has no x-extent, compare as bars
+        _metric_bars(df, keys, out)
+        return
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
     for ax, key in zip(axes, keys):
         title, higher = METRICS[key]
@@ -68,6 +71,45 @@ def rate_distortion(df: pd.DataFrame, out: str | Path, with_published: bool = Fa
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     if with_published:
         fig.text(0.5, -0.04, "hollow squares: published numbers (SPEC 7)", ha="center", fontsize=8)
+    _save(fig, out)
+
+
+def _metric_bars(df: pd.DataFrame, keys: list[str], out: str | Path) -> None:
+    names = [n for n in METHOD_NAMES if n in set(df["name"])]
+    archs = [a for a in ("unet", "vit") if a in set(df["arch"])]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.8))
+    width = 0.8 / len(archs)
+    for ax, key in zip(axes, keys):
+        title, higher = METRICS[key]
+        for j, arch in enumerate(archs):
+            sub = df[df["arch"] == arch].set_index("name")
+            vals = [
+                float(sub.at[n, key]) if n in sub.index and sub.at[n, key] is not None else np.nan
+                for n in names
+            ]
+            ax.bar(
+                np.arange(len(names)) + j * width,
+                vals,
+                width,
+                color=[COLORS.get(n, "k") for n in names],
+                hatch="" if arch == "unet" else "//",
+                edgecolor="white",
+                label="UNet" if arch == "unet" else "ViT",
+            )
+        ax.set_xticks(np.arange(len(names)) + width * (len(archs) - 1) / 2)
+        ax.set_xticklabels(
+            [METHOD_NAMES[n].replace(", ", "\n") for n in names],
+            rotation=60,
+            ha="right",
+            fontsize=7,
+        )
+        ax.set_title(f"{title} ({'higher' if higher else 'lower'} is better)")
+        ax.grid(alpha=0.3, axis="y")
+        if key == "psnr":  # dB: differences matter, not the distance from 0
+            lo = np.nanmin(df[key].astype(float))
+            ax.set_ylim(bottom=max(0.0, lo - 2.0))
+    axes[0].legend(fontsize=8, title="hatched: ViT")
+    fig.suptitle(f"Reconstruction at {df['bpp'].iloc[0]:g} bits per pixel")
     _save(fig, out)
 
 

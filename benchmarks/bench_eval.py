@@ -16,8 +16,10 @@ process, which reports its own peak RSS (``ru_maxrss`` is a per-process high-wat
 The ``profile`` rows are cProfile cumulative times of one ``evaluate_model`` call (fresh child)
 on ``--profile-images`` images: where evaluation time goes.
 
-``--quick``: N = 16 at eval batch 16 (N below the batch would shrink the batch and with it the
-Inception activations, which dominate peak RSS). ``patched``: see ``patch_proposed_fix``.
+``--quick``: N = 32 at eval batch 16. N spans at least two batches: the allocator's high-water
+mark settles after the second batch (measured: 1 batch 1253 MB, 2: 1314, 4: 1359, 8: 1378 at
+batch 16), and N below the batch would shrink the Inception activations, which dominate RSS.
+``patched``: see ``patch_proposed_fix``.
 
     python benchmarks/bench_eval.py [--quick] [--images N] [--batch B] [--no-patched] [--out JSON]
 """
@@ -275,8 +277,8 @@ def _rel_diff(a: dict, b: dict) -> str:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="N = 16, batch 16 (a smoke run)")
-    ap.add_argument("--images", type=int, default=None, help="N (default 128, --quick 16)")
+    ap.add_argument("--quick", action="store_true", help="N = 32, batch 16 (a smoke run)")
+    ap.add_argument("--images", type=int, default=None, help="N (default 128, --quick 32)")
     ap.add_argument("--batch", type=int, default=None, help="eval batch (default: the profile's)")
     ap.add_argument("--profile-images", type=int, default=None, help="default 128, --quick 64")
     ap.add_argument("--weights", type=Path, default=ROOT / "weights")
@@ -300,7 +302,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from gaussquant.data import prepare
 
     cfg = load_config(ROOT / "params.yaml", PROFILE)
-    n = args.images or (16 if args.quick else 128)
+    n = args.images or (32 if args.quick else 128)
     batch = args.batch or (16 if args.quick else cfg.eval.batch_size)  # N >= batch: full batches
     n_prof = args.profile_images or (64 if args.quick else 128)
     method = pick_method()

@@ -7,6 +7,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "params.yaml"
+# Inputs and outputs of the official implementation (a copy of shared/reference, 265 KB).
+REFERENCE = ROOT / "tests" / "data" / "reference"
 
 
 @pytest.fixture(scope="session")

@@ -4,12 +4,11 @@ layout, round trip, argument checks."""
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import REFERENCE as REF  # noqa: E402
 
 from gaussquant.errors import GaussquantError
 from gaussquant.quantizers.gaussian_quant import (
@@ -21,21 +20,8 @@ from gaussquant.quantizers.gaussian_quant import (
     to_tokens,
 )
 
-_ROOT = Path(__file__).resolve().parents[1]
-_REF_DIRS = [
-    os.environ.get("GAUSSQUANT_REFERENCE", ""),
-    _ROOT / "tests" / "data" / "reference",
-    _ROOT / "shared" / "reference",
-    "/work/shared/reference",
-]
-REF = next(
-    (Path(p) for p in _REF_DIRS if p and (Path(p) / "gq_official_vectors.npz").exists()), None
-)
-
 
 def _reference():
-    if REF is None:
-        pytest.skip("official reference vectors (gq_official_vectors.npz) not found")
     cases = json.loads((REF / "gq_official_vectors.json").read_text())["cases"]
     return [c for c in cases if c.get("kind") == "gq"], np.load(REF / "gq_official_vectors.npz")
 

@@ -3,33 +3,19 @@
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import REFERENCE as REF  # noqa: E402
 
 from gaussquant.errors import GaussquantError
 from gaussquant.quantizers import BSQ, FSQ, LFQ, QUANTIZERS, VectorQuantizer
 from gaussquant.quantizers.bsq import bsq_entropies
 
-_ROOT = Path(__file__).resolve().parents[1]
-_REF_DIRS = [
-    os.environ.get("GAUSSQUANT_REFERENCE", ""),
-    _ROOT / "tests" / "data" / "reference",
-    _ROOT / "shared" / "reference",
-    "/work/shared/reference",
-]
-REF = next(
-    (Path(p) for p in _REF_DIRS if p and (Path(p) / "gq_official_vectors.npz").exists()), None
-)
-
 
 @pytest.fixture(scope="module")
 def ref():
-    if REF is None:
-        pytest.skip("official reference vectors (gq_official_vectors.npz) not found")
     return np.load(REF / "gq_official_vectors.npz")
 
 

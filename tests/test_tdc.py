@@ -1,11 +1,11 @@
 """TDC regulariser against the official reference (40 training steps), plus invariants."""
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import REFERENCE
 
 from gaussquant.quantizers.tdc import (
     GaussianBottleneck,
@@ -16,7 +16,7 @@ from gaussquant.quantizers.tdc import (
     token_rates,
 )
 
-REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "gq_official_vectors.npz"
+REF = REFERENCE / "gq_official_vectors.npz"
 
 
 @pytest.fixture(scope="module")

@@ -118,16 +118,8 @@ def test_snakemake_lint_is_clean():
 
 def test_paper_dry_run_with_slurm_renders_multi_gpu_launch(tmp_path):
     out = _run(
-        [
-            "snakemake",
-            "-n",
-            "-p",
-            "--profile",
-            "profiles/slurm",
-            "--config",
-            "profile=paper",
-            "reproduce_table1",
-        ],
+        ["snakemake", "reproduce_table1", "-n", "-p", "--profile", "profiles/slurm"]
+        + ["--config", "profile=paper"],  # --config takes several values: target first
         ROOT,
     )
     text = out.stdout + out.stderr

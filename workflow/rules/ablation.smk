@@ -1,22 +1,5 @@
 # Ablations (SPEC 3, 7) on one (arch, rate) of the TDC VAE: codebook size, TDC tolerance,
 # codebook seed, KL ranges vanilla vs TDC. Outputs under results/<profile>/ablation/.
-import math
-
-ABL = CFG.ablation
-ABL_RES = f"{RES}/ablation"
-ABL_BASE = f"{RES}/train/gq-{ABL.arch}-{ABL.rate}/model.pt"
-LOG2K = int(math.log2(CFG.tdc.codebook_size))
-ABL_KS = [2 ** (LOG2K + o) for o in ABL.codebook_log2_offsets]
-BASE_SEED = CFG.gq.seed
-
-
-def tol_checkpoint(tol):
-    """The tolerance of params.yaml is the main TDC VAE; other values are trained here."""
-    if float(tol) == CFG.tdc.tolerance:
-        return ABL_BASE
-    return f"{ABL_RES}/train/tol{tol}/model.pt"
-
-
 wildcard_constraints:
     tol=r"[0-9]+(\.[0-9]+)?",
     k=r"[0-9]+",
@@ -31,17 +14,22 @@ rule ablation_train_tolerance:
     output:
         model=f"{ABL_RES}/train/tol{{tol}}/model.pt",
     params:
+        cli=PARAMS,
         cfg=train_params_for("gq", ABL.rate),
+        arch=ABL.arch,
+        rate=ABL.rate,
         out=lambda wc: f"{ABL_RES}/train/tol{wc.tol}",
-        data=f"{RES}/data",
+        data=lambda w, input: os.path.dirname(input.data),
+    conda:
+        "../../environment.yml"
     threads: 1
     log:
         f"{RES}/logs/ablation/train-tol{{tol}}.log",
     benchmark:
         f"{RES}/benchmarks/ablation/train-tol{{tol}}.tsv"
     shell:
-        "OMP_NUM_THREADS={threads} gaussquant train {PARAMS} --set tdc.tolerance={wildcards.tol}"
-        " --method gq --arch {ABL.arch} --rate {ABL.rate} --data {params.data} --out {params.out}"
+        "OMP_NUM_THREADS={threads} gaussquant train {params.cli} --set tdc.tolerance={wildcards.tol}"
+        " --method gq --arch {params.arch} --rate {params.rate} --data {params.data} --out {params.out}"
         " --no-progress > {log} 2>&1"
 
 
@@ -51,11 +39,15 @@ rule ablation_convert_codebook:
         code=CODE_CONVERT,
     output:
         model=f"{ABL_RES}/convert/K{{k}}-s{{seed}}/model.pt",
+    params:
+        cli=PARAMS,
+    conda:
+        "../../environment.yml"
     threads: 1
     log:
         f"{RES}/logs/ablation/convert-K{{k}}-s{{seed}}.log",
     shell:
-        "OMP_NUM_THREADS={threads} gaussquant convert {PARAMS} --set gq.seed={wildcards.seed} --ckpt {input.model}"
+        "OMP_NUM_THREADS={threads} gaussquant convert {params.cli} --set gq.seed={wildcards.seed} --ckpt {input.model}"
         " --to gq --codebook-size {wildcards.k} --out {output.model} > {log} 2>&1"
 
 
@@ -65,11 +57,15 @@ rule ablation_convert_tolerance:
         code=CODE_CONVERT,
     output:
         model=f"{ABL_RES}/convert/tol{{tol}}/model.pt",
+    params:
+        cli=PARAMS,
+    conda:
+        "../../environment.yml"
     threads: 1
     log:
         f"{RES}/logs/ablation/convert-tol{{tol}}.log",
     shell:
-        "OMP_NUM_THREADS={threads} gaussquant convert {PARAMS} --ckpt {input.model} --to gq --out {output.model} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} gaussquant convert {params.cli} --ckpt {input.model} --to gq --out {output.model} > {log} 2>&1"
 
 
 rule ablation_evaluate:
@@ -81,20 +77,19 @@ rule ablation_evaluate:
     output:
         metrics=f"{ABL_RES}/eval/{{variant}}/metrics.json",
     params:
+        cli=PARAMS,
         eval=str(CFG.eval),
-        data=f"{RES}/data",
+        data=lambda w, input: os.path.dirname(input.data),
+    conda:
+        "../../environment.yml"
     threads: 1
     log:
         f"{RES}/logs/ablation/eval-{{variant}}.log",
     benchmark:
         f"{RES}/benchmarks/ablation/eval-{{variant}}.tsv"
     shell:
-        "OMP_NUM_THREADS={threads} gaussquant evaluate {PARAMS} --ckpt {input.model} --data {params.data}"
+        "OMP_NUM_THREADS={threads} gaussquant evaluate {params.cli} --ckpt {input.model} --data {params.data}"
         " --name {wildcards.variant} --fid-ref {input.fid_ref} --out {output.metrics} --no-progress > {log} 2>&1"
-
-
-def _abl_tables(kind):
-    return [f"{ABL_RES}/{kind}.{ext}" for ext in ("csv", "md", "png")]
 
 
 rule ablation_codebook:
@@ -106,13 +101,17 @@ rule ablation_codebook:
     output:
         _abl_tables("codebook"),
     params:
-        data=f"{RES}/data",
+        prefix=lambda w, output: os.path.splitext(output[0])[0],
+        cli=PARAMS,
+        data=lambda w, input: os.path.dirname(input.data),
+    conda:
+        "../../environment.yml"
     threads: 1
     log:
         f"{RES}/logs/ablation/codebook.log",
     shell:
-        "OMP_NUM_THREADS={threads} gaussquant ablation {PARAMS} --kind codebook --data {params.data}"
-        " --vae {input.vae} --out {ABL_RES}/codebook {input.metrics} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} gaussquant ablation {params.cli} --kind codebook --data {params.data}"
+        " --vae {input.vae} --out {params.prefix} {input.metrics} > {log} 2>&1"
 
 
 rule ablation_seed:
@@ -121,11 +120,16 @@ rule ablation_seed:
         code=CODE_COMMON + [f"{SRC}/ablations.py", f"{SRC}/stages/ablation.py"],
     output:
         _abl_tables("seed"),
+    params:
+        prefix=lambda w, output: os.path.splitext(output[0])[0],
+        cli=PARAMS,
+    conda:
+        "../../environment.yml"
     threads: 1
     log:
         f"{RES}/logs/ablation/seed.log",
     shell:
-        "OMP_NUM_THREADS={threads} gaussquant ablation {PARAMS} --kind seed --out {ABL_RES}/seed {input.metrics} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} gaussquant ablation {params.cli} --kind seed --out {params.prefix} {input.metrics} > {log} 2>&1"
 
 
 rule ablation_tolerance:
@@ -137,14 +141,18 @@ rule ablation_tolerance:
     output:
         _abl_tables("tolerance"),
     params:
-        data=f"{RES}/data",
+        prefix=lambda w, output: os.path.splitext(output[0])[0],
+        cli=PARAMS,
+        data=lambda w, input: os.path.dirname(input.data),
         tols=" ".join(str(t) for t in ABL.tolerances),
+    conda:
+        "../../environment.yml"
     threads: 1
     log:
         f"{RES}/logs/ablation/tolerance.log",
     shell:
-        "OMP_NUM_THREADS={threads} gaussquant ablation {PARAMS} --kind tolerance --data {params.data}"
-        " --vae {input.vaes} --tolerances {params.tols} --out {ABL_RES}/tolerance {input.metrics} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} gaussquant ablation {params.cli} --kind tolerance --data {params.data}"
+        " --vae {input.vaes} --tolerances {params.tols} --out {params.prefix} {input.metrics} > {log} 2>&1"
 
 
 rule ablation_kl:
@@ -155,14 +163,16 @@ rule ablation_kl:
     output:
         _abl_tables("kl"),
     params:
-        data=f"{RES}/data",
+        prefix=lambda w, output: os.path.splitext(output[0])[0],
+        cli=PARAMS,
+        data=lambda w, input: os.path.dirname(input.data),
+    conda:
+        "../../environment.yml"
     threads: 1
     log:
         f"{RES}/logs/ablation/kl.log",
     shell:
-        "OMP_NUM_THREADS={threads} gaussquant ablation {PARAMS} --kind kl --data {params.data}"
-        " --vae {input.vaes} --out {ABL_RES}/kl > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} gaussquant ablation {params.cli} --kind kl --data {params.data}"
+        " --vae {input.vaes} --out {params.prefix} > {log} 2>&1"
 
 
-def ablation_outputs():
-    return [t for kind in ("codebook", "tolerance", "seed", "kl") for t in _abl_tables(kind)]

@@ -1,10 +1,13 @@
 # Target lists and helpers. Every output path is a pure function of (profile, method, arch, rate).
+import math
+import os
+
 from gaussquant.config import config_from_dict, resolve_params
 
 CFG = config_from_dict(resolve_params(config))  # strict check of the whole file before any rule
 PROFILE = CFG.profile
 RES = f"results/{PROFILE}"
-PARAMS = "--params params.yaml"
+PARAMS = f"--params params.yaml --profile {PROFILE}"  # --config profile=... reaches the stages too
 SRC = "src/gaussquant"
 
 # Source files each stage runs (declared as inputs, so a code change reruns what it affects).
@@ -95,3 +98,44 @@ def launch_prefix(resources):
         inner = f"{cmd} --machine_rank $SLURM_NODEID --main_process_ip {head} --main_process_port 29500"
         return f"srun --ntasks={nodes} --ntasks-per-node=1 bash -c '{inner} -m gaussquant.cli \"$@\"' _"
     return f"{cmd} -m gaussquant.cli"
+
+
+CONVERSIONS = {  # converted name: (trained method, quantizer)
+    "gq": ("gq", "gq"),
+    "gq-vanilla": ("vanilla", "gq"),
+    "tb-vanilla": ("vanilla", "tokenbridge"),
+    "tb-tdc": ("tbtdc", "tokenbridge"),
+}
+
+
+def eval_checkpoint(wc):
+    row = wc.row
+    if row in CONVERSIONS:
+        return f"{RES}/convert/{row}-{wc.arch}-{wc.rate}/model.pt"
+    if row.endswith("-continuous"):  # the Gaussian VAE's unquantized reconstruction
+        return f"{RES}/train/{row.removesuffix('-continuous')}-{wc.arch}-{wc.rate}/model.pt"
+    return f"{RES}/train/{row}-{wc.arch}-{wc.rate}/model.pt"
+
+
+# Ablations (workflow/rules/ablation.smk) on one (arch, rate) of the TDC VAE.
+ABL = CFG.ablation
+ABL_RES = f"{RES}/ablation"
+ABL_BASE = f"{RES}/train/gq-{ABL.arch}-{ABL.rate}/model.pt"
+LOG2K = int(math.log2(CFG.tdc.codebook_size))
+ABL_KS = [2 ** (LOG2K + o) for o in ABL.codebook_log2_offsets]
+BASE_SEED = CFG.gq.seed
+
+
+def tol_checkpoint(tol):
+    """The tolerance of params.yaml is the main TDC VAE; other values are trained here."""
+    if float(tol) == CFG.tdc.tolerance:
+        return ABL_BASE
+    return f"{ABL_RES}/train/tol{tol}/model.pt"
+
+
+def _abl_tables(kind):
+    return [f"{ABL_RES}/{kind}.{ext}" for ext in ("csv", "md", "png")]
+
+
+def ablation_outputs():
+    return [t for kind in ("codebook", "tolerance", "seed", "kl") for t in _abl_tables(kind)]

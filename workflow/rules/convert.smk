@@ -1,10 +1,4 @@
 # Training-free conversions (SPEC 2, 4): a trained Gaussian VAE -> GQ or TokenBridge VQ-VAE.
-CONVERSIONS = {  # converted name: (trained method, quantizer)
-    "gq": ("gq", "gq"),
-    "gq-vanilla": ("vanilla", "gq"),
-    "tb-vanilla": ("vanilla", "tokenbridge"),
-    "tb-tdc": ("tbtdc", "tokenbridge"),
-}
 
 
 rule convert:
@@ -16,12 +10,15 @@ rule convert:
     wildcard_constraints:
         conv="|".join(CONVERSIONS),
     params:
+        cli=PARAMS,
         to=lambda wc: CONVERSIONS[wc.conv][1],
         gq=str(CFG.gq),
+    conda:
+        "../../environment.yml"
     threads: 1
     log:
         f"{RES}/logs/convert/{{conv}}-{{arch}}-{{rate}}.log",
     benchmark:
         f"{RES}/benchmarks/convert/{{conv}}-{{arch}}-{{rate}}.tsv"
     shell:
-        "OMP_NUM_THREADS={threads} gaussquant convert {PARAMS} --ckpt {input.model} --to {params.to} --out {output.model} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} gaussquant convert {params.cli} --ckpt {input.model} --to {params.to} --out {output.model} > {log} 2>&1"

@@ -4,12 +4,15 @@ rule prepare_data:
     output:
         manifest=f"{RES}/data/manifest.json",
     params:
+        cli=PARAMS,
         data=str(CFG.data),
-        out=f"{RES}/data",
+        out=lambda w, output: os.path.dirname(output.manifest),
+    conda:
+        "../../environment.yml"
     threads: 1
     log:
         f"{RES}/logs/prepare_data.log",
     benchmark:
         f"{RES}/benchmarks/prepare_data.tsv"
     shell:
-        "OMP_NUM_THREADS={threads} gaussquant prepare-data {PARAMS} --out {params.out} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} gaussquant prepare-data {params.cli} --out {params.out} > {log} 2>&1"

@@ -11,13 +11,16 @@ rule table1:
         tex=f"{RES}/tables/table1.tex",
         json=f"{RES}/tables/table1.json",
     params:
+        cli=PARAMS,
         table=str(CFG.table),
-        prefix=f"{RES}/tables/table1",
+        prefix=lambda w, output: os.path.splitext(output.csv)[0],
+    conda:
+        "../../environment.yml"
     threads: 1
     log:
         f"{RES}/logs/table1.log",
     shell:
-        "OMP_NUM_THREADS={threads} gaussquant table {PARAMS} --kind table1 --out {params.prefix} {input.metrics} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} gaussquant table {params.cli} --kind table1 --out {params.prefix} {input.metrics} > {log} 2>&1"
 
 
 rule table_tokenbridge:
@@ -30,13 +33,16 @@ rule table_tokenbridge:
         tex=f"{RES}/tables/tokenbridge.tex",
         json=f"{RES}/tables/tokenbridge.json",
     params:
+        cli=PARAMS,
         table=str(CFG.table),
-        prefix=f"{RES}/tables/tokenbridge",
+        prefix=lambda w, output: os.path.splitext(output.csv)[0],
+    conda:
+        "../../environment.yml"
     threads: 1
     log:
         f"{RES}/logs/table_tokenbridge.log",
     shell:
-        "OMP_NUM_THREADS={threads} gaussquant table {PARAMS} --kind tokenbridge --out {params.prefix} {input.metrics} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} gaussquant table {params.cli} --kind tokenbridge --out {params.prefix} {input.metrics} > {log} 2>&1"
 
 
 rule figure_rate_distortion:
@@ -45,11 +51,15 @@ rule figure_rate_distortion:
         code=CODE_FIGURE,
     output:
         report(f"{RES}/figures/rate_distortion.png", category="Figures"),
+    params:
+        cli=PARAMS,
+    conda:
+        "../../environment.yml"
     threads: 1
     log:
         f"{RES}/logs/figures/rate_distortion.log",
     shell:
-        "OMP_NUM_THREADS={threads} gaussquant figure {PARAMS} --kind rate-distortion --out {output} {input.metrics} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} gaussquant figure {params.cli} --kind rate-distortion --out {output} {input.metrics} > {log} 2>&1"
 
 
 rule figure_tdc_kl_hist:
@@ -61,12 +71,15 @@ rule figure_tdc_kl_hist:
         fig=report(f"{RES}/figures/tdc_kl_hist.png", category="Figures"),
         summary=f"{RES}/figures/tdc_kl_hist.json",
     params:
-        data=f"{RES}/data",
+        cli=PARAMS,
+        data=lambda w, input: os.path.dirname(input.data),
+    conda:
+        "../../environment.yml"
     threads: 1
     log:
         f"{RES}/logs/figures/tdc_kl_hist.log",
     shell:
-        "OMP_NUM_THREADS={threads} gaussquant figure {PARAMS} --kind kl-hist --data {params.data} --out {output.fig} --summary {output.summary} {input.models} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} gaussquant figure {params.cli} --kind kl-hist --data {params.data} --out {output.fig} --summary {output.summary} {input.models} > {log} 2>&1"
 
 
 rule figure_tdc_dynamics:
@@ -75,11 +88,15 @@ rule figure_tdc_dynamics:
         code=CODE_FIGURE,
     output:
         report(f"{RES}/figures/tdc_dynamics.png", category="Figures"),
+    params:
+        cli=PARAMS,
+    conda:
+        "../../environment.yml"
     threads: 1
     log:
         f"{RES}/logs/figures/tdc_dynamics.log",
     shell:
-        "OMP_NUM_THREADS={threads} gaussquant figure {PARAMS} --kind tdc-dynamics --out {output} {input.logs} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} gaussquant figure {params.cli} --kind tdc-dynamics --out {output} {input.logs} > {log} 2>&1"
 
 
 rule figure_recon_grid:
@@ -88,11 +105,15 @@ rule figure_recon_grid:
         code=CODE_FIGURE,
     output:
         report(f"{RES}/figures/recon_grid.png", category="Figures"),
+    params:
+        cli=PARAMS,
+    conda:
+        "../../environment.yml"
     threads: 1
     log:
         f"{RES}/logs/figures/recon_grid.log",
     shell:
-        "OMP_NUM_THREADS={threads} gaussquant figure {PARAMS} --kind recon-grid --out {output} {input.grids} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} gaussquant figure {params.cli} --kind recon-grid --out {output} {input.grids} > {log} 2>&1"
 
 
 rule theory:
@@ -102,11 +123,14 @@ rule theory:
         csv=f"{RES}/theory/theory.csv",
         fig=report(f"{RES}/theory/theory.png", category="Theory"),
     params:
+        cli=PARAMS,
         theory=str(CFG.theory),
+    conda:
+        "../../environment.yml"
     threads: 1
     log:
         f"{RES}/logs/theory.log",
     benchmark:
         f"{RES}/benchmarks/theory.tsv"
     shell:
-        "OMP_NUM_THREADS={threads} gaussquant theory {PARAMS} --out-csv {output.csv} --out-fig {output.fig} --no-progress > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} gaussquant theory {params.cli} --out-csv {output.csv} --out-fig {output.fig} --no-progress > {log} 2>&1"

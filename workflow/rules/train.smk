@@ -6,18 +6,21 @@ rule train:
         model=f"{RES}/train/{{method}}-{{arch}}-{{rate}}/model.pt",
         log_csv=f"{RES}/train/{{method}}-{{arch}}-{{rate}}/metrics.csv",
     params:
+        cli=PARAMS,
         cfg=train_params,
         out=lambda wc: f"{RES}/train/{wc.method}-{wc.arch}-{wc.rate}",
-        data=f"{RES}/data",
+        data=lambda w, input: os.path.dirname(input.data),
         launch=lambda wc, resources: launch_prefix(resources),
     resources:
         gpus=0,
         nodes=1,
+    conda:
+        "../../environment.yml"
     threads: 1
     log:
         f"{RES}/logs/train/{{method}}-{{arch}}-{{rate}}.log",
     benchmark:
         f"{RES}/benchmarks/train/{{method}}-{{arch}}-{{rate}}.tsv"
     shell:
-        "OMP_NUM_THREADS={threads} {params.launch} train {PARAMS} --method {wildcards.method} --arch {wildcards.arch}"
+        "OMP_NUM_THREADS={threads} {params.launch} train {params.cli} --method {wildcards.method} --arch {wildcards.arch}"
         " --rate {wildcards.rate} --data {params.data} --out {params.out} --no-progress > {log} 2>&1"

@@ -9,10 +9,12 @@ target: under 5 s each):
 - ``dvc status``: DVC's check of the recorded outs (hashes of every results folder),
 
 against the references ``python -c pass`` (interpreter startup) and ``snakemake --version`` /
-``dvc --version`` (interpreter + package import: the floor of any command of that tool).
+``dvc --version`` (interpreter + package import: the floor of any command of that tool), and
+``python -c "import gaussquant.config"``, the import every Snakefile parse does (common.smk).
 Peak RSS is each command's own high-water mark (``os.wait4`` rusage, from a small launcher).
 The last rows split the ``dvc repro`` wall time by rule from Snakemake's benchmark files
-(``results/tiny/benchmarks/**/*.tsv``, column ``s``).
+(``results/tiny/benchmarks/**/*.tsv``, columns ``s``, ``cpu_time``, ``max_rss``); jobs run in
+parallel, so their wall seconds add up to more than the repro's.
 
 If ``dvc repro`` fails, its error is reported and the commands are timed against the
 unfinished workspace instead (rows labelled ``unfinished``).
@@ -54,12 +56,13 @@ t0 = time.perf_counter()
 pid = os.posix_spawnp(sys.argv[2], sys.argv[2:], os.environ)
 _, status, usage = os.wait4(pid, 0)
 with open(sys.argv[1], "w") as f:
-    f.write(f"{time.perf_counter() - t0} {os.waitstatus_to_exitcode(status)} {usage.ru_maxrss}")
+    cpu = usage.ru_utime + usage.ru_stime
+    f.write(f"{time.perf_counter() - t0} {os.waitstatus_to_exitcode(status)} {usage.ru_maxrss} {cpu}")
 """
 
 
 def run_measured(cmd: list[str], cwd: Path, timeout: float | None = None) -> dict:
-    """Run ``cmd``; return wall seconds, exit code, peak RSS (MiB) of this command alone, output.
+    """Run ``cmd``: wall and CPU seconds, exit code, peak RSS (MiB) of this command alone, output.
 
     Peak RSS is ``ru_maxrss`` of the command's process and the descendants it waited for
     (``os.wait4`` in the launcher); wall time excludes the launcher's own startup.
@@ -78,8 +81,14 @@ def run_measured(cmd: list[str], cwd: Path, timeout: float | None = None) -> dic
         text = log.read_bytes().decode(errors="replace")
         if proc.returncode != 0 or not report.exists():
             raise RuntimeError(f"launcher failed ({proc.returncode}) for {cmd}: {text[-2000:]}")
-        wall, rc, kib = report.read_text().split()
-    return {"s": float(wall), "rc": int(rc), "rss_mb": int(kib) / 1024, "out": text}
+        wall, rc, kib, cpu = report.read_text().split()
+    return {
+        "s": float(wall),
+        "cpu_s": float(cpu),
+        "rc": int(rc),
+        "rss_mb": int(kib) / 1024,
+        "out": text,
+    }
 
 
 def build_workspace(dst: Path, weights: Path) -> None:
@@ -134,18 +143,21 @@ def rule_split(workspace: Path) -> list[dict]:
     """Wall seconds per rule (column ``s`` summed over its jobs), from Snakemake's benchmarks."""
     bench_dir = workspace / "results" / PROFILE / "benchmarks"
     rules = rule_benchmarks(workspace)
-    per_rule: dict[str, list[tuple[float, float]]] = {}
+    per_rule: dict[str, list[tuple[float, float, float]]] = {}  # (s, cpu_time, max_rss) per job
     for tsv in sorted(bench_dir.rglob("*.tsv")):
         rel = tsv.relative_to(bench_dir).as_posix()
         name = next((r for r, pat in rules if pat.match(rel)), f"? {rel}")
         df = pd.read_csv(tsv, sep="\t")
-        rss = pd.to_numeric(df.get("max_rss", pd.Series(dtype=float)), errors="coerce").max()
+        last = df.iloc[-1]
         per_rule.setdefault(name, []).append(
-            (float(df["s"].iloc[-1]), float(rss) if rss == rss else float("nan"))
+            tuple(
+                float(pd.to_numeric(last.get(k), errors="coerce"))
+                for k in ("s", "cpu_time", "max_rss")
+            )
         )
-    total = sum(s for jobs in per_rule.values() for s, _ in jobs)
+    total = sum(j[0] for jobs in per_rule.values() for j in jobs)
     rows = []
-    for name, jobs in sorted(per_rule.items(), key=lambda kv: -sum(s for s, _ in kv[1])):
+    for name, jobs in sorted(per_rule.items(), key=lambda kv: -sum(j[0] for j in kv[1])):
         s = sum(j[0] for j in jobs)
         rows.append(
             {
@@ -154,7 +166,8 @@ def rule_split(workspace: Path) -> list[dict]:
                 "runs": len(jobs),
                 "seconds": s,
                 "max_s": max(j[0] for j in jobs),
-                "peak_rss_mb": max(j[1] for j in jobs),
+                "cpu_s": sum(j[1] for j in jobs),
+                "peak_rss_mb": max(j[2] for j in jobs),
                 "note": f"{100 * s / total:.0f} % of rule time",
             }
         )
@@ -174,6 +187,7 @@ def time_command(cmd: list[str], cwd: Path, repeats: int, kind: str, check=None)
         "runs": repeats,
         "seconds": statistics.median(times),
         "max_s": max(times),
+        "cpu_s": statistics.median(r["cpu_s"] for r in runs),
         "peak_rss_mb": max(r["rss_mb"] for r in runs),
         "note": note,
     }
@@ -234,6 +248,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     "runs": 1,
                     "seconds": r["s"],
                     "max_s": r["s"],
+                    "cpu_s": r["cpu_s"],
                     "peak_rss_mb": r["rss_mb"],
                     "note": "ok" if ok else "FAILED: " + _error_summary(r["out"]),
                 }
@@ -250,6 +265,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             (["python", "-c", "pass"], "reference", None),
             (["snakemake", "--version"], "reference", None),
             (["dvc", "--version"], "reference", None),
+            # what workflow/rules/common.smk imports: part of every Snakemake invocation
+            (["python", "-c", "import gaussquant.config"], "reference", None),
             (["snakemake", "-n", "reproduce_table1"], f"target, {state}", _snakemake_state),
             (["dvc", "status"], f"target, {state}", _dvc_state),
         ]
@@ -261,7 +278,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for r in rows
             if r["kind"] == "reference" and "--version" in r["what"]
         }
-        py = next(r["seconds"] for r in rows if r["what"].startswith("python"))
+        py = next(r["seconds"] for r in rows if r["what"] == "python -c pass")
         for r in rows:
             if r["kind"].startswith("target"):
                 tool = r["what"].split()[0]

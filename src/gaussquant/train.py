@@ -223,6 +223,9 @@ def train(
         batch_sampler=sampler,
         num_workers=tc.num_workers,
         pin_memory=accelerator.device.type == "cuda",
+        # own generator: creating the iterator must not draw from the global RNG, whose state
+        # the resumed run restores (else the noise of every later step differs)
+        generator=torch.Generator().manual_seed(tc.seed),
     )
 
     raw_model = accelerator.unwrap_model(model)

@@ -288,6 +288,7 @@ def main(argv=None):
         from gaussquant.io import write_json
 
         write_json(args.out, {"environment": env, "rows": rows, "markdown": table})
+    return rows
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from gaussquant.errors import GaussquantError
 # name -> arguments for a full and a --quick run
 SUITES = {
     "gq": ([], ["--quick"]),
-    "data": ([], ["--quick"]),
+    "data": ([], ["--images", "64", "--min-seconds", "0.5"]),
     "train": (["--steps", "20"], ["--steps", "5"]),
     "eval": ([], ["--quick"]),
     "pipeline": ([], []),
@@ -90,8 +90,9 @@ def run(args: argparse.Namespace) -> int:
         argv = SUITES[name][1 if args.quick else 0]
         print(f"== bench {name} {' '.join(argv)}", flush=True)
         t0 = time.perf_counter()
-        rows = module.main(argv)
-        raw[name] = rows
+        result = module.main(argv)
+        rows = result.get("rows", []) if isinstance(result, dict) else list(result or [])
+        raw[name] = result
         title = (module.__doc__ or name).strip().splitlines()[0]
         table = pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4g")
         sections.append(

@@ -1,9 +1,11 @@
 """Evaluation throughput and memory: streaming `evaluate_model` vs a keep-everything evaluator.
 
 Model: an untrained ``build_autoencoder(cfg, "fsq", "unet", "0.25")`` of the ``quick`` profile
-(32 px, eval batch 64), on prepared bundled-photo crops; rFID against the originals
-(``fid_reference=None``: both Inception passes run). Each configuration runs in a fresh child
-process, which reports its own peak RSS (``ru_maxrss`` is a per-process high-water mark).
+(32 px) on prepared bundled-photo crops; rFID against the originals (``fid_reference=None``:
+both Inception passes run). Each configuration runs in a fresh child process, which reports
+its own peak RSS (``ru_maxrss`` is a per-process high-water mark) and wall and CPU seconds.
+Children run single-threaded (``OMP_NUM_THREADS=1``), as the pipeline's rules run evaluation;
+CPU seconds are then robust to other load on the machine, wall seconds are not (``load1``).
 
 - ``ours``: :func:`gaussquant.evaluate.evaluate_model` (sums, float64 feature moments,
   networks built once). Target: peak RSS at 4N images within 10 % of N images.
@@ -12,16 +14,17 @@ process, which reports its own peak RSS (``ru_maxrss`` is a per-process high-wat
   stacked set and rFID at the end from the full feature matrices (``np.cov``, scipy ``sqrtm``
   as pytorch-fid), and rebuilds the LPIPS network every batch. Same networks and metrics, so
   its numbers must match ours (checked: largest relative difference in the note).
+- ``patched``: ours with the proposed Inception fix monkeypatched (``patch_proposed_fix``).
 
 The ``profile`` rows are cProfile cumulative times of one ``evaluate_model`` call (fresh child)
 on ``--profile-images`` images: where evaluation time goes.
 
-``--quick``: N = 32 at eval batch 16. N spans at least two batches: the allocator's high-water
-mark settles after the second batch (measured: 1 batch 1253 MB, 2: 1314, 4: 1359, 8: 1378 at
-batch 16), and N below the batch would shrink the Inception activations, which dominate RSS.
-``patched``: see ``patch_proposed_fix``.
+Sizes: N = 64 at eval batch 32 (``--quick``: N = 32 at batch 16), profile on 128 (64) images.
+N spans two batches: the allocator's high-water mark settles after the second batch (measured
+at batch 16: 1 batch 1253 MB, 2: 1314, 4: 1359, 8: 1378), and N below the batch would shrink
+the Inception activations, which dominate peak RSS (~14 MB per image in the batch).
 
-    python benchmarks/bench_eval.py [--quick] [--images N] [--batch B] [--no-patched] [--out JSON]
+    python benchmarks/bench_eval.py [--quick] [--images N] [--batch B] [--threads T] [--out JSON]
 """
 
 from __future__ import annotations
@@ -179,12 +182,14 @@ def naive_evaluate(model, dataset, n: int, batch_size: int, weights: Path) -> di
     fid = float(
         (mu1 - mu2) @ (mu1 - mu2) + np.trace(c1) + np.trace(c2) - 2 * np.trace(covmean.real)
     )
+    kept = [*originals, *recons, *lpips_values, *real, *fake]
     return {
         "psnr": float(psnr(x_all, rec_all).mean()),
         "ssim": float(ssim(x_all, rec_all).mean()),
         "lpips": float(torch.cat(lpips_values).mean()),
         "rfid": fid,
         "n_images": len(x_all),
+        "kept_mb": sum(t.nbytes for t in kept) / 2**20,  # held until the end, grows with N
     }
 
 
@@ -227,7 +232,7 @@ def run_profile(args) -> dict:
 def child_main(args) -> None:
     import torch
 
-    torch.set_num_threads(torch.get_num_threads())
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     run = {"ours": run_ours, "patched": run_ours, "naive": run_naive, "profile": run_profile}
     result = run[args.worker](args)
     result["peak_rss_mb"] = _peak_rss_mb()
@@ -239,7 +244,7 @@ def child_main(args) -> None:
 # ----------------------------------------------------------------------------- parent side
 
 
-def spawn(worker: str, images: int, data: Path, weights: Path, method: str, batch: int) -> dict:
+def spawn(worker, images: int, data: Path, weights: Path, method: str, batch: int, threads: int):
     """Run one measurement in a fresh Python process; return its JSON result."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
@@ -261,12 +266,19 @@ def spawn(worker: str, images: int, data: Path, weights: Path, method: str, batc
             "--batch",
             str(batch),
         ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}  # torch and numpy's BLAS
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
         if proc.returncode != 0 or not out.exists():
             raise RuntimeError(
                 f"bench_eval child {worker} N={images} failed:\n{proc.stderr[-3000:]}"
             )
         return json.loads(out.read_text())
+
+
+def _kept_bytes_per_image(resolution: int) -> int:
+    """What ``naive_evaluate`` keeps per image: image + reconstruction (float32, 3 channels),
+    two 2048-d float32 Inception features, one float32 LPIPS value."""
+    return 2 * 3 * resolution**2 * 4 + 2 * 2048 * 4 + 4
 
 
 def _rel_diff(a: dict, b: dict) -> str:
@@ -278,8 +290,9 @@ def _rel_diff(a: dict, b: dict) -> str:
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="N = 32, batch 16 (a smoke run)")
-    ap.add_argument("--images", type=int, default=None, help="N (default 128, --quick 32)")
-    ap.add_argument("--batch", type=int, default=None, help="eval batch (default: the profile's)")
+    ap.add_argument("--images", type=int, default=None, help="N (default 64, --quick 32)")
+    ap.add_argument("--batch", type=int, default=None, help="eval batch (default 32, --quick 16)")
+    ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the children")
     ap.add_argument("--profile-images", type=int, default=None, help="default 128, --quick 64")
     ap.add_argument("--weights", type=Path, default=ROOT / "weights")
     ap.add_argument("--out", type=Path, default=None, help="write the rows as JSON")
@@ -302,8 +315,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from gaussquant.data import prepare
 
     cfg = load_config(ROOT / "params.yaml", PROFILE)
-    n = args.images or (32 if args.quick else 128)
-    batch = args.batch or (16 if args.quick else cfg.eval.batch_size)  # N >= batch: full batches
+    n = args.images or (32 if args.quick else 64)
+    batch = args.batch or (16 if args.quick else 32)  # N spans two batches or more
     n_prof = args.profile_images or (64 if args.quick else 128)
     method = pick_method()
     plan = [("ours", n), ("ours", 4 * n), ("naive", n), ("naive", 4 * n)]
@@ -315,7 +328,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         prepare(dataclasses.replace(cfg.data, n_val=n_val, n_train=1), data, progress=False)
         for worker, images in plan + [("profile", n_prof)]:
             print(f"bench eval: {worker} N={images}", flush=True)
-            runs[worker, images] = spawn(worker, images, data, args.weights, method, batch)
+            runs[worker, images] = spawn(
+                worker, images, data, args.weights, method, batch, args.threads
+            )
     for worker, images in plan:
         r = runs[worker, images]
         rows.append(
@@ -325,6 +340,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 "seconds": r["seconds"],
                 "cpu_s": r["cpu_s"],
                 "images_per_s": images / r["seconds"],
+                "images_per_cpu_s": images / r["cpu_s"],
                 "peak_rss_mb": r["peak_rss_mb"],
                 "load1": r["load1"],
                 "note": "",
@@ -338,23 +354,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
         worker = row["what"]
         if worker in ("ours", "naive"):
             small, big = runs[worker, n], runs[worker, 4 * n]
-            marginal = 3 * n / (big["seconds"] - small["seconds"])
+            marginal = 3 * n / (big["cpu_s"] - small["cpu_s"])
             growth = big["peak_rss_mb"] / small["peak_rss_mb"] - 1
             row["note"] = (
-                f"4N vs N: peak RSS {100 * growth:+.1f} %, marginal {marginal:.3g} images/s"
+                f"4N vs N: peak RSS {100 * growth:+.1f} %, marginal {marginal:.3g} images/CPU s"
             )
         if worker == "ours":
             row["note"] += f" (target < 10 %: {'met' if abs(growth) < 0.10 else 'MISSED'})"
         elif worker == "naive":
-            kb = (big["peak_rss_mb"] - small["peak_rss_mb"]) * 1024 / (3 * n)
-            row["note"] += f"; +{kb:.0f} KB RSS/image; " + _rel_diff(
-                big["metrics"], ours["metrics"]
+            kept = big["metrics"]["kept_mb"]
+            at_paper = 50_000 * _kept_bytes_per_image(256) / 2**30
+            row["note"] += (
+                f"; keeps {small['metrics']['kept_mb']:.1f} / {kept:.1f} MB at N / 4N "
+                f"(50,000 images at 256 px: {at_paper:.0f} GiB); "
+                + _rel_diff(big["metrics"], ours["metrics"])
             )
         elif worker == "patched":
             r = runs[worker, 4 * n]
             row["note"] = (
-                f"proposed fix vs ours: {ours['seconds'] / r['seconds']:.2f}x wall, "
-                f"{ours['cpu_s'] / r['cpu_s']:.2f}x CPU, peak RSS "
+                f"proposed fix vs ours: {ours['cpu_s'] / r['cpu_s']:.2f}x CPU, "
+                f"{ours['seconds'] / r['seconds']:.2f}x wall, peak RSS "
                 f"{r['peak_rss_mb'] - ours['peak_rss_mb']:+.0f} MB; "
                 + _rel_diff(r["metrics"], ours["metrics"])
             )
@@ -368,6 +387,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 "seconds": p["seconds"],
                 "cpu_s": "",
                 "images_per_s": "",
+                "images_per_cpu_s": "",
                 "peak_rss_mb": "",
                 "load1": "",
                 "note": f"{100 * p['seconds'] / total:.0f} % of evaluate_model, {p['calls']} calls",

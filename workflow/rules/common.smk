@@ -1,8 +1,12 @@
 # Target lists and helpers. Every output path is a pure function of (profile, method, arch, rate).
 import math
 import os
+import sys
 
 from gaussquant.config import config_from_dict, resolve_params
+
+# Rules call `gaussquant`/`accelerate` from the environment that runs Snakemake, activated or not.
+os.environ["PATH"] = f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"
 
 CFG = config_from_dict(resolve_params(config))  # strict check of the whole file before any rule
 PROFILE = CFG.profile

@@ -6,6 +6,10 @@ both Inception passes run). Each configuration runs in a fresh child process, wh
 its own peak RSS (``ru_maxrss`` is a per-process high-water mark) and wall and CPU seconds.
 Children run single-threaded (``OMP_NUM_THREADS=1``), as the pipeline's rules run evaluation;
 CPU seconds are then robust to other load on the machine, wall seconds are not (``load1``).
+Children run with glibc's mmap threshold fixed at its default 128 KiB
+(``MALLOC_MMAP_THRESHOLD_``): with the dynamic threshold, identical runs peaked anywhere in
+1461-1768 MB (``--default-malloc``); fixed, 1413-1414 MB over four runs, at ~15 % more CPU
+(page faults of fresh mmaps), the same for every row.
 
 - ``ours``: :func:`gaussquant.evaluate.evaluate_model` (sums, float64 feature moments,
   networks built once). Target: peak RSS at 4N images within 10 % of N images.
@@ -19,7 +23,9 @@ CPU seconds are then robust to other load on the machine, wall seconds are not (
 The ``profile`` rows are cProfile cumulative times of one ``evaluate_model`` call (fresh child)
 on ``--profile-images`` images: where evaluation time goes.
 
-Sizes: N = 64 at eval batch 32 (``--quick``: N = 32 at batch 16), profile on 128 (64) images.
+Sizes: N = 64 at eval batch 32 (``--quick``: N = 32 at batch 16), profile on 128 (64) images,
+and (not with ``--quick``) a pair at 256 px, N = 32 / 128, batch 16: at 32 px what the naive
+evaluator keeps (41 KB per image) hides under the Inception activations in peak RSS.
 N spans two batches: the allocator's high-water mark settles after the second batch (measured
 at batch 16: 1 batch 1253 MB, 2: 1314, 4: 1359, 8: 1378), and N below the batch would shrink
 the Inception activations, which dominate peak RSS (~14 MB per image in the batch).
@@ -37,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,10 +182,12 @@ def naive_evaluate(model, dataset, n: int, batch_size: int, weights: Path) -> di
     x_all, rec_all = torch.cat(originals), torch.cat(recons)
     feats = [np.concatenate(f).astype(np.float64) for f in (real, fake)]
     (mu1, mu2), (c1, c2) = [f.mean(0) for f in feats], [np.cov(f, rowvar=False) for f in feats]
-    covmean = linalg.sqrtm(c1 @ c2)  # pytorch-fid
-    if not np.isfinite(covmean).all():
-        offset = np.eye(c1.shape[0]) * 1e-6
-        covmean = linalg.sqrtm((c1 + offset) @ (c2 + offset))
+    with warnings.catch_warnings():  # singular with fewer images than dimensions: expected
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(c1 @ c2)  # pytorch-fid
+        if not np.isfinite(covmean).all():
+            offset = np.eye(c1.shape[0]) * 1e-6
+            covmean = linalg.sqrtm((c1 + offset) @ (c2 + offset))
     fid = float(
         (mu1 - mu2) @ (mu1 - mu2) + np.trace(c1) + np.trace(c2) - 2 * np.trace(covmean.real)
     )
@@ -244,7 +253,7 @@ def child_main(args) -> None:
 # ----------------------------------------------------------------------------- parent side
 
 
-def spawn(worker, images: int, data: Path, weights: Path, method: str, batch: int, threads: int):
+def spawn(worker, images, data, weights, method, batch, threads, fixed_malloc=True) -> dict:
     """Run one measurement in a fresh Python process; return its JSON result."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
@@ -267,6 +276,8 @@ def spawn(worker, images: int, data: Path, weights: Path, method: str, batch: in
             str(batch),
         ]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}  # torch and numpy's BLAS
+        if fixed_malloc:
+            env["MALLOC_MMAP_THRESHOLD_"] = "131072"  # glibc's default, fixed (see the docstring)
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
         if proc.returncode != 0 or not out.exists():
             raise RuntimeError(
@@ -293,10 +304,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--images", type=int, default=None, help="N (default 64, --quick 32)")
     ap.add_argument("--batch", type=int, default=None, help="eval batch (default 32, --quick 16)")
     ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the children")
+    ap.add_argument(
+        "--default-malloc", action="store_true", help="keep glibc's dynamic mmap threshold"
+    )
     ap.add_argument("--profile-images", type=int, default=None, help="default 128, --quick 64")
     ap.add_argument("--weights", type=Path, default=ROOT / "weights")
     ap.add_argument("--out", type=Path, default=None, help="write the rows as JSON")
     ap.add_argument("--no-patched", action="store_true", help="skip the proposed-fix row")
+    ap.add_argument(
+        "--large-res", type=int, default=256, help="px of the N = 32/128 pair (0: skip; --quick: 0)"
+    )
     ap.add_argument(
         "--worker", choices=("ours", "patched", "naive", "profile"), help=argparse.SUPPRESS
     )
@@ -318,24 +335,35 @@ def main(argv: list[str] | None = None) -> list[dict]:
     n = args.images or (32 if args.quick else 64)
     batch = args.batch or (16 if args.quick else 32)  # N spans two batches or more
     n_prof = args.profile_images or (64 if args.quick else 128)
+    res, big_res = cfg.data.resolution, (0 if args.quick else args.large_res)
     method = pick_method()
-    plan = [("ours", n), ("ours", 4 * n), ("naive", n), ("naive", 4 * n)]
-    plan += [] if args.no_patched else [("patched", 4 * n)]
-    runs, rows = {}, []
+    # (worker, images, px, batch); the large-px pair shows what the naive evaluator keeps
+    plan = [(w, k, res, batch) for w in ("ours", "naive") for k in (n, 4 * n)]
+    plan += [] if args.no_patched else [("patched", 4 * n, res, batch)]
+    if big_res:
+        plan += [(w, k, big_res, 16) for w in ("ours", "naive") for k in (32, 128)]
+    runs = {}
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:
-        data = Path(tmp) / "data"
-        n_val = max(4 * n, n_prof)
-        prepare(dataclasses.replace(cfg.data, n_val=n_val, n_train=1), data, progress=False)
-        for worker, images in plan + [("profile", n_prof)]:
-            print(f"bench eval: {worker} N={images}", flush=True)
-            runs[worker, images] = spawn(
-                worker, images, data, args.weights, method, batch, args.threads
+        data = {}
+        for px in sorted({p[2] for p in plan}):
+            data[px] = Path(tmp) / f"data{px}"
+            n_val = max(k for _, k, r, _ in plan if r == px) if px != res else max(4 * n, n_prof)
+            part = dataclasses.replace(cfg.data, resolution=px, n_val=n_val, n_train=1)
+            prepare(part, data[px], progress=False)
+        for worker, images, px, b in plan + [("profile", n_prof, res, batch)]:
+            print(f"bench eval: {worker} N={images} {px} px", flush=True)
+            fixed = not args.default_malloc
+            runs[worker, images, px] = spawn(
+                worker, images, data[px], args.weights, method, b, args.threads, fixed
             )
-    for worker, images in plan:
-        r = runs[worker, images]
+    rows = []
+    for worker, images, px, b in plan:
+        r = runs[worker, images, px]
         rows.append(
             {
                 "what": worker,
+                "px": px,
+                "batch": b,
                 "images": images,
                 "seconds": r["seconds"],
                 "cpu_s": r["cpu_s"],
@@ -346,15 +374,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 "note": "",
             }
         )
-    rows[0]["note"] = f"model {runs['ours', n]['model']}, batch {batch}, {cfg.data.resolution} px"
-    ours = runs["ours", 4 * n]
+    rows[0]["note"] = f"model {runs['ours', n, res]['model']}"
     for row in rows:
-        if row["images"] != 4 * n:
+        worker, px = row["what"], row["px"]
+        sizes = sorted(k for w, k, r, _ in plan if w == worker and r == px)
+        if row["images"] != sizes[-1]:
             continue
-        worker = row["what"]
+        ours = runs["ours", sizes[-1], px]
         if worker in ("ours", "naive"):
-            small, big = runs[worker, n], runs[worker, 4 * n]
-            marginal = 3 * n / (big["cpu_s"] - small["cpu_s"])
+            small, big = runs[worker, sizes[0], px], runs[worker, sizes[-1], px]
+            marginal = (sizes[-1] - sizes[0]) / (big["cpu_s"] - small["cpu_s"])
             growth = big["peak_rss_mb"] / small["peak_rss_mb"] - 1
             row["note"] = (
                 f"4N vs N: peak RSS {100 * growth:+.1f} %, marginal {marginal:.3g} images/CPU s"
@@ -362,27 +391,28 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if worker == "ours":
             row["note"] += f" (target < 10 %: {'met' if abs(growth) < 0.10 else 'MISSED'})"
         elif worker == "naive":
-            kept = big["metrics"]["kept_mb"]
-            at_paper = 50_000 * _kept_bytes_per_image(256) / 2**30
-            row["note"] += (
-                f"; keeps {small['metrics']['kept_mb']:.1f} / {kept:.1f} MB at N / 4N "
-                f"(50,000 images at 256 px: {at_paper:.0f} GiB); "
-                + _rel_diff(big["metrics"], ours["metrics"])
+            kept = [runs[worker, k, px]["metrics"]["kept_mb"] for k in sizes]
+            row["note"] += f"; keeps {kept[0]:.1f} / {kept[-1]:.1f} MB at N / 4N; " + _rel_diff(
+                big["metrics"], ours["metrics"]
             )
         elif worker == "patched":
-            r = runs[worker, 4 * n]
+            r = runs[worker, sizes[-1], px]
             row["note"] = (
                 f"proposed fix vs ours: {ours['cpu_s'] / r['cpu_s']:.2f}x CPU, "
                 f"{ours['seconds'] / r['seconds']:.2f}x wall, peak RSS "
                 f"{r['peak_rss_mb'] - ours['peak_rss_mb']:+.0f} MB; "
                 + _rel_diff(r["metrics"], ours["metrics"])
             )
-    prof = runs["profile", n_prof]
+    at_paper = 50_000 * _kept_bytes_per_image(256) / 2**30
+    print(f"naive evaluator on 50,000 images at 256 px would keep {at_paper:.0f} GiB")
+    prof = runs["profile", n_prof, res]
     total = next(p["seconds"] for p in prof["parts"] if p["part"].startswith("evaluate_model"))
     for p in prof["parts"] + [dict(q, part="own time: " + q["part"]) for q in prof["top_own_time"]]:
         rows.append(
             {
                 "what": "profile: " + p["part"],
+                "px": res,
+                "batch": batch,
                 "images": n_prof,
                 "seconds": p["seconds"],
                 "cpu_s": "",

@@ -8,6 +8,10 @@ min_version("9.0")
 configfile: "params.yaml"
 
 
+envvars:
+    "PATH",  # common.smk puts the running interpreter's bin folder first
+
+
 validate(config, "workflow/schemas/params.schema.json")
 
 

@@ -53,7 +53,7 @@ PROFILE = "quick"
 PARTS = (
     ("evaluate_model (total)", "evaluate.py:evaluate_model"),
     ("Inception forward (resize + net)", "fid.py:forward"),
-    ("Inception resize to 299", "functional.py:interpolate"),
+    ("F.interpolate (Inception resize, decoder upsampling)", "functional.py:interpolate"),
     ("LPIPS AlexNet", "lpips.py:forward"),
     ("SSIM", "image.py:ssim"),
     ("PSNR", "image.py:psnr"),

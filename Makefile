@@ -8,10 +8,11 @@ WEIGHTS ?= weights
 CORES ?= all
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help install weights reproduce test lint format bench clean-results
+.PHONY: help install weights reproduce report test lint format bench clean-results
 
 help:
-	@echo "make reproduce  - install, fetch metric weights, run Table 1 (profile from params.yaml, default quick)"
+	@echo "make reproduce  - install, fetch metric weights, run Table 1 and its figures (profile from params.yaml, default quick)"
+	@echo "make report     - HTML report (tables, figures, ablations done so far) in results/<profile>/report.html"
 	@echo "make test       - install and run the test suite"
 	@echo "make lint       - ruff check + snakemake --lint"
 	@echo "make bench      - run the benchmarks and rewrite benchmarks/README.md"
@@ -28,6 +29,10 @@ weights: $(STAMP)
 
 reproduce: weights
 	$(BIN)/snakemake --cores $(CORES) reproduce_table1
+
+# Snakemake's HTML report of every target already produced, in results/<profile>/report.html
+report: $(STAMP)
+	$(BIN)/gaussquant report
 
 test: weights
 	$(BIN)/python -m pytest -q

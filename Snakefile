@@ -1,11 +1,15 @@
 # gaussquant pipeline: the only Snakefile. Targets: reproduce_table1 (default), reproduce_tokenbridge,
-# figures, all. `snakemake --cores all <target>`; the profile comes from params.yaml (`profile:`).
+# figures, ablations, all. `snakemake --cores all <target>`; the profile comes from params.yaml
+# (`profile:`). HTML report of what has run: `make report` (snakemake --report).
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
 
 configfile: "params.yaml"
+
+
+report: "workflow/report/workflow.rst"
 
 
 envvars:

@@ -131,7 +131,9 @@ def test_pytorch_fid_preprocessing(weights_dir, inception):
     u = torch.randint(0, 256, (1, 3, 299, 299), generator=g, dtype=torch.uint8)
     with torch.no_grad():
         ref = tf_net(u)[0]
-    assert torch.equal(inception_features(inception, (u.float() - 128) / 128), ref)
+    ours = inception_features(inception, (u.float() - 128) / 128)
+    # channels-last kernels sum in another order: equal up to float32 round-off
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
     # at 256 px the half-pixel (PyTorch) and TF1 bilinear resizes differ, by about 0.5 %
     small = torch.randint(0, 256, (1, 3, 8, 8), generator=g).float()
     u = (

@@ -1,5 +1,6 @@
 """The pipeline end to end on the tiny profile, through DVC, in a temporary copy of the repo."""
 
+import json
 import os
 import re
 import shutil
@@ -74,6 +75,12 @@ def test_dvc_repro_tiny_produces_sane_tables_and_figures(tiny_repo):
     assert "\\textbf" in (res / "tables" / "table1.tex").read_text()
     tb = pd.read_csv(res / "tables" / "tokenbridge.csv")
     assert {"TokenBridge, vanilla VAE", "TokenBridge, TDC VAE", "GQ (ours)"} <= set(tb["method"])
+    # the continuous reference rows carry the validation per-token KL of the TDC VAE
+    cont = json.loads((res / "eval" / "gq-continuous-unet-0.125" / "metrics.json").read_text())
+    tb_bits = cont["token_bits"]
+    assert tb_bits["min"] <= tb_bits["p01"] <= tb_bits["mean"] <= tb_bits["p99"] <= tb_bits["max"]
+    assert tb_bits["target"] == 8.0 and tb_bits["tokens"] == 16 * 16  # 16 images x 4x4 x 1 token
+    assert tb_bits["mean_within_tolerance"] == (abs(tb_bits["mean"] - 8.0) <= 0.5)
     for fig in ("rate_distortion", "tdc_kl_hist", "tdc_dynamics", "recon_grid"):
         png = res / "figures" / f"{fig}.png"
         assert png.stat().st_size > 5000, fig

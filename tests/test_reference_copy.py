@@ -8,7 +8,9 @@ from conftest import REFERENCE, ROOT
 SHARED = ROOT.parent / "shared" / "reference"
 
 
-@pytest.mark.parametrize("name", ["gq_official_vectors.npz", "gq_official_vectors.json", "README.md"])
+@pytest.mark.parametrize(
+    "name", ["gq_official_vectors.npz", "gq_official_vectors.json", "README.md"]
+)
 def test_copy_matches_shared_reference(name):
     if not (SHARED / name).exists():
         pytest.skip("shared/reference is not beside this checkout")

@@ -132,3 +132,21 @@ def test_missing_lpips_weights_names_fetch_command(tiny_cfg, tiny_data, tmp_path
             tmp_path / "no-weights",
             progress=False,
         )
+
+
+def test_final_window_averages_the_last_fifth(tmp_path):
+    from gaussquant.train import LOG_KEYS, _append_log, final_window
+
+    log = tmp_path / "metrics.csv"
+    for step, bits, lo, hi in [
+        (10, 99.0, 0.0, 500.0),
+        (90, 15.0, 3.0, 20.0),
+        (100, 17.0, 4.0, 30.0),
+    ]:
+        row = dict.fromkeys(LOG_KEYS, float("nan"))
+        _append_log(log, row | {"step": step, "bits_mean": bits, "bits_min": lo, "bits_max": hi})
+    w = final_window(log, 100)
+    assert w["from_step"] == 90 and w["bits_mean"] == 16.0  # step 10 is outside the window
+    assert w["bits_min"] == 3.0 and w["bits_max"] == 30.0
+    assert "l1" not in w  # never logged: left out, not NaN
+    assert final_window(tmp_path / "absent.csv", 100) == {}

@@ -25,6 +25,7 @@ STAGES = (
     "figure",
     "theory",
     "ablation",
+    "report",
     "bench",
 )
 

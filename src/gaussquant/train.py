@@ -327,6 +327,7 @@ def train(
                 "processes": accelerator.num_processes,
                 "batch_per_process": batch,
                 "train_images": len(dataset),
+                "final_window": final_window(out / "metrics.csv", loop.step),
                 "config": config_to_dict(cfg.train),
             },
         )
@@ -338,6 +339,27 @@ def _scalar(v) -> float:
     if v is None:
         return math.nan
     return float(v.detach().float().mean()) if torch.is_tensor(v) else float(v)
+
+
+def final_window(path: Path, steps: int, share: float = 0.2) -> dict[str, float]:
+    """Logged values over the last ``share`` of training: the mean of each logged quantity
+    (one batch per row is noisy), and the extremes of the per-token KL bounds."""
+    if not path.exists():
+        return {}
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["step"]) > (1 - share) * steps]
+    out: dict[str, float] = {"from_step": min((int(r["step"]) for r in rows), default=0)}
+    for key in ("loss", "l1", "lpips", "bits_mean", "lam"):
+        vals = [float(r[key]) for r in rows if r.get(key) not in (None, "", "nan")]
+        vals = [v for v in vals if v == v]
+        if vals:
+            out[key] = sum(vals) / len(vals)
+    for key, pick in (("bits_min", min), ("bits_max", max)):
+        vals = [float(r[key]) for r in rows if r.get(key) not in (None, "", "nan")]
+        vals = [v for v in vals if v == v]
+        if vals:
+            out[key] = pick(vals)
+    return out
 
 
 def _append_log(path: Path, row: dict[str, float]) -> None:

@@ -49,7 +49,10 @@ def grid():
 
 
 def table1_outputs():
-    return [f"{RES}/tables/table1.{ext}" for ext in ("csv", "md", "tex")]
+    """Table 1 and the figures made from the same runs (no extra training)."""
+    return [f"{RES}/tables/table1.{ext}" for ext in ("csv", "md", "tex")] + [
+        f"{RES}/figures/{name}.png" for name in ("rate_distortion", "tdc_dynamics", "recon_grid")
+    ]
 
 
 def tokenbridge_outputs():
@@ -138,7 +141,9 @@ def tol_checkpoint(tol):
 
 
 def _abl_tables(kind):
-    return [f"{ABL_RES}/{kind}.{ext}" for ext in ("csv", "md", "png")]
+    csv, md, png = (f"{ABL_RES}/{kind}.{ext}" for ext in ("csv", "md", "png"))
+    labels = dict(category="Ablations", subcategory=kind, caption="../report/ablation.rst")
+    return [report(csv, **labels), md, report(png, **labels)]
 
 
 def ablation_outputs():

@@ -6,7 +6,7 @@ rule table1:
         metrics=[eval_json(row, a, r) for a, r in grid() for row in TABLE1_ROWS],
         code=CODE_TABLE,
     output:
-        csv=report(f"{RES}/tables/table1.csv", category="Tables"),
+        csv=report(f"{RES}/tables/table1.csv", category="Tables", caption="../report/table1.rst"),
         md=f"{RES}/tables/table1.md",
         tex=f"{RES}/tables/table1.tex",
         json=f"{RES}/tables/table1.json",
@@ -28,7 +28,7 @@ rule table_tokenbridge:
         metrics=[eval_json(row, a, r) for a, r in grid() for row in TOKENBRIDGE_ROWS],
         code=CODE_TABLE,
     output:
-        csv=report(f"{RES}/tables/tokenbridge.csv", category="Tables"),
+        csv=report(f"{RES}/tables/tokenbridge.csv", category="Tables", caption="../report/tokenbridge.rst"),
         md=f"{RES}/tables/tokenbridge.md",
         tex=f"{RES}/tables/tokenbridge.tex",
         json=f"{RES}/tables/tokenbridge.json",
@@ -50,7 +50,7 @@ rule figure_rate_distortion:
         metrics=[eval_json(row, a, r) for a, r in grid() for row in TABLE1_ROWS],
         code=CODE_FIGURE,
     output:
-        report(f"{RES}/figures/rate_distortion.png", category="Figures"),
+        report(f"{RES}/figures/rate_distortion.png", category="Figures", caption="../report/rate_distortion.rst"),
     params:
         cli=PARAMS,
     conda:
@@ -68,7 +68,7 @@ rule figure_tdc_kl_hist:
         data=rules.prepare_data.output.manifest,
         code=CODE_FIGURE,
     output:
-        fig=report(f"{RES}/figures/tdc_kl_hist.png", category="Figures"),
+        fig=report(f"{RES}/figures/tdc_kl_hist.png", category="Figures", caption="../report/tdc_kl_hist.rst"),
         summary=f"{RES}/figures/tdc_kl_hist.json",
     params:
         cli=PARAMS,
@@ -87,7 +87,7 @@ rule figure_tdc_dynamics:
         logs=[f"{RES}/train/gq-{a}-{r}/metrics.csv" for a, r in grid()],
         code=CODE_FIGURE,
     output:
-        report(f"{RES}/figures/tdc_dynamics.png", category="Figures"),
+        report(f"{RES}/figures/tdc_dynamics.png", category="Figures", caption="../report/tdc_dynamics.rst"),
     params:
         cli=PARAMS,
     conda:
@@ -104,7 +104,7 @@ rule figure_recon_grid:
         grids=[f"{RES}/eval/{row}-{a}-{r}/grid.png" for a, r in grid() for row in TABLE1_ROWS],
         code=CODE_FIGURE,
     output:
-        report(f"{RES}/figures/recon_grid.png", category="Figures"),
+        report(f"{RES}/figures/recon_grid.png", category="Figures", caption="../report/recon_grid.rst"),
     params:
         cli=PARAMS,
     conda:
@@ -121,7 +121,7 @@ rule theory:
         code=CODE_COMMON + [f"{SRC}/theory.py", f"{SRC}/stages/theory.py", f"{SRC}/quantizers/gaussian_quant.py"],
     output:
         csv=f"{RES}/theory/theory.csv",
-        fig=report(f"{RES}/theory/theory.png", category="Theory"),
+        fig=report(f"{RES}/theory/theory.png", category="Theory", caption="../report/theory.rst"),
     params:
         cli=PARAMS,
         theory=str(CFG.theory),

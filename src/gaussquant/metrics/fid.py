@@ -85,11 +85,16 @@ class InceptionPool3(nn.Module):
 
     Input: ``x`` (B, 3, H, W), float, RGB in [-1, 1] (values outside are not clamped).
     Output: (B, 2048) float32. Always in eval mode; parameters never require grad.
+
+    Runs in channels-last memory format on chunks of ``chunk`` images: 1.56x faster on CPU
+    and ~230 MB less peak memory than one NCHW pass over a 64-image batch, features equal up
+    to float32 round-off (``benchmarks/bench_eval.py``, rows ``ours`` vs ``before``).
     """
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, chunk: int = 16):
         super().__init__()
-        self.net = net.eval().requires_grad_(False)
+        self.net = net.eval().requires_grad_(False).to(memory_format=torch.channels_last)
+        self.chunk = chunk
 
     def train(self, mode: bool = True) -> InceptionPool3:
         return super().train(False)  # batch norm must keep its TF statistics
@@ -99,10 +104,13 @@ class InceptionPool3(nn.Module):
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected images (B, 3, H, W), got {tuple(x.shape)}")
         x = x.to(next(self.net.parameters()).dtype)
-        x = F.interpolate(
-            x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False
-        )
-        return pool3_from_299(self.net, x)
+        out = []
+        for part in x.split(self.chunk):
+            y = F.interpolate(
+                part, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False
+            )
+            out.append(pool3_from_299(self.net, y.contiguous(memory_format=torch.channels_last)))
+        return torch.cat(out)
 
 
 def build_inception(weights_dir: str | os.PathLike | None = None) -> InceptionPool3:
@@ -205,10 +213,14 @@ def frechet_distance(
             f"shape mismatch: mu {mu1.shape}/{mu2.shape}, cov {cov1.shape}/{cov2.shape}"
         )
     diff = mu1 - mu2
-    return float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * trace_sqrt_product(cov1, cov2, eps))
+    return float(
+        diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * trace_sqrt_product(cov1, cov2, eps)
+    )
 
 
-def trace_sqrt_product(cov1: np.ndarray, cov2: np.ndarray, eps: float = 1e-6, method: str = "eigh") -> float:
+def trace_sqrt_product(
+    cov1: np.ndarray, cov2: np.ndarray, eps: float = 1e-6, method: str = "eigh"
+) -> float:
     """``tr((cov1 cov2)^(1/2))`` for symmetric PSD ``cov1``, ``cov2``.
 
     "eigh" (default): with ``s = cov1^(1/2)`` (symmetric eigendecomposition), ``cov1 cov2`` has

@@ -37,6 +37,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def token_bits_summary(ckpt: Path, data: Path, cfg, payload: dict) -> dict:
+    """Per-token KL (bits) of a Gaussian VAE on the validation images, and for a TDC VAE
+    whether its mean lies within the tolerance of the target log2 K (SPEC 1)."""
+    import math
+
+    import numpy as np
+
+    from gaussquant.evaluate import posterior_token_bits
+
+    bits = posterior_token_bits(ckpt, data, cfg, max_images=cfg.eval.max_images or 10**9)
+    out = {
+        "tokens": int(bits.size),
+        "mean": float(bits.mean()),
+        "min": float(bits.min()),
+        "max": float(bits.max()),
+        "p01": float(np.percentile(bits, 1)),
+        "p99": float(np.percentile(bits, 99)),
+    }
+    tcfg = payload["config"]
+    tdc = tcfg["tdc"]
+    if payload["method"] in ("gq", "tbtdc"):  # trained under TDC
+        if payload["method"] == "gq":
+            target = math.log2(tdc["codebook_size"])  # bits per m-dim token
+        else:  # TokenBridge: per dimension, B bits
+            target = float(tcfg["rates"][payload["rate"]]["tokenbridge_bits"])
+        out |= {
+            "target": target,
+            "tolerance": tdc["tolerance"],
+            "mean_within_tolerance": abs(out["mean"] - target) <= tdc["tolerance"],
+        }
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -101,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
         "weights_sha256": fingerprint,
         "profile": cfg.profile,
     }
+    if gaussian:
+        record["token_bits"] = token_bits_summary(args.ckpt, args.data, cfg, payload)
     write_json(args.out, record)
     print(
         json.dumps(

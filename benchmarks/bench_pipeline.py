@@ -91,8 +91,8 @@ def run_measured(cmd: list[str], cwd: Path, timeout: float | None = None) -> dic
     }
 
 
-def build_workspace(dst: Path, weights: Path) -> None:
-    """A git repo with the repo's files at ``profile: tiny`` and the metric weights linked."""
+def build_workspace(dst: Path, weights: Path, profile: str = PROFILE) -> None:
+    """A git repo with the repo's files at ``profile`` and the metric weights linked."""
     files = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard"],
         cwd=ROOT,
@@ -106,7 +106,7 @@ def build_workspace(dst: Path, weights: Path) -> None:
             shutil.copy2(ROOT / f, dst / f)
     params = dst / "params.yaml"
     params.write_text(
-        re.sub(r"^profile: \w+", f"profile: {PROFILE}", params.read_text(), count=1, flags=re.M)
+        re.sub(r"^profile: \w+", f"profile: {profile}", params.read_text(), count=1, flags=re.M)
     )
     (dst / "weights").symlink_to(weights.resolve())
     for cmd in (
@@ -139,9 +139,9 @@ def rule_benchmarks(workspace: Path) -> list[tuple[str, re.Pattern]]:
     return out
 
 
-def rule_split(workspace: Path) -> list[dict]:
+def rule_split(workspace: Path, profile: str = PROFILE) -> list[dict]:
     """Wall seconds per rule (column ``s`` summed over its jobs), from Snakemake's benchmarks."""
-    bench_dir = workspace / "results" / PROFILE / "benchmarks"
+    bench_dir = workspace / "results" / profile / "benchmarks"
     rules = rule_benchmarks(workspace)
     per_rule: dict[str, list[tuple[float, float, float]]] = {}  # (s, cpu_time, max_rss) per job
     for tsv in sorted(bench_dir.rglob("*.tsv")):

@@ -7,8 +7,13 @@ References written for this benchmark:
 - ``taming``: the optimizer_idx design of taming/official code: each of the two updates
   (generator, discriminator) runs its own autoencoder forward.
 
-Usage: python benchmarks/bench_train.py [--profile quick] [--steps 30] [--gan] [--out JSON]
-Prints a Markdown table; rows report generator updates/s, images/s and peak RSS.
+Each measurement runs in a fresh single-threaded process (its own peak RSS), after 2 warm-up
+steps. Rows: the quick profile without GAN (as it trains) and with the discriminator on from
+step 0, and one paper-size step per backbone (SPEC 5 networks at 256 px on bundled photos,
+batch 1 on CPU, no GAN as in the first 20k paper steps). ``ours_speedup`` = the row's seconds
+per step / ours.
+
+Usage: python benchmarks/bench_train.py [--steps 20] [--paper-steps 1] [--no-paper] [--out JSON]
 """
 
 from __future__ import annotations
@@ -16,8 +21,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -104,47 +112,131 @@ def ours(cfg, method, arch, rate, data_dir, steps, weights) -> float:
         shutil.rmtree(out, ignore_errors=True)
 
 
+def _measure(args) -> dict:
+    """Child side: one (impl, profile, arch) measurement; prints nothing, writes JSON."""
+    torch.set_num_threads(args.threads)
+    cfg = _config(args.profile, args.gan, args.batch)
+    rate = cfg.experiment.rates[0]
+    if args.impl == "ours":
+        t = ours(cfg, "gq", args.arch, rate, args.data, args.steps, args.weights)
+    else:
+        t = reference_loop(
+            cfg, "gq", args.arch, rate, args.data, args.steps, args.weights, args.impl == "taming"
+        )
+    return {"seconds_per_step": t, "peak_rss_mb": _peak_rss_mb()}
+
+
+def _config(profile: str, gan: bool, batch: int | None):
+    cfg = load_config(ROOT / "params.yaml", profile)
+    if profile == "paper":  # the paper networks on bundled photos at 256 px (no ImageNet here)
+        cfg = dataclasses.replace(
+            cfg, data=dataclasses.replace(cfg.data, source="bundled", n_train=64, n_val=4)
+        )
+    if gan:
+        cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, disc_start=0))
+    if batch:
+        sizes = dict.fromkeys(cfg.train.batch_size, batch)
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=sizes))
+    return cfg
+
+
+def _spawn(impl, profile, arch, steps, gan, batch, data, weights, threads) -> dict:
+    """Run one measurement in a fresh process (its own peak RSS); return its JSON result."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--impl", impl]
+        cmd += ["--profile", profile, "--arch", arch, "--steps", str(steps), "--data", str(data)]
+        cmd += ["--weights", str(weights), "--threads", str(threads), "--json", str(out)]
+        cmd += (["--gan"] if gan else []) + (["--batch", str(batch)] if batch else [])
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+        if proc.returncode != 0 or not out.exists():
+            raise RuntimeError(
+                f"bench_train child {impl} {profile} {arch} failed:\n{proc.stderr[-3000:]}"
+            )
+        return json.loads(out.read_text())
+
+
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--profile", default="quick")
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--gan", action="store_true", help="discriminator on from step 0")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps, quick profile")
+    ap.add_argument("--paper-steps", type=int, default=1, help="timed steps, paper networks")
+    ap.add_argument("--paper-batch", type=int, default=1, help="batch of the paper-size step")
+    ap.add_argument("--no-paper", action="store_true", help="skip the paper-size rows")
+    ap.add_argument("--threads", type=int, default=1, help="threads per measurement")
     ap.add_argument("--weights", type=Path, default=ROOT / "weights")
     ap.add_argument("--out", type=Path)
+    # child-process options
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--impl", choices=("ours", "plain", "taming"), help=argparse.SUPPRESS)
+    ap.add_argument("--profile", default="quick", help=argparse.SUPPRESS)
+    ap.add_argument("--arch", help=argparse.SUPPRESS)
+    ap.add_argument("--gan", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--batch", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--json", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    torch.set_num_threads(torch.get_num_threads())
-    cfg = load_config(ROOT / "params.yaml", args.profile)
-    if args.gan:
-        cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, disc_start=0))
-    data_dir = Path(tempfile.mkdtemp(prefix="bench-data-"))
-    prepare(cfg.data, data_dir / "d", progress=False)
+    if args.worker:
+        args.json.write_text(json.dumps(_measure(args)))
+        return []
+
+    # (profile, gan, batch, impls, steps): quick without GAN (as the quick profile trains),
+    # quick with the discriminator on from step 0 (where the taming design pays a second
+    # forward), and one paper-size step per backbone (no GAN, as the first 20k paper steps)
+    plan = [
+        ("quick", False, None, ("ours", "plain"), args.steps),
+        ("quick", True, None, ("ours", "plain", "taming"), args.steps),
+    ]
+    if not args.no_paper:
+        plan.append(("paper", False, args.paper_batch, ("ours", "plain"), args.paper_steps))
     rows = []
-    rate = cfg.experiment.rates[0]
-    for arch in cfg.experiment.archs:
-        batch = cfg.train.batch_size["gq"]
-        t_ours = ours(cfg, "gq", arch, rate, data_dir / "d", args.steps, args.weights)
-        t_plain = reference_loop(
-            cfg, "gq", arch, rate, data_dir / "d", args.steps, args.weights, taming=False
-        )
-        t_taming = reference_loop(
-            cfg, "gq", arch, rate, data_dir / "d", args.steps, args.weights, taming=True
-        )
-        rows.append(
-            {
-                "profile": args.profile,
-                "arch": arch,
-                "gan": args.gan,
-                "batch": batch,
-                "ours_updates_per_s": 1 / t_ours,
-                "plain_updates_per_s": 1 / t_plain,
-                "taming_updates_per_s": 1 / t_taming,
-                "ours_images_per_s": batch / t_ours,
-                "ours_vs_plain": t_plain / t_ours,
-                "ours_vs_taming": t_taming / t_ours,
-                "peak_rss_mb": _peak_rss_mb(),
-            }
-        )
-    shutil.rmtree(data_dir, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        data = {}
+        for profile in sorted({p[0] for p in plan}):
+            cfg = _config(profile, False, None)
+            data[profile] = Path(tmp) / profile
+            prepare(
+                dataclasses.replace(cfg.data, n_train=min(cfg.data.n_train or 64, 512)),
+                data[profile],
+                progress=False,
+            )
+        for profile, gan, batch, impls, steps in plan:
+            cfg = _config(profile, gan, batch)
+            for arch in cfg.experiment.archs:
+                res = {}
+                for impl in impls:
+                    print(f"bench train: {profile} {arch} gan={gan} {impl}", flush=True)
+                    res[impl] = _spawn(
+                        impl,
+                        profile,
+                        arch,
+                        steps,
+                        gan,
+                        batch,
+                        data[profile],
+                        args.weights,
+                        args.threads,
+                    )
+                b = cfg.train.batch_size["gq"]
+                ours_t = res["ours"]["seconds_per_step"]
+                for impl in impls:
+                    t = res[impl]["seconds_per_step"]
+                    rows.append(
+                        {
+                            "profile": profile,
+                            "px": cfg.data.resolution,
+                            "arch": arch,
+                            "gan": gan,
+                            "batch": b,
+                            "loop": impl,
+                            "timed_steps": steps,
+                            "updates_per_s": 1 / t,
+                            "images_per_s": b / t,
+                            "seconds_per_step": t,
+                            "ours_speedup": t / ours_t,
+                            "peak_rss_mb": res[impl]["peak_rss_mb"],
+                        }
+                    )
     print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3g"))
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2))

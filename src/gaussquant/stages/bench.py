@@ -21,9 +21,10 @@ from gaussquant.errors import GaussquantError
 SUITES = {
     "gq": ([], ["--quick"]),
     "data": ([], ["--images", "64", "--min-seconds", "0.5"]),
-    "train": (["--steps", "20"], ["--steps", "5"]),
+    "train": (["--steps", "20"], ["--steps", "3", "--no-paper"]),
     "eval": ([], ["--quick"]),
     "pipeline": ([], []),
+    "e2e": ([], []),
 }
 
 
@@ -43,6 +44,17 @@ def _load(path: Path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _describe(doc: str) -> tuple[str, str]:
+    """(title, method paragraphs) of a benchmark's docstring, without its usage lines."""
+    lines = doc.strip().splitlines()
+    body = []
+    for line in lines[1:]:
+        if line.startswith(("Usage:", "    python")):
+            break
+        body.append(line)
+    return lines[0], "\n".join(body).strip()
 
 
 def machine() -> dict[str, str]:
@@ -92,13 +104,19 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         result = module.main(argv)
         rows = result.get("rows", []) if isinstance(result, dict) else list(result or [])
+        notes = result.get("notes", []) if isinstance(result, dict) else []
         raw[name] = result
-        title = (module.__doc__ or name).strip().splitlines()[0]
+        title, method = _describe(module.__doc__ or name)
         table = pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4g")
-        sections.append(
-            f"## {name}: {title}\n\n`python benchmarks/bench_{name}.py {' '.join(argv)}` "
-            f"({time.perf_counter() - t0:.0f} s)\n\n{table}\n"
-        )
+        parts = [
+            f"## {name}: {title}",
+            method,
+            f"`python benchmarks/bench_{name}.py {' '.join(argv)}` "
+            f"({time.perf_counter() - t0:.0f} s)",
+            table,
+            *notes,
+        ]
+        sections.append("\n\n".join(p for p in parts if p) + "\n")
     info = machine()
     head = [
         "# Benchmarks",

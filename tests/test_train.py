@@ -150,3 +150,34 @@ def test_final_window_averages_the_last_fifth(tmp_path):
     assert w["bits_min"] == 3.0 and w["bits_max"] == 30.0
     assert "l1" not in w  # never logged: left out, not NaN
     assert final_window(tmp_path / "absent.csv", 100) == {}
+
+
+@pytest.mark.slow
+def test_states_of_other_settings_are_not_resumed(tiny_data, weights_dir, tmp_path):
+    """A run killed midway, then params changed (lr): the re-run must start over, giving the
+    same checkpoint as a fresh run with the new settings, not continue the old trajectory."""
+    killed = _train("gq", "vit", tiny_data, tmp_path / "run", weights_dir, "--kill-at-step", "4")
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    new_lr = ("--set", "train.lr.gq=2.0e-3")
+    rerun = _train("gq", "vit", tiny_data, tmp_path / "run", weights_dir, *new_lr)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    text = rerun.stdout + rerun.stderr
+    assert "differs in: train" in text and "starting from step 0" in text
+    assert "resuming from" not in text
+    fresh = _train("gq", "vit", tiny_data, tmp_path / "fresh", weights_dir, *new_lr)
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    a, b = _state(tmp_path / "run" / "model.pt"), _state(tmp_path / "fresh" / "model.pt")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    # settings that do not change the trajectory keep the saved states
+    again = _train(
+        "gq",
+        "vit",
+        tiny_data,
+        tmp_path / "fresh",
+        weights_dir,
+        *new_lr,
+        "--set",
+        "train.log_every=3",
+    )
+    assert again.returncode == 0 and "starting from step 0" not in again.stdout + again.stderr

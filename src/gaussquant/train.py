@@ -12,6 +12,7 @@ continues from the last complete state and produces a bitwise identical final ch
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import shutil
@@ -114,6 +115,47 @@ def latest_state(state_dir: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
 
 
+# settings that do not change what a training computes (logging, checkpoint cadence, workers)
+NON_TRAJECTORY_KEYS = ("log_every", "save_every", "num_workers")
+RUN_FILE = "run.json"
+
+
+def run_settings(cfg: Config, method: str, arch: str, rate: str) -> dict:
+    """Everything that determines a training's trajectory, as plain data. Saved states are
+    resumed only by a run with equal settings."""
+    d = config_to_dict(cfg)
+    train = {k: v for k, v in d["train"].items() if k not in NON_TRAJECTORY_KEYS}
+    sections = ("data", "model", "loss", "tdc", "vanilla", "vq", "lfq", "bsq")
+    run = {
+        "method": method,
+        "arch": arch,
+        "rate": rate,
+        "rate_config": d["rates"][rate],
+        "train": train,
+        **{k: d[k] for k in sections},
+    }
+    return json.loads(json.dumps(run))  # as read back from run.json (tuples -> lists)
+
+
+def _discard_stale_states(state_dir: Path, run: dict) -> None:
+    """Delete saved states written under other settings (e.g. params.yaml was edited since),
+    so that a re-run never continues a different training; record the current settings."""
+    record = state_dir / RUN_FILE
+    saved = json.loads(record.read_text()) if record.exists() else None
+    if saved != run and any(state_dir.glob("step-*")):
+        changed = sorted(
+            k for k in set(run) | set(saved or {}) if (saved or {}).get(k) != run.get(k)
+        )
+        print(
+            f"{state_dir}: saved states were written with other settings "
+            f"(differs in: {', '.join(changed) or 'unrecorded'}); starting from step 0"
+        )
+        for old in state_dir.glob("step-*"):
+            shutil.rmtree(old, ignore_errors=True)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    write_json(record, run)
+
+
 def _save_state(accelerator, state_dir: Path, step: int, keep: int = 2) -> None:
     target = state_dir / f"step-{step:08d}"
     if accelerator.is_main_process and target.exists():
@@ -199,7 +241,11 @@ def train(
     loop = LoopState()
     accelerator.register_for_checkpointing(loop)
 
-    # ---- resume
+    # ---- resume (only states of these very settings: a changed parameter starts over)
+    run = run_settings(cfg, method, arch, rate)
+    if accelerator.is_main_process:
+        _discard_stale_states(state_dir, run)
+    accelerator.wait_for_everyone()
     resume = latest_state(state_dir)
     if resume is not None:
         accelerator.load_state(str(resume))

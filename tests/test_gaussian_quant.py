@@ -228,3 +228,19 @@ def test_bad_inputs():
         gq(torch.full((1, 8, 1, 1), float("nan")))
     with pytest.raises(GaussquantError, match=r"\(B, 2, H, W\)"):
         gq.indices_to_codes(torch.zeros(1, 3, 1, 1, dtype=torch.long))
+
+
+def test_codebook_point_rounded_to_one_stays_finite():
+    """Seed 2 at K = 2^16, m = 16: one float32 Sobol coordinate is exactly 1.0 (an infinite
+    codeword in the official code). It becomes the largest finite code; nothing else moves."""
+    from torch.quasirandom import SobolEngine
+
+    u = SobolEngine(16, scramble=True, seed=2).draw(65536)
+    assert (u == 1).sum() == 1
+    cb = gaussian_codebook(65536, 16, seed=2)
+    assert torch.isfinite(cb).all()
+    hit = u == 1
+    assert cb[hit].item() == pytest.approx(5.2947, abs=1e-4)  # ndtri(1 - 2^-24)
+    assert cb[~hit].max() < cb[hit].item()
+    expected = torch.special.ndtri(u[~hit].double()).float()
+    assert torch.equal(cb[~hit], expected)

@@ -65,13 +65,10 @@ def gaussian_codebook(codebook_size: int, dim: int, seed: int = 42) -> torch.Ten
     (Drawing the points in float64 gives different bytes and a different sha256.)
     """
     u = SobolEngine(dim, scramble=True, seed=seed).draw(codebook_size)  # float32, like official
-    codebook = torch.special.ndtri(u.double()).float()
-    if not torch.isfinite(codebook).all():  # a point rounded to 0 or 1 in float32
-        raise GaussquantError(
-            f"gq codebook K={codebook_size}, m={dim}, seed={seed} has an infinite codeword; "
-            "use a smaller codebook_size"
-        )
-    return codebook
+    # A point rounded to exactly 0 or 1 in float32 would be an infinite codeword, which the
+    # official code keeps (seed 2 at K = 2^16, m = 16 has one): move it just inside (0, 1).
+    u = torch.where(u == 0, 2.0**-30, torch.where(u == 1, 1 - 2.0**-24, u))
+    return torch.special.ndtri(u.double()).float()
 
 
 def codebook_sha256(codebook: torch.Tensor) -> str:

@@ -2,6 +2,8 @@
 naming the key and what is allowed."""
 
 import copy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -178,6 +180,13 @@ def test_committed_schema_is_generated_from_dataclasses():
 
     committed = json.loads((ROOT / "workflow" / "schemas" / "params.schema.json").read_text())
     assert committed == json_schema()
+
+
+def test_loading_the_config_does_not_import_torch():
+    """Every Snakefile parse imports gaussquant.config: the section dataclasses live in the
+    torch-free gaussquant.sections, so loading params.yaml costs no torch import (~1.3 s)."""
+    code = "import sys, gaussquant.config; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_schema_accepts_params_and_rejects_unknown_section():

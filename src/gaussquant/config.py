@@ -23,13 +23,15 @@ from typing import Any
 
 import yaml
 
-from gaussquant.data import DataConfig
 from gaussquant.errors import ConfigError
-from gaussquant.models.discriminator import DiscriminatorConfig
-from gaussquant.models.unet import UNetConfig
-from gaussquant.models.vit import ViTConfig
-from gaussquant.quantizers.tdc import TDCConfig
-from gaussquant.theory import TheoryConfig
+from gaussquant.sections import (
+    DataConfig,
+    DiscriminatorConfig,
+    TDCConfig,
+    TheoryConfig,
+    UNetConfig,
+    ViTConfig,
+)
 
 PROFILES = ("tiny", "quick", "paper")
 METHODS = ("vq", "fsq", "lfq", "bsq", "gq")  # trained tokenizers of Table 1 (gq = TDC VAE + GQ)

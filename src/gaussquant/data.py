@@ -34,7 +34,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from gaussquant import __version__
 from gaussquant.errors import ConfigError, GaussquantError
 from gaussquant.io import sha256_bytes, sha256_file
+from gaussquant.sections import DataConfig
 
 SOURCES = ("bundled", "folder")
 SPLITS = ("train", "val")
@@ -71,40 +71,6 @@ BUNDLED_PHOTOS = (
     "rocket",  # skimage, 427x640
 )
 STEREO_PAIR = ("motorcycle_left", "motorcycle_right")  # near-duplicates: never split them
-
-
-@dataclass
-class DataConfig:
-    """The ``data:`` section of params.yaml. Defaults are the paper's values where they apply
-    (ImageNet folder, 256 px, every image: SPEC 5, 6).
-
-    - ``source``: ``"bundled"`` (12 photos, offline) or ``"folder"`` (``train_dir``/``val_dir``).
-    - ``resolution``: side of the square images, pixels.
-    - ``n_train`` / ``n_val``: bundled: number of random crops (>= 1); folder: at most this
-      many images, a seeded random subset kept in path order (0 = every image).
-    - ``val_photos``: bundled photos held out for validation (all others are training photos).
-    - ``min_scale``, ``max_scale``: bundled crops cover a fraction ``f`` of the photo's short
-      side, ``f`` log-uniform in ``[min_scale, max_scale]`` (and never so small that the crop is
-      upsampled);
-      the crop is then resized to ``resolution``. ``f = 1`` is a whole-photo view. 0.25 (at most
-      4x zoom) keeps ~97 % of 32 px crops textured (mean |pixel gradient| >= 2/255, measured);
-      smaller values give more flat sky/background patches (rocket: 27 % at 0.125).
-    - ``seed``: crop positions and folder subsets. ``strict``: an unreadable image is an error
-      (default: skip it and list it in the manifest). ``shard_size``: images per shard file.
-    """
-
-    source: str = "folder"
-    train_dir: str = "data/imagenet/train"
-    val_dir: str = "data/imagenet/val"
-    resolution: int = 256
-    n_train: int = 0
-    n_val: int = 0
-    val_photos: list[str] = field(default_factory=lambda: ["coffee", "grace_hopper"])
-    min_scale: float = 0.25
-    max_scale: float = 1.0
-    seed: int = 0
-    strict: bool = False
-    shard_size: int = 4096
 
 
 def check_data_config(cfg: DataConfig) -> None:

@@ -42,16 +42,16 @@ import contextlib
 import itertools
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 from scipy import special  # scipy.stats is imported where used: it costs ~0.35 s
 
 from gaussquant.errors import GaussquantError
+from gaussquant.sections import KINDS as KINDS  # re-exported
+from gaussquant.sections import RULES as RULES  # re-exported
+from gaussquant.sections import TheoryConfig
 
-KINDS = ("iid", "sobol")
-RULES = ("nn", "gq")  # nn: argmax q (the theorems' rule, beta = 0); gq: SPEC 2 score (beta)
 ONE_SIGMA_MASS = math.erf(1.0 / math.sqrt(2.0))  # 0.6827, q-mass of [mu - sigma, mu + sigma]
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 LN2 = math.log(2.0)
@@ -59,59 +59,6 @@ COLUMNS = (
     "experiment kind rule m R R_bits t t_bits K mean_share mu sigma c1 c2 estimate ci_low ci_high "
     "exact upper lower bounds_apply failures trials"
 ).split()
-
-
-@dataclass
-class TheoryConfig:
-    """The experiment's grid. Defaults run in well under a minute on 2 CPU cores."""
-
-    # 1-D: posterior families (R, share of R carried by the mean), see posterior_for_rate
-    rates: list[float] = field(default_factory=lambda: [2.0, 4.0])  # R, nats
-    mean_shares: list[float] = field(default_factory=lambda: [0.0, 0.5, 0.9])
-    t_grid: list[float] = field(default_factory=lambda: [float(t) for t in range(-4, 5)])  # nats
-    trials: int = 20000  # i.i.d. codebooks per 1-D row
-    sobol_trials: int = 2000  # scrambling seeds per 1-D row
-    # m-D: token rate R_bits split evenly over m dims; K = 2^(R_bits + t_bits)
-    dims: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
-    md_rate_bits: int = 8
-    md_t_bits: list[int] = field(default_factory=lambda: list(range(-4, 5)))
-    md_mean_share_max: float = 0.9  # per-dim mean share ~ uniform(0, md_mean_share_max)
-    md_trials: int = 2000  # posteriors (and i.i.d. codebooks) per m-D row
-    kinds: list[str] = field(default_factory=lambda: list(KINDS))
-    rules: list[str] = field(default_factory=lambda: list(RULES))
-    beta: float = 1.0  # SPEC 2 score weight of rule "gq"
-    ci_level: float = 0.999  # Clopper-Pearson confidence level
-    seed: int = 0  # numpy seed of i.i.d. codebooks and posteriors
-    sobol_seed: int = 42  # SPEC 2 codebook seed (first scrambling seed in 1-D)
-    max_codebook: int = 65536
-    chunk_elements: int = 1 << 22  # codebook floats held at once (32 MB in float64)
-
-    def __post_init__(self) -> None:
-        # ValueError: config.py's strict loader reports it as "theory: <message>"
-        for name, allowed in (("kinds", KINDS), ("rules", RULES)):
-            values = getattr(self, name)
-            if not values or any(v not in allowed for v in values):
-                raise ValueError(f"{name}: {values} not allowed; allowed: {', '.join(allowed)}")
-        for name in ("trials", "sobol_trials", "md_trials", "max_codebook", "chunk_elements"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        if not 0.0 < self.ci_level < 1.0:
-            raise ValueError(f"ci_level: must be in (0, 1), got {self.ci_level}")
-        if not 0.0 <= self.beta <= 1.0:  # beta > 1 leaves the score without a maximum
-            raise ValueError(f"beta: must be in [0, 1], got {self.beta}")
-        shares = [*self.mean_shares, self.md_mean_share_max]
-        if not self.mean_shares or not all(0.0 <= f < 1.0 for f in shares):
-            raise ValueError(f"mean_shares, md_mean_share_max: need values in [0, 1), got {shares}")
-        if not self.rates or not all(r > 0 for r in self.rates) or not self.t_grid:
-            raise ValueError("rates, t_grid: need positive rates (nats) and a non-empty grid")
-        if self.md_rate_bits < 1 or not self.dims or not all(m >= 1 for m in self.dims):
-            raise ValueError(f"md_rate_bits, dims: need >= 1, got {self.md_rate_bits}, {self.dims}")
-        top = math.log2(self.max_codebook)
-        if not self.md_t_bits or not all(0 <= self.md_rate_bits + t <= top for t in self.md_t_bits):
-            raise ValueError(
-                f"md_t_bits: {self.md_t_bits} gives K = 2^(md_rate_bits + t) outside "
-                f"[1, max_codebook={self.max_codebook}]"
-            )
 
 
 # ----------------------------------------------------------------------------- closed forms

@@ -16,38 +16,12 @@ most 3 layers).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from gaussquant.errors import ConfigError, GaussquantError
-
-
-@dataclass
-class DiscriminatorConfig:
-    """PatchGAN; defaults are the paper's values (SPEC 5).
-
-    ndf:         channels of the first conv (160); doubled per layer up to 8 x ndf.
-    n_layers:    stride-2 convs (6); the input must be at least 3 * 2^n_layers pixels.
-    use_actnorm: ActNorm (True) instead of BatchNorm as the norm layer.
-    """
-
-    ndf: int = 160
-    n_layers: int = 6
-    use_actnorm: bool = True
-
-    def __post_init__(self) -> None:
-        if self.ndf < 1:
-            raise ConfigError(f"discriminator.ndf: must be positive, got {self.ndf}")
-        if self.n_layers < 1:
-            raise ConfigError(f"discriminator.n_layers: must be >= 1, got {self.n_layers}")
-
-    @property
-    def min_image_size(self) -> int:
-        """Smallest input side (pixels) that still yields a logit map."""
-        return 3 * 2**self.n_layers
+from gaussquant.errors import GaussquantError
+from gaussquant.sections import DiscriminatorConfig
 
 
 class NLayerDiscriminator(nn.Module):

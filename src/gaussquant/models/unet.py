@@ -31,76 +31,14 @@ SD 1.x VAE's 34,163,592 / 49,490,179.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gaussquant.errors import ConfigError, GaussquantError
+from gaussquant.errors import GaussquantError
+from gaussquant.sections import UNetConfig
 
 GROUPNORM_EPS = 1e-6  # LDM autoencoder value (torch default is 1e-5)
-
-
-@dataclass
-class UNetConfig:
-    """Convolutional backbone; defaults are the paper's values (SPEC 5).
-
-    ch:             base channel count (128).
-    ch_mult:        channel multiplier per level ([1, 2, 4, 4]); downsampling is
-                    2 ** (len(ch_mult) - 1) (8: 256 px -> 32x32).
-    num_res_blocks: ResNet blocks per encoder level (2); the decoder uses one more per level.
-    attn_levels:    levels with single-head self-attention after each ResNet block, Python
-                    indexing over the levels ([-1]: the lowest resolution only, 32x32 at 256 px).
-    mid_attn:       attention between the two mid-block ResNet blocks (False: the official code
-                    comments it out; SD / SD3 VAEs have it).
-    dropout:        dropout inside ResNet blocks (0.0).
-    num_groups:     GroupNorm groups (32); must divide ch * m for every m in ch_mult.
-    """
-
-    ch: int = 128
-    ch_mult: list[int] = field(default_factory=lambda: [1, 2, 4, 4])
-    num_res_blocks: int = 2
-    attn_levels: list[int] = field(default_factory=lambda: [-1])
-    mid_attn: bool = False
-    dropout: float = 0.0
-    num_groups: int = 32
-
-    def __post_init__(self) -> None:
-        if self.ch < 1:
-            raise ConfigError(f"unet.ch: must be positive, got {self.ch}")
-        if not self.ch_mult or any(m < 1 for m in self.ch_mult):
-            raise ConfigError(
-                f"unet.ch_mult: need a non-empty list of positive integers, got {self.ch_mult}"
-            )
-        if self.num_res_blocks < 1:
-            raise ConfigError(f"unet.num_res_blocks: must be >= 1, got {self.num_res_blocks}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"unet.dropout: must be in [0, 1), got {self.dropout}")
-        n = len(self.ch_mult)
-        for level in self.attn_levels:
-            if not -n <= level < n:
-                raise ConfigError(
-                    f"unet.attn_levels: level {level} does not exist with {n} levels "
-                    f"(ch_mult={self.ch_mult}); allowed: {-n} .. {n - 1}"
-                )
-        if self.num_groups < 1:
-            raise ConfigError(f"unet.num_groups: must be positive, got {self.num_groups}")
-        for width in [self.ch] + [self.ch * m for m in self.ch_mult]:
-            if width % self.num_groups:
-                raise ConfigError(
-                    f"unet.num_groups: {self.num_groups} does not divide the channel count {width} "
-                    f"(ch={self.ch}, ch_mult={self.ch_mult}); pick num_groups dividing every ch * m"
-                )
-
-    @property
-    def downsample(self) -> int:
-        """Spatial reduction factor 2 ** (levels - 1)."""
-        return 2 ** (len(self.ch_mult) - 1)
-
-    def has_attn(self, level: int) -> bool:
-        n = len(self.ch_mult)
-        return level in {a % n for a in self.attn_levels}
 
 
 class UNetEncoder(nn.Module):

@@ -27,63 +27,14 @@ hidden width 3072 (BSQ-ViT's fixed ``dim_ffn_output``; here ``head_ratio * width
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from gaussquant.errors import ConfigError, GaussquantError
-
-CLAMP_MODES = ("inward", "hard")
-
-
-@dataclass
-class ViTConfig:
-    """Transformer backbone; defaults are the paper's values (SPEC 5, ViT-B/8).
-
-    patch:      patch size = downsampling factor (8).
-    width:      token width (768); layers (12); heads (12); mlp_ratio (4.0).
-    image_size: square input size in pixels (256); fixes the positional embedding's length.
-    head_ratio: decoder head hidden width / width (4.0: 3072 at width 768, as BSQ-ViT).
-    clamp:      gradient of the decoder's output clamp to [-1, 1]: "inward" (default) passes a
-                gradient at out-of-range pixels only when a descent step moves them back into
-                range; "hard" is the official ``torch.clamp`` (zero gradient outside). The
-                forward values are identical.
-    """
-
-    patch: int = 8
-    width: int = 768
-    layers: int = 12
-    heads: int = 12
-    mlp_ratio: float = 4.0
-    image_size: int = 256
-    head_ratio: float = 4.0
-    clamp: str = "inward"
-
-    def __post_init__(self) -> None:
-        for key in ("patch", "width", "layers", "heads", "image_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"vit.{key}: must be positive, got {getattr(self, key)}")
-        if self.width % self.heads:
-            raise ConfigError(f"vit.heads: {self.heads} does not divide vit.width={self.width}")
-        if self.image_size % self.patch:
-            raise ConfigError(
-                f"vit.image_size: {self.image_size} is not a multiple of vit.patch={self.patch}"
-            )
-        for key in ("mlp_ratio", "head_ratio"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"vit.{key}: must be positive, got {getattr(self, key)}")
-        if self.clamp not in CLAMP_MODES:
-            raise ConfigError(
-                f"vit.clamp: {self.clamp!r} is not allowed; allowed: {', '.join(CLAMP_MODES)}"
-            )
-
-    @property
-    def grid(self) -> int:
-        """Latent positions per side (image_size / patch)."""
-        return self.image_size // self.patch
+from gaussquant.errors import GaussquantError
+from gaussquant.sections import CLAMP_MODES as CLAMP_MODES  # re-exported
+from gaussquant.sections import ViTConfig
 
 
 class ViTEncoder(nn.Module):

@@ -13,31 +13,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from gaussquant.errors import ConfigError
 from gaussquant.quantizers.base import QuantizerOutput
+from gaussquant.sections import OFFICIAL_BITS_PER_NAT as OFFICIAL_BITS_PER_NAT  # re-exported
+from gaussquant.sections import TDCConfig
 
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0  # SPEC 1 clamp
-# The official code converts nats to bits with the truncated constant 1.4426 (not 1/ln 2 =
-# 1.442695...); the reference vectors (shared/reference tdc_*) are only matched with it.
-OFFICIAL_BITS_PER_NAT = 1.4426
-
-
-@dataclass
-class TDCConfig:
-    """TDC hyperparameters; defaults are the paper's values (SPEC 1)."""
-
-    codebook_size: int = 65536  # K; target T = log2 K bits per token (SPEC 2)
-    tolerance: float = 0.5  # alpha, bits (SPEC 1)
-    factor: float = 1.01  # multiplicative multiplier update (SPEC 1)
-    weight: float = 0.1  # config weight of the TDC loss (SPEC 1)
-    lam_max_range: tuple[float, float] = (1.0, 1000.0)  # clamp of lam_max (SPEC 1)
-    lam_min_range: tuple[float, float] = (0.001, 1.0)  # clamp of lam_min (SPEC 1)
-    bits_per_nat: float = OFFICIAL_BITS_PER_NAT  # 1/ln 2 = 1.4426950408889634 is the exact value
 
 
 def kl_nats(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

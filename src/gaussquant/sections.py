@@ -1,0 +1,278 @@
+"""The params.yaml section dataclasses, kept free of torch so config loading and Snakefile
+parsing stay fast.
+
+:mod:`gaussquant.config` builds ``params.yaml`` from these; the modules that use them
+(:mod:`gaussquant.data`, :mod:`gaussquant.models.unet`, :mod:`gaussquant.models.vit`,
+:mod:`gaussquant.models.discriminator`, :mod:`gaussquant.quantizers.tdc`,
+:mod:`gaussquant.theory`) import them from here and re-export them, so either import path
+works. Import only the standard library and :mod:`gaussquant.errors` here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from gaussquant.errors import ConfigError
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class DataConfig:
+    """The ``data:`` section of params.yaml. Defaults are the paper's values where they apply
+    (ImageNet folder, 256 px, every image: SPEC 5, 6).
+
+    - ``source``: ``"bundled"`` (12 photos, offline) or ``"folder"`` (``train_dir``/``val_dir``).
+    - ``resolution``: side of the square images, pixels.
+    - ``n_train`` / ``n_val``: bundled: number of random crops (>= 1); folder: at most this
+      many images, a seeded random subset kept in path order (0 = every image).
+    - ``val_photos``: bundled photos held out for validation (all others are training photos).
+    - ``min_scale``, ``max_scale``: bundled crops cover a fraction ``f`` of the photo's short
+      side, ``f`` log-uniform in ``[min_scale, max_scale]`` (and never so small that the crop is
+      upsampled);
+      the crop is then resized to ``resolution``. ``f = 1`` is a whole-photo view. 0.25 (at most
+      4x zoom) keeps ~97 % of 32 px crops textured (mean |pixel gradient| >= 2/255, measured);
+      smaller values give more flat sky/background patches (rocket: 27 % at 0.125).
+    - ``seed``: crop positions and folder subsets. ``strict``: an unreadable image is an error
+      (default: skip it and list it in the manifest). ``shard_size``: images per shard file.
+    """
+
+    source: str = "folder"
+    train_dir: str = "data/imagenet/train"
+    val_dir: str = "data/imagenet/val"
+    resolution: int = 256
+    n_train: int = 0
+    n_val: int = 0
+    val_photos: list[str] = field(default_factory=lambda: ["coffee", "grace_hopper"])
+    min_scale: float = 0.25
+    max_scale: float = 1.0
+    seed: int = 0
+    strict: bool = False
+    shard_size: int = 4096
+
+
+# ----------------------------------------------------------------------------- unet
+
+
+@dataclass
+class UNetConfig:
+    """Convolutional backbone; defaults are the paper's values (SPEC 5).
+
+    ch:             base channel count (128).
+    ch_mult:        channel multiplier per level ([1, 2, 4, 4]); downsampling is
+                    2 ** (len(ch_mult) - 1) (8: 256 px -> 32x32).
+    num_res_blocks: ResNet blocks per encoder level (2); the decoder uses one more per level.
+    attn_levels:    levels with single-head self-attention after each ResNet block, Python
+                    indexing over the levels ([-1]: the lowest resolution only, 32x32 at 256 px).
+    mid_attn:       attention between the two mid-block ResNet blocks (False: the official code
+                    comments it out; SD / SD3 VAEs have it).
+    dropout:        dropout inside ResNet blocks (0.0).
+    num_groups:     GroupNorm groups (32); must divide ch * m for every m in ch_mult.
+    """
+
+    ch: int = 128
+    ch_mult: list[int] = field(default_factory=lambda: [1, 2, 4, 4])
+    num_res_blocks: int = 2
+    attn_levels: list[int] = field(default_factory=lambda: [-1])
+    mid_attn: bool = False
+    dropout: float = 0.0
+    num_groups: int = 32
+
+    def __post_init__(self) -> None:
+        if self.ch < 1:
+            raise ConfigError(f"unet.ch: must be positive, got {self.ch}")
+        if not self.ch_mult or any(m < 1 for m in self.ch_mult):
+            raise ConfigError(
+                f"unet.ch_mult: need a non-empty list of positive integers, got {self.ch_mult}"
+            )
+        if self.num_res_blocks < 1:
+            raise ConfigError(f"unet.num_res_blocks: must be >= 1, got {self.num_res_blocks}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"unet.dropout: must be in [0, 1), got {self.dropout}")
+        n = len(self.ch_mult)
+        for level in self.attn_levels:
+            if not -n <= level < n:
+                raise ConfigError(
+                    f"unet.attn_levels: level {level} does not exist with {n} levels "
+                    f"(ch_mult={self.ch_mult}); allowed: {-n} .. {n - 1}"
+                )
+        if self.num_groups < 1:
+            raise ConfigError(f"unet.num_groups: must be positive, got {self.num_groups}")
+        for width in [self.ch] + [self.ch * m for m in self.ch_mult]:
+            if width % self.num_groups:
+                raise ConfigError(
+                    f"unet.num_groups: {self.num_groups} does not divide the channel count {width} "
+                    f"(ch={self.ch}, ch_mult={self.ch_mult}); pick num_groups dividing every ch * m"
+                )
+
+    @property
+    def downsample(self) -> int:
+        """Spatial reduction factor 2 ** (levels - 1)."""
+        return 2 ** (len(self.ch_mult) - 1)
+
+    def has_attn(self, level: int) -> bool:
+        n = len(self.ch_mult)
+        return level in {a % n for a in self.attn_levels}
+
+
+# ----------------------------------------------------------------------------- vit
+
+
+CLAMP_MODES = ("inward", "hard")
+
+
+@dataclass
+class ViTConfig:
+    """Transformer backbone; defaults are the paper's values (SPEC 5, ViT-B/8).
+
+    patch:      patch size = downsampling factor (8).
+    width:      token width (768); layers (12); heads (12); mlp_ratio (4.0).
+    image_size: square input size in pixels (256); fixes the positional embedding's length.
+    head_ratio: decoder head hidden width / width (4.0: 3072 at width 768, as BSQ-ViT).
+    clamp:      gradient of the decoder's output clamp to [-1, 1]: "inward" (default) passes a
+                gradient at out-of-range pixels only when a descent step moves them back into
+                range; "hard" is the official ``torch.clamp`` (zero gradient outside). The
+                forward values are identical.
+    """
+
+    patch: int = 8
+    width: int = 768
+    layers: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    image_size: int = 256
+    head_ratio: float = 4.0
+    clamp: str = "inward"
+
+    def __post_init__(self) -> None:
+        for key in ("patch", "width", "layers", "heads", "image_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"vit.{key}: must be positive, got {getattr(self, key)}")
+        if self.width % self.heads:
+            raise ConfigError(f"vit.heads: {self.heads} does not divide vit.width={self.width}")
+        if self.image_size % self.patch:
+            raise ConfigError(
+                f"vit.image_size: {self.image_size} is not a multiple of vit.patch={self.patch}"
+            )
+        for key in ("mlp_ratio", "head_ratio"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"vit.{key}: must be positive, got {getattr(self, key)}")
+        if self.clamp not in CLAMP_MODES:
+            raise ConfigError(
+                f"vit.clamp: {self.clamp!r} is not allowed; allowed: {', '.join(CLAMP_MODES)}"
+            )
+
+    @property
+    def grid(self) -> int:
+        """Latent positions per side (image_size / patch)."""
+        return self.image_size // self.patch
+
+
+# ----------------------------------------------------------------------------- discriminator
+
+
+@dataclass
+class DiscriminatorConfig:
+    """PatchGAN; defaults are the paper's values (SPEC 5).
+
+    ndf:         channels of the first conv (160); doubled per layer up to 8 x ndf.
+    n_layers:    stride-2 convs (6); the input must be at least 3 * 2^n_layers pixels.
+    use_actnorm: ActNorm (True) instead of BatchNorm as the norm layer.
+    """
+
+    ndf: int = 160
+    n_layers: int = 6
+    use_actnorm: bool = True
+
+    def __post_init__(self) -> None:
+        if self.ndf < 1:
+            raise ConfigError(f"discriminator.ndf: must be positive, got {self.ndf}")
+        if self.n_layers < 1:
+            raise ConfigError(f"discriminator.n_layers: must be >= 1, got {self.n_layers}")
+
+    @property
+    def min_image_size(self) -> int:
+        """Smallest input side (pixels) that still yields a logit map."""
+        return 3 * 2**self.n_layers
+
+
+# ----------------------------------------------------------------------------- tdc
+
+
+# The official code converts nats to bits with the truncated constant 1.4426 (not 1/ln 2 =
+# 1.442695...); the reference vectors (shared/reference tdc_*) are only matched with it.
+OFFICIAL_BITS_PER_NAT = 1.4426
+
+
+@dataclass
+class TDCConfig:
+    """TDC hyperparameters; defaults are the paper's values (SPEC 1)."""
+
+    codebook_size: int = 65536  # K; target T = log2 K bits per token (SPEC 2)
+    tolerance: float = 0.5  # alpha, bits (SPEC 1)
+    factor: float = 1.01  # multiplicative multiplier update (SPEC 1)
+    weight: float = 0.1  # config weight of the TDC loss (SPEC 1)
+    lam_max_range: tuple[float, float] = (1.0, 1000.0)  # clamp of lam_max (SPEC 1)
+    lam_min_range: tuple[float, float] = (0.001, 1.0)  # clamp of lam_min (SPEC 1)
+    bits_per_nat: float = OFFICIAL_BITS_PER_NAT  # 1/ln 2 = 1.4426950408889634 is the exact value
+
+
+# ----------------------------------------------------------------------------- theory
+
+
+KINDS = ("iid", "sobol")
+RULES = ("nn", "gq")  # nn: argmax q (the theorems' rule, beta = 0); gq: SPEC 2 score (beta)
+
+
+@dataclass
+class TheoryConfig:
+    """The experiment's grid. Defaults run in well under a minute on 2 CPU cores."""
+
+    # 1-D: posterior families (R, share of R carried by the mean), see posterior_for_rate
+    rates: list[float] = field(default_factory=lambda: [2.0, 4.0])  # R, nats
+    mean_shares: list[float] = field(default_factory=lambda: [0.0, 0.5, 0.9])
+    t_grid: list[float] = field(default_factory=lambda: [float(t) for t in range(-4, 5)])  # nats
+    trials: int = 20000  # i.i.d. codebooks per 1-D row
+    sobol_trials: int = 2000  # scrambling seeds per 1-D row
+    # m-D: token rate R_bits split evenly over m dims; K = 2^(R_bits + t_bits)
+    dims: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    md_rate_bits: int = 8
+    md_t_bits: list[int] = field(default_factory=lambda: list(range(-4, 5)))
+    md_mean_share_max: float = 0.9  # per-dim mean share ~ uniform(0, md_mean_share_max)
+    md_trials: int = 2000  # posteriors (and i.i.d. codebooks) per m-D row
+    kinds: list[str] = field(default_factory=lambda: list(KINDS))
+    rules: list[str] = field(default_factory=lambda: list(RULES))
+    beta: float = 1.0  # SPEC 2 score weight of rule "gq"
+    ci_level: float = 0.999  # Clopper-Pearson confidence level
+    seed: int = 0  # numpy seed of i.i.d. codebooks and posteriors
+    sobol_seed: int = 42  # SPEC 2 codebook seed (first scrambling seed in 1-D)
+    max_codebook: int = 65536
+    chunk_elements: int = 1 << 22  # codebook floats held at once (32 MB in float64)
+
+    def __post_init__(self) -> None:
+        # ValueError: config.py's strict loader reports it as "theory: <message>"
+        for name, allowed in (("kinds", KINDS), ("rules", RULES)):
+            values = getattr(self, name)
+            if not values or any(v not in allowed for v in values):
+                raise ValueError(f"{name}: {values} not allowed; allowed: {', '.join(allowed)}")
+        for name in ("trials", "sobol_trials", "md_trials", "max_codebook", "chunk_elements"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if not 0.0 < self.ci_level < 1.0:
+            raise ValueError(f"ci_level: must be in (0, 1), got {self.ci_level}")
+        if not 0.0 <= self.beta <= 1.0:  # beta > 1 leaves the score without a maximum
+            raise ValueError(f"beta: must be in [0, 1], got {self.beta}")
+        shares = [*self.mean_shares, self.md_mean_share_max]
+        if not self.mean_shares or not all(0.0 <= f < 1.0 for f in shares):
+            raise ValueError(f"mean_shares, md_mean_share_max: need values in [0, 1), got {shares}")
+        if not self.rates or not all(r > 0 for r in self.rates) or not self.t_grid:
+            raise ValueError("rates, t_grid: need positive rates (nats) and a non-empty grid")
+        if self.md_rate_bits < 1 or not self.dims or not all(m >= 1 for m in self.dims):
+            raise ValueError(f"md_rate_bits, dims: need >= 1, got {self.md_rate_bits}, {self.dims}")
+        top = math.log2(self.max_codebook)
+        if not self.md_t_bits or not all(0 <= self.md_rate_bits + t <= top for t in self.md_t_bits):
+            raise ValueError(
+                f"md_t_bits: {self.md_t_bits} gives K = 2^(md_rate_bits + t) outside "
+                f"[1, max_codebook={self.max_codebook}]"
+            )

@@ -2,6 +2,7 @@
 naming the key and what is allowed."""
 
 import copy
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -162,7 +163,8 @@ def test_profile_override_merges_only_given_keys():
     quick = load_config(ROOT / "params.yaml", "quick")
     paper = load_config(ROOT / "params.yaml", "paper")
     assert quick.model.unet.ch != paper.model.unet.ch
-    assert quick.tdc == paper.tdc  # not overridden by quick
+    assert quick.tdc.factor != paper.tdc.factor  # quick overrides only tdc.factor
+    assert dataclasses.replace(quick.tdc, factor=paper.tdc.factor) == paper.tdc
     assert quick.model.vit.mlp_ratio == paper.model.vit.mlp_ratio
 
 

@@ -15,7 +15,7 @@ rule ablation_train_tolerance:
         model=f"{ABL_RES}/train/tol{{tol}}/model.pt",
     params:
         cli=PARAMS,
-        cfg=train_params_for("gq", ABL.rate),
+        cfg=train_params_for("gq", ABL.arch, ABL.rate),
         arch=ABL.arch,
         rate=ABL.rate,
         out=lambda wc: f"{ABL_RES}/train/tol{wc.tol}",

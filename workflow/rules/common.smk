@@ -72,21 +72,25 @@ def eval_json(row, arch, rate):
     return f"{RES}/eval/{row}-{arch}-{rate}/metrics.json"
 
 
-def train_params_for(method, rate):
-    """The params that change a training run (rerun triggers)."""
+def train_params_for(method, arch, rate):
+    """The params that change a training run (rerun triggers): only what this (method, arch,
+    rate) reads, so editing e.g. the TDC tolerance does not retrain the FSQ baselines, and
+    logging/checkpoint cadence (which do not change the result) retrain nothing."""
+    hp = "gq" if method == "tbtdc" else method  # the TokenBridge TDC VAE trains like the GQ one
+    t, m = CFG.train, CFG.model
     return {
-        "model": str(CFG.model),
+        "model": str((m.latent_channels, m.downsample, getattr(m, arch), m.discriminator)),
         "loss": str(CFG.loss),
-        "train": str(CFG.train),
+        "train": str((t.steps, t.batch_size[hp], t.lr[hp], t.betas, t.seed, t.mixed_precision)),
         "rate": str(CFG.rate(rate)),
         "method": str(getattr(CFG, method, "")),
-        "tdc": str(CFG.tdc),
-        "vanilla": str(CFG.vanilla),
+        "tdc": str(CFG.tdc) if method in ("gq", "tbtdc") else "",
+        "vanilla": str(CFG.vanilla) if method == "vanilla" else "",
     }
 
 
 def train_params(wildcards):
-    return train_params_for(wildcards.method, wildcards.rate)
+    return train_params_for(wildcards.method, wildcards.arch, wildcards.rate)
 
 
 def launch_prefix(resources):

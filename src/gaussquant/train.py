@@ -34,6 +34,7 @@ from gaussquant.models.autoencoder import TRAINED_METHODS, build_autoencoder, sa
 from gaussquant.models.discriminator import NLayerDiscriminator
 
 COMPLETE = "COMPLETE"  # marker written after a state directory is fully saved
+LOG_FILE = "metrics.csv"
 LOG_KEYS = (
     "step",
     "loss",
@@ -120,9 +121,17 @@ NON_TRAJECTORY_KEYS = ("log_every", "save_every", "num_workers")
 RUN_FILE = "run.json"
 
 
-def run_settings(cfg: Config, method: str, arch: str, rate: str) -> dict:
-    """Everything that determines a training's trajectory, as plain data. Saved states are
-    resumed only by a run with equal settings."""
+def prepared_sha256(data_dir: Path) -> str | None:
+    """The prepared data's content hash from its manifest (``gaussquant prepare-data``)."""
+    manifest = Path(data_dir) / "manifest.json"
+    return json.loads(manifest.read_text()).get("sha256") if manifest.exists() else None
+
+
+def run_settings(
+    cfg: Config, method: str, arch: str, rate: str, data_sha256: str | None = None
+) -> dict:
+    """Everything that determines a training's trajectory, as plain data: the settings and
+    the prepared data's hash. Saved states are resumed only by a run with equal settings."""
     d = config_to_dict(cfg)
     train = {k: v for k, v in d["train"].items() if k not in NON_TRAJECTORY_KEYS}
     sections = ("data", "model", "loss", "tdc", "vanilla", "vq", "lfq", "bsq")
@@ -132,6 +141,7 @@ def run_settings(cfg: Config, method: str, arch: str, rate: str) -> dict:
         "rate": rate,
         "rate_config": d["rates"][rate],
         "train": train,
+        "data_sha256": data_sha256,
         **{k: d[k] for k in sections},
     }
     return json.loads(json.dumps(run))  # as read back from run.json (tuples -> lists)
@@ -156,13 +166,15 @@ def _discard_stale_states(state_dir: Path, run: dict) -> None:
     write_json(record, run)
 
 
-def _save_state(accelerator, state_dir: Path, step: int, keep: int = 2) -> None:
+def _save_state(accelerator, state_dir: Path, step: int, log: Path, keep: int = 2) -> None:
     target = state_dir / f"step-{step:08d}"
     if accelerator.is_main_process and target.exists():
         shutil.rmtree(target)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(target))
     if accelerator.is_main_process:
+        if log.exists():  # the log is part of the state: Snakemake deletes the outputs of a
+            shutil.copyfile(log, target / LOG_FILE)  # job it reruns, metrics.csv included
         (target / COMPLETE).write_text(f"{step}\n")
         done = sorted(p for p in state_dir.glob("step-*") if (p / COMPLETE).exists())
         for old in done[:-keep]:
@@ -242,7 +254,7 @@ def train(
     accelerator.register_for_checkpointing(loop)
 
     # ---- resume (only states of these very settings: a changed parameter starts over)
-    run = run_settings(cfg, method, arch, rate)
+    run = run_settings(cfg, method, arch, rate, prepared_sha256(data_dir))
     if accelerator.is_main_process:
         _discard_stale_states(state_dir, run)
     accelerator.wait_for_everyone()
@@ -250,7 +262,11 @@ def train(
     if resume is not None:
         accelerator.load_state(str(resume))
         accelerator.print(f"resuming from {resume} (step {loop.step})")
-    _truncate_log(out / "metrics.csv", loop.step)
+        if accelerator.is_main_process and (resume / LOG_FILE).exists():
+            shutil.copyfile(resume / LOG_FILE, out / LOG_FILE)
+    if accelerator.is_main_process:
+        _truncate_log(out / LOG_FILE, loop.step)
+    accelerator.wait_for_everyone()
 
     # ---- data: order is a function of (seed, step) only
     dataset = PreparedDataset(data_dir, "train")
@@ -345,7 +361,7 @@ def train(
                 {k: f"{row[k]:.4g}" for k in ("loss", "bits_mean", "lam") if row[k] == row[k]}
             )
         if loop.step % tc.save_every == 0 and loop.step < tc.steps:
-            _save_state(accelerator, state_dir, loop.step)
+            _save_state(accelerator, state_dir, loop.step, out / LOG_FILE)
         if kill_at_step is not None and loop.step == kill_at_step:
             os.kill(os.getpid(), signal.SIGKILL)  # test hook: a hard interruption
     bar.close()

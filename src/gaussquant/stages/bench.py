@@ -8,7 +8,7 @@ titles its section. Not part of the test suite: timings are machine-dependent.
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import os
 import platform
 import sys
@@ -40,10 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _load(path: Path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """Import ``benchmarks/bench_<name>.py`` as a top-level module from its folder, so that
+    spawned worker processes (multiprocessing) can import it again by name."""
+    folder = str(path.parent.resolve())
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module(path.stem)
 
 
 def _describe(doc: str) -> tuple[str, str]:

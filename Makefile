@@ -27,7 +27,12 @@ install: $(STAMP)
 weights: $(STAMP)
 	$(BIN)/gaussquant fetch-weights --out $(WEIGHTS)
 
+# A hard kill (SIGKILL, power cut) leaves Snakemake's lock behind; with no Snakemake running on
+# this machine it is stale, and is removed so that the same command resumes the run.
 reproduce: weights
+	@if [ -n "$$(ls -A .snakemake/locks 2>/dev/null)" ] && ! pgrep -f "[b]in/snakemake" >/dev/null; then \
+		echo "removing the stale lock of an interrupted run (snakemake --unlock)"; \
+		$(BIN)/snakemake --unlock >/dev/null; fi
 	$(BIN)/snakemake --cores $(CORES) reproduce_table1
 
 # Snakemake's HTML report of every target already produced, in results/<profile>/report.html

@@ -109,23 +109,25 @@ def test_report_covers_every_complete_target(tiny_repo):
 @pytest.mark.slow
 def test_table_parameter_change_reruns_only_table_rules(tiny_repo):
     params = tiny_repo / "params.yaml"
-    text = params.read_text()
-    params.write_text(text.replace("decimals: {psnr: 2,", "decimals: {psnr: 3,", 1))
+    original = params.read_text()
+    changed = original.replace("decimals: {psnr: 2,", "decimals: {psnr: 3,", 1)
+    assert changed != original, "the table parameter to change is not in params.yaml"
+    params.write_text(changed)
     try:
         out = _run(
             ["snakemake", "reproduce_table1", "reproduce_tokenbridge", "-n", "--quiet", "rules"],
             tiny_repo,
         )
-        text = out.stdout + out.stderr
-        rules = set(re.findall(r"^(\w+)\s+\d+\s*$", text, flags=re.M)) - {"total", "job"}
+        log = out.stdout + out.stderr
+        rules = set(re.findall(r"^(\w+)\s+\d+\s*$", log, flags=re.M)) - {"total", "job"}
         assert rules and rules <= {
             "table1",
             "table_tokenbridge",
             "reproduce_table1",
             "reproduce_tokenbridge",
-        }, text
+        }, log
     finally:
-        params.write_text(text)
+        params.write_text(original)
 
 
 @pytest.mark.slow
@@ -134,7 +136,9 @@ def test_tdc_parameter_change_retrains_only_tdc_models(tiny_repo):
     VQ/FSQ/LFQ/BSQ baselines or the vanilla VAE."""
     params = tiny_repo / "params.yaml"
     text = params.read_text()
-    params.write_text(text.replace("  tolerance: 0.5  #", "  tolerance: 0.75  #", 1))
+    changed = text.replace("  tolerance: 0.5  #", "  tolerance: 0.75  #", 1)
+    assert changed != text, "the TDC tolerance line is not in params.yaml"
+    params.write_text(changed)
     try:
         out = _run(["snakemake", "-n", "reproduce_table1", "reproduce_tokenbridge"], tiny_repo)
         log = out.stdout + out.stderr
@@ -181,6 +185,19 @@ def test_dvc_outs_cover_every_results_folder():
     assert ".snakemake/metadata" in outs
 
 
+def _finished_outputs(repo: Path) -> set[str]:
+    """Outputs Snakemake has recorded as finished: one metadata record per output, written when
+    its job ends (file names are the urlsafe base64 of the path, split in name-length chunks)."""
+    import base64
+
+    meta = repo / ".snakemake" / "metadata"
+    done = set()
+    for f in meta.rglob("*") if meta.exists() else ():
+        if f.is_file():
+            done.add(base64.urlsafe_b64decode("".join(f.relative_to(meta).parts)).decode())
+    return done
+
+
 @pytest.mark.slow
 def test_interrupted_run_resumes_without_losing_finished_work(tmp_path, weights_dir):
     """SIGKILL the whole Snakemake process group mid-run, re-run the same command: jobs that
@@ -201,27 +218,27 @@ def test_interrupted_run_resumes_without_losing_finished_work(tmp_path, weights_
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+
+    def finished_models():
+        return {p for p in _finished_outputs(repo) if re.fullmatch(r".*/train/[^/]+/model\.pt", p)}
+
     try:
         deadline = time.time() + 600
-        while len(list(train_dir.glob("*/model.pt"))) < 2 and time.time() < deadline:
+        while not finished_models() and time.time() < deadline:
             assert proc.poll() is None, "snakemake ended before it could be interrupted"
             time.sleep(0.2)
-        time.sleep(1.5)  # a finished job is recorded within this; other jobs are mid-way
+        time.sleep(1.0)  # let the next jobs start, so the kill lands mid-way through them
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    killed_at = time.time()
     assert not (repo / "results" / "tiny" / "tables" / "table1.csv").exists()
-    # finished before the kill (with a margin for Snakemake's bookkeeping)
-    done = {
-        p: p.stat().st_mtime_ns
-        for p in train_dir.glob("*/model.pt")
-        if p.stat().st_mtime < killed_at - 1.5
-    }
+    done = {repo / p: (repo / p).stat().st_mtime_ns for p in finished_models()}
     assert done, "no training had finished before the kill"
     for p in train_dir.glob("*/model.pt"):  # atomic writes: every checkpoint present is whole
         assert torch.load(p, map_location="cpu", weights_only=False)["step"] == 6
 
+    # a hard kill leaves Snakemake's lock behind (a clean Ctrl-C removes it); as its message says
+    _run(["snakemake", "--unlock"], repo)
     out = _run(cmd, repo)
     assert (repo / "results" / "tiny" / "tables" / "table1.csv").exists()
     assert {p: p.stat().st_mtime_ns for p in done} == done, "a finished training was redone"

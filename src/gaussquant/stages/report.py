@@ -34,7 +34,8 @@ def complete_targets(config_args: list[str]) -> list[str]:
     """The targets of ``TARGETS`` whose outputs are all up to date."""
     procs = {
         t: subprocess.Popen(
-            [_snakemake(), "-n", "--quiet", "rules", *config_args, t],
+            # target first: --quiet and --config take several values and would swallow it
+            [_snakemake(), t, "-n", *config_args, "--quiet", "rules"],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -44,7 +45,13 @@ def complete_targets(config_args: list[str]) -> list[str]:
     done = []
     for t, proc in procs.items():
         out, _ = proc.communicate()
-        if proc.returncode == 0 and "Nothing to be done" in out:
+        if proc.returncode != 0:  # a broken workflow is an error, not an incomplete target
+            from gaussquant.errors import GaussquantError
+
+            raise GaussquantError(
+                f"`snakemake {t} -n` failed ({proc.returncode}):\n{out[-2000:]}"
+            )
+        if "Nothing to be done" in out:
             done.append(t)
     return done
 
@@ -67,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         f"{', '.join(t for t in TARGETS if t not in targets) or 'none'})"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [_snakemake(), "--report", str(out), *config_args, *targets]
+    cmd = [_snakemake(), *targets, "--report", str(out), *config_args]
     proc = subprocess.run(cmd)
     if proc.returncode != 0:
         raise GaussquantError(f"{' '.join(cmd)} failed with exit code {proc.returncode}")

@@ -48,9 +48,7 @@ def complete_targets(config_args: list[str]) -> list[str]:
         if proc.returncode != 0:  # a broken workflow is an error, not an incomplete target
             from gaussquant.errors import GaussquantError
 
-            raise GaussquantError(
-                f"`snakemake {t} -n` failed ({proc.returncode}):\n{out[-2000:]}"
-            )
+            raise GaussquantError(f"`snakemake {t} -n` failed ({proc.returncode}):\n{out[-2000:]}")
         if "Nothing to be done" in out:
             done.append(t)
     return done

@@ -112,6 +112,7 @@ def _tiny_checkpoint(tiny_cfg, tmp_path):
 
 def _evaluate_cli(args, launcher=()):
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    env["ACCELERATE_USE_CPU"] = "1"  # multi-process runs on the CPU even where CUDA exists
     cmd = [
         *launcher,
         *(["-m", "gaussquant.cli"] if launcher else [sys.executable, "-m", "gaussquant.cli"]),
@@ -155,22 +156,20 @@ def test_two_processes_agree_with_one(tiny_cfg, tiny_data, weights_dir, tmp_path
     common = ["--ckpt", str(ckpt), "--data", str(tiny_data), "--weights", str(weights_dir)]
     one = _evaluate_cli([*common, "--out", str(tmp_path / "one.json")])
     assert one.returncode == 0, one.stderr[-3000:]
+    # torchrun starts the processes; Accelerate reads its environment (`accelerate launch
+    # --cpu` starts a single process whatever --num_processes says)
     launcher = [
-        str(BIN / "accelerate"),
-        "launch",
-        "--cpu",
-        "--num_processes",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
         "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
     ]
     two = _evaluate_cli([*common, "--out", str(tmp_path / "two.json")], launcher)
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
     assert a["n_images"] == b["n_images"] == 16
+    assert (a["processes"], b["processes"]) == (1, 2)
     for key in ("psnr", "ssim", "lpips", "rfid", "codebook_usage", "perplexity"):
         assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key

@@ -148,6 +148,26 @@ def test_tdc_parameter_change_retrains_only_tdc_models(tiny_repo):
         params.write_text(text)
 
 
+@pytest.mark.slow
+def test_dvc_exp_run_with_a_param_reruns_only_what_it_changes(tiny_repo):
+    """`dvc exp run -S` of a table parameter reruns the Snakemake table rules only; afterwards
+    DVC and Snakemake agree that everything is up to date. (Runs last on the shared workspace:
+    DVC rewrites params.yaml.)"""
+    models = {p: p.stat().st_mtime_ns for p in (tiny_repo / "results" / "tiny").rglob("model.pt")}
+    table = tiny_repo / "results" / "tiny" / "tables" / "table1.md"
+    before = table.read_text()
+    _run(["dvc", "exp", "run", "-S", "table.decimals.psnr=4"], tiny_repo)
+    assert yaml.safe_load((tiny_repo / "params.yaml").read_text())["table"]["decimals"]["psnr"] == 4
+    assert table.read_text() != before, "the table was not rewritten with the new decimals"
+    assert {p: p.stat().st_mtime_ns for p in models} == models, "a model was retrained"
+    status = _run(["dvc", "status"], tiny_repo)
+    assert "up to date" in status.stdout.lower(), status.stdout
+    out = _run(
+        ["snakemake", "-n", "reproduce_table1", "reproduce_tokenbridge", "figures"], tiny_repo
+    )
+    assert "Nothing to be done" in out.stdout + out.stderr
+
+
 def test_snakemake_lint_is_clean():
     out = _run(["snakemake", "--lint"], ROOT, check=False)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -1,5 +1,6 @@
 """Training loop: tiny-profile runs, exact resume after SIGKILL, failure messages."""
 
+import json
 import os
 import subprocess
 import sys
@@ -104,6 +105,46 @@ def test_every_method_trains(method, arch, tiny_cfg, tiny_data, weights_dir, tmp
     with torch.no_grad():
         x_rec, q = model(x)
     assert x_rec.shape == x.shape
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_large_batch(tiny_data, weights_dir, tmp_path):
+    """`accelerate launch` with 2 CPU processes x batch 4 sees the same global batch as one
+    process x batch 8: the first step's TDC statistics (before any update; no sampling noise
+    in them) reduced across processes equal the single-process ones, and the run completes."""
+    # torchrun starts the processes; Accelerate reads its environment (`accelerate launch
+    # --cpu` starts a single process whatever --num_processes says)
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+    ]
+
+    def run(out, batch, prefix=()):
+        sets = ["--set", "train.log_every=1", "--set", f"train.batch_size.gq={batch}"]
+        cmd = (
+            [*prefix, "-m", "gaussquant.cli"]
+            if prefix
+            else [sys.executable, "-m", "gaussquant.cli"]
+        )
+        args = ["train", "--params", str(ROOT / "params.yaml"), "--profile", "tiny", *sets]
+        args += ["--method", "gq", "--arch", "unet", "--rate", "0.125", "--data", str(tiny_data)]
+        args += ["--out", str(out), "--weights", str(weights_dir), "--no-progress"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+        proc = subprocess.run([*cmd, *args], capture_output=True, text=True, env=env, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return pd.read_csv(out / "metrics.csv")
+
+    one = run(tmp_path / "one", 8)
+    two = run(tmp_path / "two", 4, launcher)
+    for key in ("bits_mean", "bits_min", "bits_max", "lam", "lam_min", "lam_max"):
+        assert two[key].iloc[0] == pytest.approx(one[key].iloc[0], rel=1e-5), key
+    assert list(two["step"]) == list(range(1, 7))
+    assert _state(tmp_path / "two" / "model.pt")["step"] == 6
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["processes"] == 2
 
 
 def test_nan_loss_names_step_and_term(tiny_cfg, tiny_data, weights_dir, tmp_path, monkeypatch):

@@ -131,6 +131,7 @@ def evaluate_model(
             codes.counts.zero_()
             codes.merge(total)
     result = sums.means()
+    result["processes"] = world
     if result["n_images"] != n_total:
         raise GaussquantError(f"evaluated {result['n_images']} images, expected {n_total}")
     mse = result.pop("mse")  # pooled over images, for contrast with the per-image mean

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from gaussquant.stages.common import add_params_args, load_stage_config
@@ -46,5 +47,6 @@ def run(args: argparse.Namespace) -> int:
         kill_at_step=args.kill_at_step,
         progress=not args.no_progress,
     )
-    print(f"wrote {ckpt}")
+    if int(os.environ.get("RANK", "0")) == 0:  # one line, not one per process
+        print(f"wrote {ckpt}")
     return 0

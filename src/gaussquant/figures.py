@@ -40,11 +40,12 @@ def _save(fig: plt.Figure, path: str | Path) -> None:
 def rate_distortion(df: pd.DataFrame, out: str | Path, with_published: bool = False) -> None:
     """PSNR, SSIM, LPIPS, rFID vs bits per pixel; one panel per (metric), UNet solid, ViT dashed.
     Published numbers (paper profile) are drawn as hollow markers, never joined to ours."""
-    keys = ["psnr", "ssim", "lpips", "rfid"]
+    # rFID is absent where evaluation ran with eval.fid: false (quick profile)
+    keys = [k for k in ("psnr", "ssim", "lpips", "rfid") if pd.to_numeric(df[k]).notna().any()]
     if df["bpp"].nunique() == 1:  # one rate: a curve has no x-extent, compare as bars
         _metric_bars(df, keys, out)
         return
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.25 * len(keys), 3.8))
     for ax, key in zip(axes, keys):
         title, higher = METRICS[key]
         for (arch, name), g in df.groupby(["arch", "name"]):

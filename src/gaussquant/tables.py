@@ -104,6 +104,8 @@ def format_table(
     shown["Method"] = table["method"]
     shown["Tokens"] = table["tokens"].map(lambda v: f"{int(v)}" if v else "-")  # 0: continuous row
     for key, (title, higher) in METRICS.items():
+        if pd.to_numeric(table[key]).isna().all():  # not computed (e.g. eval.fid: false)
+            continue
         d = decimals.get(key, 3 if key not in ("perplexity",) else 1)
         cells = []
         for i, v in table[key].items():

@@ -72,7 +72,7 @@ rule ablation_evaluate:
     input:
         model=f"{ABL_RES}/convert/{{variant}}/model.pt",
         data=rules.prepare_data.output.manifest,
-        fid_ref=f"{RES}/eval/fid_reference.npz",
+        fid_ref=FID_REF,
         code=CODE_EVAL,
     output:
         metrics=f"{ABL_RES}/eval/{{variant}}/metrics.json",
@@ -80,6 +80,7 @@ rule ablation_evaluate:
         cli=PARAMS,
         eval=str(CFG.eval),
         data=lambda w, input: os.path.dirname(input.data),
+        fid=fid_ref_arg,
     conda:
         "../../environment.yml"
     threads: 1
@@ -89,7 +90,7 @@ rule ablation_evaluate:
         f"{RES}/benchmarks/ablation/eval-{{variant}}.tsv"
     shell:
         "OMP_NUM_THREADS={threads} gaussquant evaluate {params.cli} --ckpt {input.model} --data {params.data}"
-        " --name {wildcards.variant} --fid-ref {input.fid_ref} --out {output.metrics} --no-progress > {log} 2>&1"
+        " --name {wildcards.variant} {params.fid} --out {output.metrics} --no-progress > {log} 2>&1"
 
 
 rule ablation_codebook:

@@ -44,6 +44,14 @@ wildcard_constraints:
     row="[a-z0-9-]+",
 
 
+# Inception statistics of the originals, computed once; not needed where eval.fid is off.
+FID_REF = [f"{RES}/eval/fid_reference.npz"] if CFG.eval.fid else []
+
+
+def fid_ref_arg(wildcards, input):
+    return f"--fid-ref {input.fid_ref}" if input.fid_ref else ""
+
+
 def grid():
     return [(a, r) for a in CFG.experiment.archs for r in CFG.experiment.rates]
 

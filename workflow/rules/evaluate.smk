@@ -5,7 +5,7 @@ rule evaluate:
     input:
         model=eval_checkpoint,
         data=rules.prepare_data.output.manifest,
-        fid_ref=f"{RES}/eval/fid_reference.npz",
+        fid_ref=FID_REF,
         code=CODE_EVAL,
     output:
         metrics=f"{RES}/eval/{{row}}-{{arch}}-{{rate}}/metrics.json",
@@ -14,6 +14,7 @@ rule evaluate:
         cli=PARAMS,
         eval=str(CFG.eval),
         data=lambda w, input: os.path.dirname(input.data),
+        fid=fid_ref_arg,
         continuous=lambda wc: "--continuous" if wc.row.endswith("-continuous") else "",
     conda:
         "../../environment.yml"
@@ -24,7 +25,7 @@ rule evaluate:
         f"{RES}/benchmarks/eval/{{row}}-{{arch}}-{{rate}}.tsv"
     shell:
         "OMP_NUM_THREADS={threads} gaussquant evaluate {params.cli} --ckpt {input.model} --data {params.data} --name {wildcards.row}"
-        " {params.continuous} --fid-ref {input.fid_ref} --out {output.metrics} --grid {output.grid} --no-progress > {log} 2>&1"
+        " {params.continuous} {params.fid} --out {output.metrics} --grid {output.grid} --no-progress > {log} 2>&1"
 
 
 rule fid_reference:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -87,6 +89,16 @@ def machine() -> dict[str, str]:
     }
 
 
+def _sections(report: str) -> dict[str, str]:
+    """The per-suite sections ("## name: ...") of a written report, by suite name."""
+    out: dict[str, str] = {}
+    for block in re.split(r"^(?=## )", report, flags=re.M)[1:]:
+        name = block[3:].split(":", 1)[0].strip()
+        if name in SUITES:
+            out[name] = block.rstrip("\n") + "\n"
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -134,6 +146,14 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or args.dir / "README.md"
     if args.quick:
         out = out.with_name("README.quick.md")
+    if args.only and out.is_file():  # keep the sections of the suites not rerun, in suite order
+        kept = _sections(out.read_text())
+        kept.update(dict(zip(suites, sections)))
+        sections = [kept[name] for name in SUITES if name in kept]
+        old = out.with_suffix(".json")
+        if old.is_file():
+            raw = {**json.loads(old.read_text()).get("results", {}), **raw}
+        head.insert(-1, f"Suites rerun by that command: {', '.join(suites)}; the others are kept.\n")
     write_text(out, "\n".join(head) + "\n" + "\n".join(sections))
     write_json(out.with_suffix(".json"), {"machine": info, "results": raw})
     print(f"wrote {out}")

@@ -60,7 +60,9 @@ def posterior_rates(
 
 
 def _metrics(records: list[dict], **cols) -> pd.DataFrame:
+    """Metric columns of the records; one not computed for any (rFID with eval.fid off) left out."""
     df = pd.DataFrame([{k: r.get(k) for k in METRIC_COLS} for r in records])
+    df = df[[k for k in METRIC_COLS if df[k].notna().any()]]
     for name, values in cols.items():
         df.insert(0, name, values)
     return df
@@ -78,11 +80,12 @@ def seed_table(records: list[dict]) -> pd.DataFrame:
     seeds = [r["checkpoint"]["quantizer"]["seed"] for r in records]
     df = _metrics(records, seed=seeds).sort_values("seed").reset_index(drop=True)
     summary = {"seed": "mean +- std"}
-    for col in METRIC_COLS:
+    metric_cols = [c for c in METRIC_COLS if c in df]
+    for col in metric_cols:
         v = pd.to_numeric(df[col], errors="coerce")
         summary[col] = f"{v.mean():.4g} +- {v.std(ddof=1):.2g}" if v.notna().sum() > 1 else "-"
     shown = df.astype(object)
-    for col in METRIC_COLS:
+    for col in metric_cols:
         shown[col] = [
             f"{v:.4g}" if isinstance(v, (int, float)) and v == v else "-" for v in df[col]
         ]
@@ -145,10 +148,15 @@ def plot(kind: str, df: pd.DataFrame, out: Path, rates: dict[str, dict] | None =
     num = df[pd.to_numeric(df["psnr"], errors="coerce").notna()]
     x = {"codebook": "log2K_minus_R", "tolerance": "tolerance", "seed": "seed"}[kind]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
-    third = "rfid" if pd.to_numeric(num["rfid"]).notna().any() else "ssim"  # eval.fid: false
+
+    def values(col):  # seed tables hold formatted text ("-" where a metric was not computed)
+        missing = pd.Series(math.nan, index=num.index)
+        return pd.to_numeric(num[col], errors="coerce") if col in num else missing
+
+    third = "rfid" if values("rfid").notna().any() else "ssim"  # eval.fid: false
     for ax, col in zip(axes, ("psnr", "lpips", third)):
         xs = num[x].astype(float) if kind != "seed" else num[x].astype(str)
-        ax.plot(xs, num[col].astype(float), marker="o")
+        ax.plot(xs, values(col), marker="o")
         ax.set_xlabel({"log2K_minus_R": "log2 K - R (bits)"}.get(x, x))
         ax.set_title({"rfid": "rFID"}.get(col, col.upper()))
         ax.grid(alpha=0.3)

@@ -153,7 +153,9 @@ def run(args: argparse.Namespace) -> int:
         old = out.with_suffix(".json")
         if old.is_file():
             raw = {**json.loads(old.read_text()).get("results", {}), **raw}
-        head.insert(-1, f"Suites rerun by that command: {', '.join(suites)}; the others are kept.\n")
+        head.insert(
+            -1, f"Suites rerun by that command: {', '.join(suites)}; the others are kept.\n"
+        )
     write_text(out, "\n".join(head) + "\n" + "\n".join(sections))
     write_json(out.with_suffix(".json"), {"machine": info, "results": raw})
     print(f"wrote {out}")

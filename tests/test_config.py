@@ -85,7 +85,7 @@ def test_paper_profile_is_spec():
         "bsq": 16,
         "vq": 8,
     }
-    assert list(cfg.train.betas) == [0.9, 0.999] and cfg.train.mixed_precision == "no"
+    assert list(cfg.train.betas) == [0.9, 0.999] and cfg.train.mixed_precision == "fp32"
     assert [cfg.rates[r].gq_dim for r in ("0.25", "0.5", "1.0")] == [16, 8, 4]
     assert cfg.rates["0.25"].fsq_levels == [16] * 4 and cfg.rates["1.0"].fsq_levels == [16] * 16
     assert cfg.experiment.methods == ["vq", "fsq", "lfq", "bsq", "gq"]
@@ -116,7 +116,7 @@ BAD = [
     ({"train__steps": "100"}, ["train.steps", "expected an integer"]),
     ({"train__lr__gq": "1e-4"}, ["train.lr.gq", "expected a number", "1.0e-4"]),
     ({"train__lr__vq": -1.0}, ["train.lr.vq", "positive"]),
-    ({"train__mixed_precision": "fp8"}, ["train.mixed_precision", "no, fp16, bf16"]),
+    ({"train__mixed_precision": "fp8"}, ["train.mixed_precision", "fp32, fp16, bf16"]),
     ({"bsq__entropy_rule": "paper"}, ["bsq.entropy_rule", "repo, faithful"]),
     ({"vq__legacy_loss": "yes"}, ["vq.legacy_loss", "true or false"]),
     ({"experiment__methods": ["gq", "rq"]}, ["experiment.methods", "rq", "vq, fsq, lfq, bsq, gq"]),

@@ -233,7 +233,11 @@ def train(
     tc, lc = cfg.train, cfg.loss
     out = Path(out)
     state_dir = out / "state"
-    accelerator = Accelerator(mixed_precision=tc.mixed_precision)
+    # params.yaml says fp32, not Accelerate's "no": DVC rewrites params.yaml without the quotes
+    # (`dvc exp run -S`), and YAML 1.1 (PyYAML, Snakemake) reads a bare no as False
+    accelerator = Accelerator(
+        mixed_precision={"fp32": "no"}.get(tc.mixed_precision, tc.mixed_precision)
+    )
     set_seed(tc.seed)  # the same on every process: identical initial weights
 
     # ---- model, losses, optimisers

@@ -147,15 +147,22 @@ def run(args: argparse.Namespace) -> int:
     if args.quick:
         out = out.with_name("README.quick.md")
     if args.only and out.is_file():  # keep the sections of the suites not rerun, in suite order
-        kept = _sections(out.read_text())
+        previous = out.read_text()
+        kept = _sections(previous)
+        earlier = re.search(r"^Kept sections were measured on: (.*)$", previous, re.M) or re.search(
+            r"^Machine: (.*)$", previous, re.M
+        )
+        if earlier and any(name not in suites for name in kept):
+            head[-1:-1] = ["", f"Kept sections were measured on: {earlier.group(1)}"]
         kept.update(dict(zip(suites, sections)))
         sections = [kept[name] for name in SUITES if name in kept]
         old = out.with_suffix(".json")
         if old.is_file():
             raw = {**json.loads(old.read_text()).get("results", {}), **raw}
-        head.insert(
-            -1, f"Suites rerun by that command: {', '.join(suites)}; the others are kept.\n"
-        )
+        head[-1:-1] = [
+            "",
+            f"Suites rerun by that command: {', '.join(suites)}; the others are kept.",
+        ]
     write_text(out, "\n".join(head) + "\n" + "\n".join(sections))
     write_json(out.with_suffix(".json"), {"machine": info, "results": raw})
     print(f"wrote {out}")

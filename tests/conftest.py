@@ -1,6 +1,7 @@
 """Shared fixtures: the tiny profile, its prepared data, and the metric weights."""
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,11 @@ def weights_dir():
             f"metric weights missing in {path}: run `gaussquant fetch-weights --out {path}` (make test does)"
         )
     return path
+
+
+@pytest.fixture(scope="session")
+def two_process_launcher():
+    """Command prefix that runs ``-m module ...`` as 2 CPU processes under Accelerate (with
+    ACCELERATE_USE_CPU=1 in the environment). torchrun starts them and Accelerate reads its
+    environment; `accelerate launch --cpu` starts a single process whatever --num_processes says."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]

@@ -149,23 +149,16 @@ def test_architecture_mismatch_names_both(tiny_cfg, tiny_data, weights_dir, tmp_
 
 
 @pytest.mark.slow
-def test_two_processes_agree_with_one(tiny_cfg, tiny_data, weights_dir, tmp_path):
-    """Under `accelerate launch` with 2 CPU processes each image is evaluated exactly once and
+def test_two_processes_agree_with_one(
+    tiny_cfg, tiny_data, weights_dir, tmp_path, two_process_launcher
+):
+    """With 2 CPU processes (Accelerate under torchrun) each image is evaluated exactly once and
     the metrics equal the single-process run."""
     ckpt = _tiny_checkpoint(tiny_cfg, tmp_path)
     common = ["--ckpt", str(ckpt), "--data", str(tiny_data), "--weights", str(weights_dir)]
     one = _evaluate_cli([*common, "--out", str(tmp_path / "one.json")])
     assert one.returncode == 0, one.stderr[-3000:]
-    # torchrun starts the processes; Accelerate reads its environment (`accelerate launch
-    # --cpu` starts a single process whatever --num_processes says)
-    launcher = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-    ]
+    launcher = two_process_launcher
     two = _evaluate_cli([*common, "--out", str(tmp_path / "two.json")], launcher)
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))

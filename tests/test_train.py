@@ -108,20 +108,13 @@ def test_every_method_trains(method, arch, tiny_cfg, tiny_data, weights_dir, tmp
 
 
 @pytest.mark.slow
-def test_two_processes_train_like_one_large_batch(tiny_data, weights_dir, tmp_path):
-    """`accelerate launch` with 2 CPU processes x batch 4 sees the same global batch as one
+def test_two_processes_train_like_one_large_batch(
+    tiny_data, weights_dir, tmp_path, two_process_launcher
+):
+    """Two CPU processes (Accelerate under torchrun) x batch 4 see the same global batch as one
     process x batch 8: the first step's TDC statistics (before any update; no sampling noise
     in them) reduced across processes equal the single-process ones, and the run completes."""
-    # torchrun starts the processes; Accelerate reads its environment (`accelerate launch
-    # --cpu` starts a single process whatever --num_processes says)
-    launcher = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-    ]
+    launcher = two_process_launcher
 
     def run(out, batch, prefix=()):
         sets = ["--set", "train.log_every=1", "--set", f"train.batch_size.gq={batch}"]

@@ -164,6 +164,25 @@ def test_vq_nearest_neighbour_and_init():
     assert torch.equal(vq.eval()(z).indices, expected)
 
 
+def test_vq_nearest_across_code_blocks(monkeypatch):
+    """The blockwise search equals a float64 argmin over all codes, and a code repeated in a
+    later block never wins over its first copy (argmin's first-index rule)."""
+    import gaussquant.quantizers.vq as vq_mod
+
+    monkeypatch.setattr(vq_mod, "NEAREST_BLOCK", 24)  # 256 codes: 10 full blocks + a partial
+    vq = VectorQuantizer(4, 256, 1)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        vq.embedding.weight.copy_(torch.randn(256, 4, generator=g))
+        vq.embedding.weight[200] = vq.embedding.weight[30]  # duplicate in a later block
+    flat = torch.randn(500, 4, generator=g)
+    flat[:7] = vq.embedding.weight[30].detach()  # exactly on the duplicated code
+    expected = torch.cdist(flat.double(), vq.embedding.weight.double()).argmin(1)
+    got = vq.nearest(flat)
+    assert torch.equal(got[:7], torch.full((7,), 30))
+    assert torch.equal(got, expected)
+
+
 @pytest.mark.parametrize("legacy", [True, False])
 def test_vq_loss_beta_placement(legacy):
     """Same forward value; beta scales the codebook gradient (legacy) or the encoder's (not)."""

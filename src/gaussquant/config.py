@@ -40,6 +40,7 @@ ALL_METHODS = METHODS + (
 )  # vanilla = Gaussian VAE with summed KL (TokenBridge, ablations)
 ARCHS = ("unet", "vit")
 MIXED_PRECISION = ("fp32", "fp16", "bf16")
+LPIPS_PRECISION = ("fp32", "bf16", "auto")  # auto: bf16 where the device computes it natively
 BSQ_ENTROPY_RULES = ("repo", "faithful")
 
 
@@ -64,6 +65,7 @@ class LossConfig:
     disc_weight: float = 0.75  # times the adaptive weight
     disc_factor: float = 1.0
     adaptive_weight_max: float = 1.0e4  # clamp [0, 1e4]
+    lpips_precision: str = "fp32"  # the frozen LPIPS-VGG loss network; the paper's fp32 (SPEC 5)
 
 
 @dataclass
@@ -466,6 +468,7 @@ def validate(cfg: Config) -> None:
         f"train.betas: need two values in [0, 1), got {t.betas}",
     )
     _allowed("train.mixed_precision", t.mixed_precision, MIXED_PRECISION)
+    _allowed("loss.lpips_precision", cfg.loss.lpips_precision, LPIPS_PRECISION)
     for key, table in (("train.lr", t.lr), ("train.batch_size", t.batch_size)):
         for method in ALL_METHODS:
             _check(

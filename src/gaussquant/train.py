@@ -226,7 +226,7 @@ def train(
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
-    from gaussquant.metrics.lpips import build_lpips
+    from gaussquant.metrics.lpips import build_lpips, lpips_compute_dtype
 
     if method not in TRAINED_METHODS:
         raise GaussquantError(f"unknown method {method!r}; allowed: {', '.join(TRAINED_METHODS)}")
@@ -243,10 +243,16 @@ def train(
     # ---- model, losses, optimisers
     model = build_autoencoder(cfg, method, arch, rate)
     model.bottleneck.reduce_fn = _reduce_fn(accelerator)
+    # oneDNN's convolutions and GroupNorm are faster channels-last on CPU (quick UNet fwd+bwd,
+    # 1 thread: 0.198 -> 0.166 s); the arithmetic is the same, only the memory layout differs
+    memory_format = torch.channels_last if accelerator.device.type == "cpu" else None
+    if memory_format is not None and arch == "unet":
+        model = model.to(memory_format=memory_format)
     disc = NLayerDiscriminator(cfg.model.discriminator)
     perceptual = build_lpips("vgg", weights_dir) if lc.lpips_weight > 0 else None
+    lpips_dtype = lpips_compute_dtype(lc.lpips_precision, accelerator.device)
     if perceptual is not None:
-        perceptual = perceptual.to(accelerator.device)
+        perceptual = perceptual.to(accelerator.device, lpips_dtype)
     nll_loss = ReconstructionNLL(lc)
     hp = "gq" if method == "tbtdc" else method  # the TokenBridge TDC VAE trains like the GQ one
     lr, betas = tc.lr[hp], tuple(tc.betas)
@@ -259,6 +265,7 @@ def train(
 
     # ---- resume (only states of these very settings: a changed parameter starts over)
     run = run_settings(cfg, method, arch, rate, prepared_sha256(data_dir))
+    run["lpips_dtype"] = str(lpips_dtype)  # `auto` resolves per machine: resume only the same
     if accelerator.is_main_process:
         _discard_stale_states(state_dir, run)
     accelerator.wait_for_everyone()
@@ -298,7 +305,8 @@ def train(
     accelerator.print(
         f"train {method}/{arch}/{rate}: {sum(p.numel() for p in raw_model.parameters()):,} "
         f"params, lr {lr}, batch {batch} x {accelerator.num_processes} processes, "
-        f"steps {tc.steps}, derived {cfg.derived()['rates'].get(rate)}"
+        f"steps {tc.steps}, LPIPS loss in {str(lpips_dtype).removeprefix('torch.')}, "
+        f"derived {cfg.derived()['rates'].get(rate)}"
     )
     bar = tqdm(
         total=tc.steps,
@@ -311,6 +319,8 @@ def train(
     for x in loader:
         step = loop.step
         x = x.to(accelerator.device, non_blocking=True)
+        if memory_format is not None and arch == "unet":
+            x = x.contiguous(memory_format=memory_format)
         use_gan = step >= lc.disc_start and lc.disc_factor > 0
         model.train()
 
@@ -393,6 +403,7 @@ def train(
                 "processes": accelerator.num_processes,
                 "batch_per_process": batch,
                 "train_images": len(dataset),
+                "lpips_dtype": str(lpips_dtype).removeprefix("torch."),  # auto resolves per machine
                 "final_window": final_window(out / "metrics.csv", loop.step),
                 "config": config_to_dict(cfg.train),
             },

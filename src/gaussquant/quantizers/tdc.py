@@ -148,7 +148,9 @@ class GaussianBottleneck(nn.Module):
     def forward(self, z: torch.Tensor, sample: bool | None = None) -> QuantizerOutput:
         mu, logvar = split_posterior(z)
         sample = self.training if sample is None else sample
-        z_s = mu + (0.5 * logvar).exp() * torch.randn_like(mu) if sample else mu
+        # contiguous noise: the same draws whatever the latent's memory layout (channels-last)
+        noise = torch.randn_like(mu, memory_format=torch.contiguous_format) if sample else None
+        z_s = mu + (0.5 * logvar).exp() * noise if sample else mu
         if self.tdc is not None:
             loss, stats = self.tdc(mu, logvar, self.reduce_fn)
             return QuantizerOutput(z_q=z_s, losses={"tdc": loss}, stats=stats)

@@ -3,7 +3,9 @@ losses and steps, measured in one run.
 
 References written for this benchmark:
 - ``plain``: a straightforward loop, one autoencoder forward per generator update, and the
-  discriminator update reusing that forward (the same arithmetic as ours, no framework).
+  discriminator update reusing that forward (the same arithmetic as ours, no framework; the
+  LPIPS loss in the configured ``loss.lpips_precision``, the UNet in the default contiguous
+  layout where ours trains channels-last on CPU).
 - ``taming``: the optimizer_idx design of taming/official code: each of the two updates
   (generator, discriminator) runs its own autoencoder forward.
 
@@ -36,7 +38,7 @@ import torch
 from gaussquant.config import load_config
 from gaussquant.data import PreparedDataset, prepare
 from gaussquant.losses import ReconstructionNLL, adaptive_weight, generator_adv_loss, hinge_d_loss
-from gaussquant.metrics.lpips import build_lpips
+from gaussquant.metrics.lpips import build_lpips, lpips_compute_dtype
 from gaussquant.models.autoencoder import build_autoencoder
 from gaussquant.models.discriminator import NLayerDiscriminator
 from gaussquant.train import train
@@ -54,6 +56,10 @@ def reference_loop(cfg, method, arch, rate, data_dir, steps, weights, taming: bo
     model = build_autoencoder(cfg, method, arch, rate).train()
     disc = NLayerDiscriminator(cfg.model.discriminator).train()
     perceptual = build_lpips("vgg", weights) if cfg.loss.lpips_weight > 0 else None
+    if perceptual is not None:  # the configured loss precision (quick: bf16 on native-bf16 CPUs)
+        perceptual = perceptual.to(
+            lpips_compute_dtype(cfg.loss.lpips_precision, torch.device("cpu"))
+        )
     nll_loss = ReconstructionNLL(cfg.loss)
     lr = cfg.train.lr[method]
     opt_g = torch.optim.Adam(

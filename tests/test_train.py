@@ -171,6 +171,16 @@ def test_missing_lpips_weights_names_fetch_command(tiny_cfg, tiny_data, tmp_path
         )
 
 
+def test_lr_factor_constant_then_linear_to_zero():
+    from gaussquant.train import lr_factor
+
+    assert [lr_factor(s, 10, 0.0) for s in range(10)] == [1.0] * 10  # the paper's constant lr
+    got = [lr_factor(s, 10, 0.3) for s in range(10)]
+    assert got[:7] == [1.0] * 7
+    assert got[7:] == pytest.approx([1.0, 2 / 3, 1 / 3])  # the last update still moves
+    assert lr_factor(0, 4, 1.0) == 1.0 and lr_factor(3, 4, 1.0) == pytest.approx(0.25)
+
+
 def test_final_window_averages_the_last_fifth(tmp_path):
     from gaussquant.train import LOG_KEYS, _append_log, final_window
 

@@ -133,6 +133,7 @@ class TrainConfig:
     batch_size: dict[str, int] = field(default_factory=dict)
     lr: dict[str, float] = field(default_factory=dict)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    lr_decay: float = 0.0  # final share of steps with lr falling linearly to 0; 0 = constant (SPEC 5)
     seed: int = 0
     log_every: int = 50
     save_every: int = 1000
@@ -467,6 +468,7 @@ def validate(cfg: Config) -> None:
         len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas),
         f"train.betas: need two values in [0, 1), got {t.betas}",
     )
+    _check(0 <= t.lr_decay <= 1, f"train.lr_decay: must be in [0, 1], got {t.lr_decay}")
     _allowed("train.mixed_precision", t.mixed_precision, MIXED_PRECISION)
     _allowed("loss.lpips_precision", cfg.loss.lpips_precision, LPIPS_PRECISION)
     for key, table in (("train.lr", t.lr), ("train.batch_size", t.batch_size)):

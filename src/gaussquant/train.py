@@ -340,6 +340,9 @@ def train(
             loss = loss + d_weight * lc.disc_factor * g_loss
             terms["g_loss"] = g_loss
         _check_finite({**terms, "loss": loss, **q.losses}, step, state_dir)
+        for opt in (opt_g, opt_d):  # a function of the step only: nothing to save or resume
+            for group in opt.param_groups:
+                group["lr"] = lr * lr_factor(step, tc.steps, tc.lr_decay)
         opt_g.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         opt_g.step()
@@ -410,6 +413,15 @@ def train(
         )
     accelerator.wait_for_everyone()
     return ckpt
+
+
+def lr_factor(step: int, steps: int, decay: float) -> float:
+    """Learning-rate multiplier at 0-based ``step``: 1, then over the final ``decay`` share of
+    the ``steps`` a linear fall to 0 (the last update still moves, at 1 / decay_steps)."""
+    decay_steps = decay * steps
+    if decay_steps <= 0 or step < steps - decay_steps:
+        return 1.0
+    return max(0.0, (steps - step) / decay_steps)
 
 
 def _scalar(v) -> float:

@@ -148,6 +148,36 @@ def test_tdc_parameter_change_retrains_only_tdc_models(tiny_repo):
         params.write_text(text)
 
 
+@pytest.mark.parametrize(
+    "old,new,expected",
+    [
+        (
+            "      lr_decay: 0.5  #",
+            "      lr_decay: 0.25  #",
+            {"gq", "tbtdc", "vanilla", "vq", "fsq", "lfq", "bsq"},
+        ),
+        ("      log_every: 2\n", "      log_every: 3\n", set()),
+    ],
+    ids=["lr_decay-retrains-all", "log_every-retrains-none"],
+)
+def test_train_keys_trigger_retraining_unless_bookkeeping(tiny_repo, old, new, expected):
+    """Every `train` key that changes a result is a rerun trigger (so a new key cannot be
+    forgotten); logging cadence is not."""
+    params = tiny_repo / "params.yaml"
+    text = params.read_text()
+    i = text.index("  tiny:")
+    changed = text[:i] + text[i:].replace(old, new, 1)
+    assert changed != text, f"{old!r} is not in the tiny profile"
+    params.write_text(changed)
+    try:
+        out = _run(["snakemake", "-n", "reproduce_table1", "reproduce_tokenbridge"], tiny_repo)
+        log = out.stdout + out.stderr
+        retrained = set(re.findall(r"output: results/tiny/train/([a-z]+)-", log))
+        assert retrained == expected, log[-3000:]
+    finally:
+        params.write_text(text)
+
+
 @pytest.mark.slow
 def test_dvc_exp_run_with_a_param_reruns_only_what_it_changes(tiny_repo):
     """`dvc exp run -S` of a table parameter reruns the Snakemake table rules only; afterwards

@@ -40,6 +40,8 @@ ALL_METHODS = METHODS + (
 )  # vanilla = Gaussian VAE with summed KL (TokenBridge, ablations)
 ARCHS = ("unet", "vit")
 MIXED_PRECISION = ("fp32", "fp16", "bf16")
+# train.* keys that do not change a training's result (everything else in `train` does)
+NON_TRAJECTORY_KEYS = ("log_every", "save_every", "num_workers")
 LPIPS_PRECISION = ("fp32", "bf16", "auto")  # auto: bf16 where the device computes it natively
 BSQ_ENTROPY_RULES = ("repo", "faithful")
 
@@ -133,7 +135,9 @@ class TrainConfig:
     batch_size: dict[str, int] = field(default_factory=dict)
     lr: dict[str, float] = field(default_factory=dict)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    lr_decay: float = 0.0  # final share of steps with lr falling linearly to 0; 0 = constant (SPEC 5)
+    lr_decay: float = (
+        0.0  # final share of steps with lr falling linearly to 0; 0 = constant (SPEC 5)
+    )
     seed: int = 0
     log_every: int = 50
     save_every: int = 1000

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from gaussquant.config import Config, config_to_dict
+from gaussquant.config import NON_TRAJECTORY_KEYS, Config, config_to_dict
 from gaussquant.data import PreparedDataset
 from gaussquant.errors import GaussquantError
 from gaussquant.io import write_json
@@ -117,7 +117,6 @@ def latest_state(state_dir: Path) -> Path | None:
 
 
 # settings that do not change what a training computes (logging, checkpoint cadence, workers)
-NON_TRAJECTORY_KEYS = ("log_every", "save_every", "num_workers")
 RUN_FILE = "run.json"
 
 

@@ -2,8 +2,9 @@
 import math
 import os
 import sys
+from dataclasses import fields
 
-from gaussquant.config import config_from_dict, resolve_params
+from gaussquant.config import NON_TRAJECTORY_KEYS, config_from_dict, resolve_params
 
 # Rules call `gaussquant`/`accelerate` from the environment that runs Snakemake, activated or not.
 os.environ["PATH"] = f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -86,10 +87,13 @@ def train_params_for(method, arch, rate):
     logging/checkpoint cadence (which do not change the result) retrain nothing."""
     hp = "gq" if method == "tbtdc" else method  # the TokenBridge TDC VAE trains like the GQ one
     t, m = CFG.train, CFG.model
+    train_keys = {
+        f.name: getattr(t, f.name) for f in fields(t) if f.name not in NON_TRAJECTORY_KEYS
+    }  # every key that changes the result (per-method dicts: this method's value)
     return {
         "model": str((m.latent_channels, m.downsample, getattr(m, arch), m.discriminator)),
         "loss": str(CFG.loss),
-        "train": str((t.steps, t.batch_size[hp], t.lr[hp], t.betas, t.seed, t.mixed_precision)),
+        "train": str({k: v[hp] if isinstance(v, dict) else v for k, v in train_keys.items()}),
         "rate": str(CFG.rate(rate)),
         "method": str(getattr(CFG, method, "")),
         "tdc": str(CFG.tdc) if method in ("gq", "tbtdc") else "",

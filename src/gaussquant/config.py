@@ -135,9 +135,7 @@ class TrainConfig:
     batch_size: dict[str, int] = field(default_factory=dict)
     lr: dict[str, float] = field(default_factory=dict)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    lr_decay: float = (
-        0.0  # final share of steps with lr falling linearly to 0; 0 = constant (SPEC 5)
-    )
+    lr_decay: float = 0.0  # final share of steps with a linear lr decay to 0; 0 = SPEC 5
     seed: int = 0
     log_every: int = 50
     save_every: int = 1000

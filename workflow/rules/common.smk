@@ -87,13 +87,15 @@ def train_params_for(method, arch, rate):
     logging/checkpoint cadence (which do not change the result) retrain nothing."""
     hp = "gq" if method == "tbtdc" else method  # the TokenBridge TDC VAE trains like the GQ one
     t, m = CFG.train, CFG.model
-    train_keys = {
-        f.name: getattr(t, f.name) for f in fields(t) if f.name not in NON_TRAJECTORY_KEYS
-    }  # every key that changes the result (per-method dicts: this method's value)
+    train = {}  # every key that changes the result (per-method dicts: this method's value)
+    for f in fields(t):
+        if f.name not in NON_TRAJECTORY_KEYS:
+            v = getattr(t, f.name)
+            train[f.name] = v[hp] if isinstance(v, dict) else v
     return {
         "model": str((m.latent_channels, m.downsample, getattr(m, arch), m.discriminator)),
         "loss": str(CFG.loss),
-        "train": str({k: v[hp] if isinstance(v, dict) else v for k, v in train_keys.items()}),
+        "train": str(train),
         "rate": str(CFG.rate(rate)),
         "method": str(getattr(CFG, method, "")),
         "tdc": str(CFG.tdc) if method in ("gq", "tbtdc") else "",

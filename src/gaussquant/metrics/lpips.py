@@ -19,19 +19,16 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from gaussquant.weights import weight_path
+from gaussquant.weights import TRUNK_LAYOUT, weight_path
 
 NETS = ("alex", "vgg")
 _SHIFT = (-0.030, -0.088, -0.188)  # lpips ScalingLayer: (x - shift) / scale
 _SCALE = (0.458, 0.448, 0.450)
-# torchvision `features` layers, by index: ("conv", in, out, kernel, stride, padding), "relu",
-# ("pool", kernel, stride); and the index where each of lpips' five slices starts.
 _VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
-_SLICE_STARTS = {"alex": (0, 2, 5, 8, 10, 12), "vgg": (0, 4, 9, 16, 23, 30)}
-_CHANNELS = {"alex": (64, 192, 384, 256, 256), "vgg": (64, 128, 256, 512, 512)}
 
 
 def _features(net: str) -> list[nn.Module]:
+    """torchvision's ``features`` layers of AlexNet / VGG16 up to the last ReLU, by index."""
     if net == "alex":
         return [
             nn.Conv2d(3, 64, 11, 4, 2),
@@ -63,7 +60,8 @@ class _Trunk(nn.Module):
 
     def __init__(self, net: str):
         super().__init__()
-        layers, starts = _features(net), _SLICE_STARTS[net]
+        layers = _features(net)
+        starts = (*TRUNK_LAYOUT[net][1], len(layers))  # where each of lpips' slices starts
         for k in range(5):
             idx = range(starts[k], starts[k + 1])
             self.add_module(
@@ -95,7 +93,8 @@ class LPIPSDistance(nn.Module):
         self.net = _Trunk(net)
         # the official heads are Dropout + 1x1 conv; the dropout (turned on in the official
         # training through a logging callback, SPEC 8) is meaningless for a frozen metric
-        self.heads = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in _CHANNELS[net])
+        channels = [s[-2].out_channels for s in self.net.children()]  # each slice's last conv
+        self.heads = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in channels)
         self.register_buffer("shift", torch.tensor(_SHIFT).view(1, 3, 1, 1))
         self.register_buffer("scale", torch.tensor(_SCALE).view(1, 3, 1, 1))
         self.requires_grad_(False)
@@ -167,9 +166,7 @@ def build_lpips(net: str = "alex", weights_dir: str | os.PathLike | None = None)
     Build once and reuse (the official evaluation rebuilt it every batch). Never downloads:
     raises MissingWeightsError (naming ``gaussquant fetch-weights``) if weights are absent.
     """
-    if net not in NETS:
-        raise ValueError(f"LPIPS net must be one of {NETS}, got {net!r}")
-    model = LPIPSDistance(net)
+    model = LPIPSDistance(net)  # raises ValueError for an unknown net
     trunk_path = weight_path(f"lpips_{net}_trunk", weights_dir)
     heads_path = weight_path(f"lpips_{net}_heads", weights_dir)
     model.net.load_state_dict(torch.load(trunk_path, map_location="cpu", weights_only=True))

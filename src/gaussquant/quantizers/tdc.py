@@ -148,9 +148,10 @@ class GaussianBottleneck(nn.Module):
     def forward(self, z: torch.Tensor, sample: bool | None = None) -> QuantizerOutput:
         mu, logvar = split_posterior(z)
         sample = self.training if sample is None else sample
-        # contiguous noise: the same draws whatever the latent's memory layout (channels-last)
-        noise = torch.randn_like(mu, memory_format=torch.contiguous_format) if sample else None
-        z_s = mu + (0.5 * logvar).exp() * noise if sample else mu
+        z_s = mu
+        if sample:  # contiguous noise: the same draws whatever the latent's memory layout
+            noise = torch.randn_like(mu, memory_format=torch.contiguous_format)
+            z_s = mu + (0.5 * logvar).exp() * noise
         if self.tdc is not None:
             loss, stats = self.tdc(mu, logvar, self.reduce_fn)
             return QuantizerOutput(z_q=z_s, losses={"tdc": loss}, stats=stats)

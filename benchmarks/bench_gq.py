@@ -38,7 +38,8 @@ import time
 
 import torch
 
-from gaussquant.quantizers.gaussian_quant import GaussianQuant, to_tokens
+from gaussquant.posterior import to_tokens
+from gaussquant.quantizers.gaussian_quant import GaussianQuant
 
 
 # ----------------------------------------------------------------------------- inputs

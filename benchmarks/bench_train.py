@@ -2,10 +2,10 @@
 losses and steps, measured in one run.
 
 References written for this benchmark:
-- ``plain``: a straightforward loop, one autoencoder forward per generator update, and the
-  discriminator update reusing that forward (the same arithmetic as ours, no framework; the
-  LPIPS loss in the configured ``loss.lpips_precision``, the UNet in the default contiguous
-  layout where ours trains channels-last on CPU).
+- ``plain``: :func:`gaussquant.train.train_step` (the library's own generator and discriminator
+  blocks) in a bare loop: no Accelerate, no logging, no resume bookkeeping, a shuffling
+  DataLoader, the UNet in the default contiguous layout where ours trains channels-last on CPU;
+  the LPIPS loss in the configured ``loss.lpips_precision``.
 - ``taming``: the optimizer_idx design of taming/official code: each of the two updates
   (generator, discriminator) runs its own autoencoder forward.
 
@@ -41,7 +41,7 @@ from gaussquant.losses import ReconstructionNLL, adaptive_weight, generator_adv_
 from gaussquant.metrics.lpips import build_lpips, lpips_compute_dtype
 from gaussquant.models.autoencoder import build_autoencoder
 from gaussquant.models.discriminator import NLayerDiscriminator
-from gaussquant.train import train
+from gaussquant.train import TrainParts, train, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,6 +72,9 @@ def reference_loop(cfg, method, arch, rate, data_dir, steps, weights, taming: bo
     )
     it = iter(loader)
     lc = cfg.loss
+    parts = TrainParts(
+        model, disc, nll_loss, perceptual, opt_g, opt_d, lc, torch.Tensor.backward, model.last_layer
+    )
     t0 = None
     for step in range(steps + 2):
         if step == 2:
@@ -81,6 +84,11 @@ def reference_loop(cfg, method, arch, rate, data_dir, steps, weights, taming: bo
         except StopIteration:
             it = iter(loader)
             x = next(it)
+        if not taming:  # the library's step itself, without Accelerate, logging or resume
+            train_step(parts, x, step, lr)
+            continue
+        # taming's optimizer_idx design, written here as the reference: each update runs its
+        # own autoencoder forward (the discriminator's a second one)
         use_gan = step >= lc.disc_start
         x_rec, q = model(x)
         p = perceptual(x, x_rec) if perceptual is not None else None
@@ -93,9 +101,8 @@ def reference_loop(cfg, method, arch, rate, data_dir, steps, weights, taming: bo
         loss.backward()
         opt_g.step()
         if use_gan:
-            if taming:  # optimizer_idx = 1: a second autoencoder forward
-                with torch.no_grad():
-                    x_rec, _ = model(x)
+            with torch.no_grad():
+                x_rec, _ = model(x)
             d_loss = hinge_d_loss(disc(x), disc(x_rec.detach()))
             opt_d.zero_grad()
             d_loss.backward()

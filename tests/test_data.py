@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from gaussquant.cli import main as cli_main
 from gaussquant.data import (
     BUNDLED_PHOTOS,
     DataConfig,
-    EpochSampler,
     PreparedDataset,
+    StepBatchSampler,
     bundled_photos,
-    get_dataloader,
     list_images,
     prepare,
     verify_prepared,
@@ -328,23 +328,25 @@ def test_prepared_dataset_values_match_the_shards(bundled):
         PreparedDataset(out.parent / "nope", "train")
 
 
-def test_loader_order_is_a_function_of_seed_and_epoch(bundled):
+def test_step_order_is_a_function_of_seed_and_step(bundled):
+    """The training order (StepBatchSampler): epochs are permutations seeded by seed + epoch,
+    a run started at step k yields exactly the batches k.. of a run from step 0, processes take
+    disjoint slices of the global batch, and DataLoader workers do not change the batches."""
     out, _ = bundled
-    loader = get_dataloader(out, "train", batch_size=16, shuffle=True, seed=3)
-    order = loader.sampler.order()
-    assert sorted(order) == list(range(40)) and order != list(range(40))
-    again = EpochSampler(40, seed=3)
-    assert again.order() == order
-    again.set_epoch(1)
-    assert again.order() != order and sorted(again.order()) == list(range(40))
-    again.set_epoch(1, start=25)
-    assert list(again) == EpochSampler(40, seed=3, epoch=1).order()[25:] and len(again) == 15
-    assert EpochSampler(40, shuffle=False).order() == list(range(40))
+    full = list(StepBatchSampler(40, 16, steps=6, seed=3))  # 40 // 16 = 2 steps per epoch
+    assert len(full) == 6 and all(len(b) == 16 for b in full)
+    epoch0 = full[0] + full[1]
+    assert len(set(epoch0)) == 32 and set(epoch0) <= set(range(40))
+    assert full[0] == torch.randperm(40, generator=torch.Generator().manual_seed(3))[:16].tolist()
+    assert full[2] != full[0]  # the next epoch is a new permutation
+    assert list(StepBatchSampler(40, 16, steps=6, seed=3, start_step=3)) == full[3:]
+    ranks = [list(StepBatchSampler(40, 8, 6, 3, rank=r, world=2)) for r in (0, 1)]
+    assert all(set(a).isdisjoint(b) for a, b in zip(*ranks))
+    with pytest.raises(GaussquantError, match="one step needs 64"):
+        StepBatchSampler(40, 32, 6, 3, world=2)
 
     ds = PreparedDataset(out, "train")
-    batches = list(loader)
-    assert [b.shape[0] for b in batches] == [16, 16, 8]
-    torch.testing.assert_close(batches[1], torch.stack([ds[i] for i in order[16:32]]))
-    workers = get_dataloader(out, "train", 16, True, seed=3, num_workers=2, drop_last=True)
-    wb = list(workers)
-    assert len(wb) == 2 and all(torch.equal(a, b) for a, b in zip(wb, batches))
+    plain = list(DataLoader(ds, batch_sampler=StepBatchSampler(40, 16, 3, 3)))
+    torch.testing.assert_close(plain[1], torch.stack([ds[i] for i in full[1]]))
+    workers = list(DataLoader(ds, batch_sampler=StepBatchSampler(40, 16, 3, 3), num_workers=2))
+    assert len(workers) == 3 and all(torch.equal(a, b) for a, b in zip(workers, plain))

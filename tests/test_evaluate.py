@@ -102,7 +102,8 @@ def test_missing_weights_name_the_fetch_command(tiny_cfg, tiny_data, tmp_path):
 
 
 def _tiny_checkpoint(tiny_cfg, tmp_path):
-    from gaussquant.models.autoencoder import build_autoencoder, save_checkpoint
+    from gaussquant.checkpoint import save_checkpoint
+    from gaussquant.models.autoencoder import build_autoencoder
 
     torch.manual_seed(0)
     model = build_autoencoder(tiny_cfg, "fsq", "unet", "0.125")

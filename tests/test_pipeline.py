@@ -148,6 +148,34 @@ def test_tdc_parameter_change_retrains_only_tdc_models(tiny_repo):
         params.write_text(text)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("metrics/lpips.py", {"train", "ablation_train_tolerance", "evaluate", "table1"}),
+        ("tables.py", {"table1", "table_tokenbridge"}),
+    ],
+    ids=["lpips-retrains", "tables-only-tables"],
+)
+def test_editing_code_reruns_exactly_the_rules_that_run_it(tiny_repo, source, expected):
+    """Code inputs come from each stage's real imports: the LPIPS loss network's code retrains
+    (and re-evaluates) everything; the table code reruns only the tables."""
+    path = tiny_repo / "src" / "gaussquant" / source
+    text = path.read_text()
+    path.write_text(text + "\n# an edit\n")
+    try:
+        out = _run(["snakemake", "-n", "--quiet", "rules", "all"], tiny_repo)
+        log = out.stdout + out.stderr
+        rules = set(re.findall(r"^(\w+)\s+\d+\s*$", log, flags=re.M)) - {"total", "job", "all"}
+        targets = {"reproduce_table1", "reproduce_tokenbridge", "figures", "ablations"}
+        assert expected <= rules, log
+        if source == "tables.py":
+            assert rules - targets == expected, log
+    finally:
+        path.write_text(text)
+        os.utime(path, ns=(0, 0))  # older than every output again
+
+
 @pytest.mark.parametrize(
     "old,new,expected",
     [

@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from gaussquant.errors import GaussquantError
+from gaussquant.runstate import KILL_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _train(method, arch, data, out, weights, *extra):
+def _train(method, arch, data, out, weights, *extra, kill_at=None):
     cmd = [
         sys.executable,
         "-m",
@@ -41,6 +42,9 @@ def _train(method, arch, data, out, weights, *extra):
         *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop(KILL_ENV, None)
+    if kill_at is not None:  # the training's test hook: SIGKILL after that step
+        env[KILL_ENV] = str(kill_at)
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
 
 
@@ -55,9 +59,7 @@ def test_sigkill_resume_is_bitwise_identical(tiny_data, weights_dir, tmp_path):
     full = _train("gq", "unet", tiny_data, tmp_path / "full", weights_dir)
     assert full.returncode == 0, full.stderr[-3000:]
 
-    killed = _train(
-        "gq", "unet", tiny_data, tmp_path / "resumed", weights_dir, "--kill-at-step", "4"
-    )
+    killed = _train("gq", "unet", tiny_data, tmp_path / "resumed", weights_dir, kill_at=4)
     assert killed.returncode == -9, killed.stderr[-3000:]  # SIGKILL
     assert not (tmp_path / "resumed" / "model.pt").exists()
     # Snakemake deletes a rerun job's declared outputs (metrics.csv) first: the saved state
@@ -92,7 +94,7 @@ def test_sigkill_resume_is_bitwise_identical(tiny_data, weights_dir, tmp_path):
     ],
 )
 def test_every_method_trains(method, arch, tiny_cfg, tiny_data, weights_dir, tmp_path):
-    from gaussquant.models.autoencoder import load_autoencoder
+    from gaussquant.checkpoint import load_autoencoder
     from gaussquant.train import train
 
     ckpt = train(tiny_cfg, method, arch, "0.125", tiny_data, tmp_path, weights_dir, progress=False)
@@ -182,7 +184,7 @@ def test_lr_factor_constant_then_linear_to_zero():
 
 
 def test_final_window_averages_the_last_fifth(tmp_path):
-    from gaussquant.train import LOG_KEYS, _append_log, final_window
+    from gaussquant.runstate import LOG_KEYS, append_log, final_window
 
     log = tmp_path / "metrics.csv"
     for step, bits, lo, hi in [
@@ -191,7 +193,7 @@ def test_final_window_averages_the_last_fifth(tmp_path):
         (100, 17.0, 4.0, 30.0),
     ]:
         row = dict.fromkeys(LOG_KEYS, float("nan"))
-        _append_log(log, row | {"step": step, "bits_mean": bits, "bits_min": lo, "bits_max": hi})
+        append_log(log, row | {"step": step, "bits_mean": bits, "bits_min": lo, "bits_max": hi})
     w = final_window(log, 100)
     assert w["from_step"] == 90 and w["bits_mean"] == 16.0  # step 10 is outside the window
     assert w["bits_min"] == 3.0 and w["bits_max"] == 30.0
@@ -203,7 +205,7 @@ def test_final_window_averages_the_last_fifth(tmp_path):
 def test_states_of_other_settings_are_not_resumed(tiny_data, weights_dir, tmp_path):
     """A run killed midway, then params changed (lr): the re-run must start over, giving the
     same checkpoint as a fresh run with the new settings, not continue the old trajectory."""
-    killed = _train("gq", "vit", tiny_data, tmp_path / "run", weights_dir, "--kill-at-step", "4")
+    killed = _train("gq", "vit", tiny_data, tmp_path / "run", weights_dir, kill_at=4)
     assert killed.returncode == -9, killed.stderr[-3000:]
     new_lr = ("--set", "train.lr.gq=2.0e-3")
     rerun = _train("gq", "vit", tiny_data, tmp_path / "run", weights_dir, *new_lr)

@@ -14,6 +14,7 @@ import torch
 from gaussquant import weights as W
 from gaussquant.errors import GaussquantError, MissingWeightsError
 from gaussquant.io import sha256_file
+from gaussquant.metrics.networks import TRUNK_LAYOUT
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +182,7 @@ def test_torchvision_trunk_conversion_matches_torchvision_features():
         x = torch.randn(1, 3, 64, 64)
         feats = model.net(x)
         # lpips' layer outputs are the ReLU outputs just before each slice boundary
-        ends = list(W.TRUNK_LAYOUT[net][1][1:]) + [W.TRUNK_LAYOUT[net][0][-1] + 2]
+        ends = list(TRUNK_LAYOUT[net][1][1:]) + [TRUNK_LAYOUT[net][0][-1] + 2]
         with torch.no_grad():
             for feat, end in zip(feats, ends):
                 assert torch.equal(feat, tv.features[:end](x))

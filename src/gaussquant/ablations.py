@@ -17,46 +17,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import torch  # noqa: E402
 
 from gaussquant.io import atomic_path, write_text  # noqa: E402
 
 METRIC_COLS = ["psnr", "ssim", "lpips", "rfid", "codebook_usage", "perplexity"]
 PAPER_KL = {"vanilla": (0.26, 27.29), "tdc": (2.93, 5.63)}  # bits per dimension (SPEC 7)
-
-
-@torch.no_grad()
-def posterior_rates(
-    ckpt: Path, data_dir: Path, batch_size: int = 64, max_images: int = 512
-) -> dict:
-    """Per-token KL (bits) of every token, and mean KL per latent channel (bits), on val images."""
-    from torch.utils.data import DataLoader, Subset
-
-    from gaussquant.data import PreparedDataset
-    from gaussquant.errors import GaussquantError
-    from gaussquant.models.autoencoder import load_autoencoder
-    from gaussquant.quantizers.tdc import GaussianBottleneck, kl_nats, split_posterior, token_rates
-
-    model, payload = load_autoencoder(ckpt)
-    if not isinstance(model.bottleneck, GaussianBottleneck):
-        raise GaussquantError(
-            f"{ckpt}: KL ranges need a Gaussian VAE, got method {payload['method']!r}"
-        )
-    data = PreparedDataset(data_dir, "val")
-    data = Subset(data, range(min(max_images, len(data))))
-    tokens, per_channel, n = [], 0.0, 0
-    for x in DataLoader(data, batch_size=batch_size):
-        mu, logvar = split_posterior(model.encoder(x))
-        kl = kl_nats(mu, logvar) / math.log(2)  # exact bits
-        tokens.append(token_rates(kl, model.bottleneck.dim).flatten())
-        per_channel = per_channel + kl.sum(dim=(0, 2, 3))
-        n += kl.shape[0] * kl.shape[2] * kl.shape[3]
-    return {
-        "method": payload["method"],
-        "dim": model.bottleneck.dim,
-        "token_bits": torch.cat(tokens).numpy(),
-        "channel_bits": (per_channel / n).numpy(),
-    }
 
 
 def _metrics(records: list[dict], **cols) -> pd.DataFrame:

@@ -38,13 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"gaussquant {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="<subcommand>")
-    for name in STAGES:
-        try:
-            module = importlib.import_module(f"gaussquant.stages.{name}")
-        except ModuleNotFoundError as err:
-            if err.name == f"gaussquant.stages.{name}":
-                continue  # stage not built yet
-            raise
+    for name in STAGES:  # a stage that fails to import is an error, never a missing command
+        module = importlib.import_module(f"gaussquant.stages.{name}")
         module.register(sub)
     return parser
 

@@ -1,14 +1,16 @@
-"""Typed, strict configuration loaded from ``params.yaml``.
+"""Typed, strict configuration loaded from ``params.yaml`` (the sections: :mod:`gaussquant.sections`).
 
 ``params.yaml`` holds the paper's values in its top-level sections (each commented with its
 SPEC section) and, under ``profiles.<name>``, the overrides of the small profiles. The active
 profile is the top-level ``profile`` key (``tiny | quick | paper``). :func:`load_config`
 deep-merges the profile's overrides onto the paper values and builds nested dataclasses,
 failing - before any computation - on unknown keys, wrong types and impossible values, with a
-message that names the key and the allowed values.
+message that names the key and the allowed values. A key missing from params.yaml is an
+error too (never a silent dataclass default). Every stage loads its config through
+:func:`load_config` (``stages.common.load_stage_config``), ``--set`` overrides included.
 
 Derived values (bits per pixel, tokens, latent shape, per-method quantizer shapes) are computed
-here, in one place (:meth:`Config.derived`).
+in one place (:meth:`Config.derived`).
 """
 
 from __future__ import annotations
@@ -17,220 +19,41 @@ import dataclasses
 import math
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from gaussquant.errors import ConfigError
-from gaussquant.sections import (
+from gaussquant.methods import HYPER_METHODS, TABLE1_METHODS
+from gaussquant.sections import (  # noqa: F401 (re-exported: import every section from here)
+    ARCHS,
+    BSQ_ENTROPY_RULES,
+    LPIPS_PRECISION,
+    MIXED_PRECISION,
+    NON_TRAJECTORY_KEYS,
+    PROFILES,
+    AblationConfig,
+    BSQConfig,
+    Config,
     DataConfig,
     DiscriminatorConfig,
+    EvalConfig,
+    ExperimentConfig,
+    GQConfig,
+    LFQConfig,
+    LossConfig,
+    ModelConfig,
+    RateConfig,
+    TableConfig,
     TDCConfig,
     TheoryConfig,
+    TrainConfig,
     UNetConfig,
+    VanillaConfig,
     ViTConfig,
+    VQConfig,
 )
-
-PROFILES = ("tiny", "quick", "paper")
-METHODS = ("vq", "fsq", "lfq", "bsq", "gq")  # trained tokenizers of Table 1 (gq = TDC VAE + GQ)
-ALL_METHODS = METHODS + (
-    "vanilla",
-)  # vanilla = Gaussian VAE with summed KL (TokenBridge, ablations)
-ARCHS = ("unet", "vit")
-MIXED_PRECISION = ("fp32", "fp16", "bf16")
-# train.* keys that do not change a training's result (everything else in `train` does)
-NON_TRAJECTORY_KEYS = ("log_every", "save_every", "num_workers")
-LPIPS_PRECISION = ("fp32", "bf16", "auto")  # auto: bf16 where the device computes it natively
-BSQ_ENTROPY_RULES = ("repo", "faithful")
-
-
-@dataclass
-class ModelConfig:
-    """Backbones shared by every method (SPEC 5)."""
-
-    latent_channels: int = 16  # C, SPEC 5
-    downsample: int = 8  # f8, SPEC 2/5
-    unet: UNetConfig = field(default_factory=UNetConfig)
-    vit: ViTConfig = field(default_factory=ViTConfig)
-    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
-
-
-@dataclass
-class LossConfig:
-    """Reconstruction and adversarial loss (SPEC 5)."""
-
-    lpips_weight: float = 1.0  # L1 + 1.0 * LPIPS(VGG)
-    logvar_init: float = 0.0  # learned scalar log-variance s of the NLL
-    disc_start: int = 20001  # discriminator from step 20,001
-    disc_weight: float = 0.75  # times the adaptive weight
-    disc_factor: float = 1.0
-    adaptive_weight_max: float = 1.0e4  # clamp [0, 1e4]
-    lpips_precision: str = "fp32"  # the frozen LPIPS-VGG loss network; the paper's fp32 (SPEC 5)
-
-
-@dataclass
-class VanillaConfig:
-    """Continuous Gaussian VAE baseline (SPEC 1)."""
-
-    kl_weight: float = 0.64  # summed KL in nats, official config
-
-
-@dataclass
-class GQConfig:
-    """Gaussian Quant codebook and rule (SPEC 2); K is ``tdc.codebook_size``."""
-
-    seed: int = 42
-    beta: float = 1.0
-
-
-@dataclass
-class VQConfig:
-    """VQGAN quantizer (SPEC 4)."""
-
-    codebook_size: int = 65536
-    beta: float = 0.25
-    legacy_loss: bool = True  # taming's beta placement, what the paper's numbers used
-    weight: float = 1.0
-
-
-@dataclass
-class LFQConfig:
-    """LFQ (SPEC 4)."""
-
-    sub_codebook_bits: int = 8
-    entropy_weight: float = 0.1
-    commit_weight: float = 0.025
-    temperature: float = 0.01
-
-
-@dataclass
-class BSQConfig:
-    """BSQ (SPEC 4)."""
-
-    entropy_weight: float = 0.1
-    entropy_rule: str = "repo"  # "repo" (what the numbers used) | "faithful" (BSQ-ViT paper)
-
-
-@dataclass
-class RateConfig:
-    """Quantizer shapes of each method at one rate (SPEC 2, 4). Bits per latent position of
-    every method must equal ``bpp * downsample**2``."""
-
-    bpp: float = 0.25
-    gq_dim: int = 16  # m; C/m tokens of log2 K bits
-    vq_tokens: int = 1  # tokens per position, each of dim C/vq_tokens
-    fsq_levels: list[int] = field(default_factory=lambda: [16, 16, 16, 16])
-    lfq_bits: int = 16
-    bsq_bits: int = 16
-    tokenbridge_bits: int = 1  # B bits per channel, m = 1
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation (SPEC 4/5). ``lr`` and ``batch_size`` (per process) are per method."""
-
-    steps: int = 100000  # not published (SPEC 5: "epoch 25" in the authors' records)
-    batch_size: dict[str, int] = field(default_factory=dict)
-    lr: dict[str, float] = field(default_factory=dict)
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    lr_decay: float = 0.0  # final share of steps with a linear lr decay to 0; 0 = SPEC 5
-    seed: int = 0
-    log_every: int = 50
-    save_every: int = 1000
-    num_workers: int = 4
-    mixed_precision: str = "fp32"  # the paper's (SPEC 5)
-
-
-@dataclass
-class ExperimentConfig:
-    """The grid the pipeline runs."""
-
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
-    archs: list[str] = field(default_factory=lambda: list(ARCHS))
-    rates: list[str] = field(default_factory=lambda: ["0.25", "0.5", "1.0"])
-
-
-@dataclass
-class EvalConfig:
-    """Evaluation protocol (SPEC 6)."""
-
-    batch_size: int = 50
-    max_images: int = 0  # 0 = every image (the official script drops the last partial batch)
-    grid_images: int = 8
-    fid: bool = True
-
-
-@dataclass
-class TableConfig:
-    """Presentation of the tables."""
-
-    decimals: dict[str, int] = field(
-        default_factory=lambda: {"psnr": 2, "ssim": 3, "lpips": 3, "rfid": 2}
-    )
-
-
-@dataclass
-class AblationConfig:
-    """Ablations of SPEC 3/7 on one (arch, rate) of the TDC VAE."""
-
-    arch: str = "unet"
-    rate: str = "0.25"
-    codebook_log2_offsets: list[int] = field(
-        default_factory=lambda: [-2, -1, 0, 1, 2]
-    )  # K = 2^(b + o)
-    tolerances: list[float] = field(
-        default_factory=lambda: [0.25, 0.5, 1.0, 2.0]
-    )  # TDC alpha, bits
-    seeds: list[int] = field(default_factory=lambda: [42, 1, 2, 3, 4])  # GQ codebook seeds
-
-
-@dataclass
-class Config:
-    profile: str = "paper"
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    tdc: TDCConfig = field(default_factory=TDCConfig)
-    vanilla: VanillaConfig = field(default_factory=VanillaConfig)
-    gq: GQConfig = field(default_factory=GQConfig)
-    vq: VQConfig = field(default_factory=VQConfig)
-    lfq: LFQConfig = field(default_factory=LFQConfig)
-    bsq: BSQConfig = field(default_factory=BSQConfig)
-    rates: dict[str, RateConfig] = field(default_factory=dict)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    table: TableConfig = field(default_factory=TableConfig)
-    theory: TheoryConfig = field(default_factory=TheoryConfig)
-    ablation: AblationConfig = field(default_factory=AblationConfig)
-
-    def rate(self, name: str) -> RateConfig:
-        if name not in self.rates:
-            raise ConfigError(
-                f"rate {name!r} is not defined in params.yaml 'rates' (defined: {sorted(self.rates)})"
-            )
-        return self.rates[name]
-
-    def derived(self) -> dict[str, Any]:
-        """Values computed from the parameters, logged at the start of every stage."""
-        f, res, c = self.model.downsample, self.data.resolution, self.model.latent_channels
-        return {
-            "profile": self.profile,
-            "latent_shape": [c, res // f, res // f],
-            "positions_per_image": (res // f) ** 2,
-            "target_bits_per_token": math.log2(self.tdc.codebook_size),
-            "rates": {
-                name: {
-                    "bits_per_position": r.bpp * f * f,
-                    "gq_tokens_per_position": c // r.gq_dim,
-                    "tokens_per_image": (c // r.gq_dim) * (res // f) ** 2,
-                }
-                for name, r in self.rates.items()
-            },
-        }
-
 
 # ----------------------------------------------------------------------------- loading
 
@@ -310,6 +133,11 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     vit = (data.get("model") or {}).get("vit") or {}
     if "image_size" in vit:
         raise ConfigError("model.vit.image_size: derived from data.resolution; remove the key")
+    missing = _missing(Config, data, "")
+    if missing:  # never a silent dataclass default: params.yaml states every value
+        raise ConfigError(
+            f"{', '.join(missing)}: missing from params.yaml; add the key(s) to the file"
+        )
     cfg = _build(Config, data, "")
     res, f = cfg.data.resolution, cfg.model.downsample
     _check(
@@ -320,6 +148,28 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     cfg.model.vit = dataclasses.replace(cfg.model.vit, image_size=cfg.data.resolution)
     validate(cfg)
     return cfg
+
+
+DERIVED_FIELDS = {(ViTConfig, "image_size")}  # computed from other keys, never written in the file
+
+
+def _missing(tp: Any, value: Any, key: str) -> list[str]:
+    """Dotted names of every dataclass field absent from ``value`` (nested sections and each
+    ``rates`` entry included); wrong types are left to :func:`_build`."""
+    if not dataclasses.is_dataclass(tp) or not isinstance(value, dict):
+        return []
+    hints, out = typing.get_type_hints(tp), []
+    for f in dataclasses.fields(tp):
+        if f.name not in value:
+            out += [] if (tp, f.name) in DERIVED_FIELDS else [_join(key, f.name)]
+            continue
+        sub, hint = value[f.name], hints[f.name]
+        if typing.get_origin(hint) is dict and isinstance(sub, dict):
+            for k, v in sub.items():
+                out += _missing(typing.get_args(hint)[1], v, _join(_join(key, f.name), str(k)))
+        else:
+            out += _missing(hint, sub, _join(key, f.name))
+    return out
 
 
 def _type_name(tp: Any) -> str:
@@ -474,17 +324,17 @@ def validate(cfg: Config) -> None:
     _allowed("train.mixed_precision", t.mixed_precision, MIXED_PRECISION)
     _allowed("loss.lpips_precision", cfg.loss.lpips_precision, LPIPS_PRECISION)
     for key, table in (("train.lr", t.lr), ("train.batch_size", t.batch_size)):
-        for method in ALL_METHODS:
+        for method in HYPER_METHODS:
             _check(
                 method in table,
-                f"{key}: missing method {method!r}; give a value for each of {', '.join(ALL_METHODS)}",
+                f"{key}: missing method {method!r}; give a value for each of {', '.join(HYPER_METHODS)}",
             )
         for method, v in table.items():
-            _allowed(f"{key} key", method, ALL_METHODS)
+            _allowed(f"{key} key", method, HYPER_METHODS)
             _check(v > 0, f"{key}.{method}: must be positive, got {v}")
 
     for method in cfg.experiment.methods:
-        _allowed("experiment.methods", method, METHODS)
+        _allowed("experiment.methods", method, TABLE1_METHODS)
     for arch in cfg.experiment.archs:
         _allowed("experiment.archs", arch, ARCHS)
     for name in cfg.experiment.rates:
@@ -507,10 +357,6 @@ def validate(cfg: Config) -> None:
         cfg.eval.max_images >= 0,
         f"eval.max_images: must be >= 0 (0 = all), got {cfg.eval.max_images}",
     )
-    for key in ("n_train", "n_val"):
-        _check(
-            getattr(cfg.data, key) >= 0, f"data.{key}: must be >= 0, got {getattr(cfg.data, key)}"
-        )
 
 
 def _validate_rate(cfg: Config, name: str, r: RateConfig) -> None:

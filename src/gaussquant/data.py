@@ -40,73 +40,17 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 
 from gaussquant import __version__
-from gaussquant.errors import ConfigError, GaussquantError
+from gaussquant.errors import GaussquantError
 from gaussquant.io import sha256_bytes, sha256_file
-from gaussquant.sections import DataConfig
+from gaussquant.sections import BUNDLED_PHOTOS, STEREO_PAIR, DataConfig
 
-SOURCES = ("bundled", "folder")
 SPLITS = ("train", "val")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 FORMAT = "gaussquant-prepared/1"
 MANIFEST = "manifest.json"
-
-# The 12 real RGB photographs shipped inside the wheels, in a fixed (alphabetical) order.
-# skimage.data's other colour images are synthetic (colorwheel, logo) or aliases (cat ==
-# chelsea); its remaining photos (lily, skin, ...) need a download through pooch.
-BUNDLED_PHOTOS = (
-    "astronaut",  # skimage, 512x512
-    "chelsea",  # skimage, 300x451, a cat
-    "china",  # sklearn load_sample_image, 427x640
-    "coffee",  # skimage, 400x600
-    "flower",  # sklearn load_sample_image, 427x640
-    "grace_hopper",  # matplotlib sample_data, 600x512
-    "hubble_deep_field",  # skimage, 872x1000, telescope
-    "immunohistochemistry",  # skimage, 512x512, microscope
-    "motorcycle_left",  # skimage stereo_motorcycle, 500x741 (stereo pair: same split)
-    "motorcycle_right",  # skimage stereo_motorcycle, 500x741
-    "retina",  # skimage, 1411x1411, fundus camera
-    "rocket",  # skimage, 427x640
-)
-STEREO_PAIR = ("motorcycle_left", "motorcycle_right")  # near-duplicates: never split them
-
-
-def check_data_config(cfg: DataConfig) -> None:
-    """Raise :class:`ConfigError` naming the ``data.<key>`` that cannot work."""
-    val = set(cfg.val_photos)
-    pair = [p in val for p in STEREO_PAIR]
-    bundled = cfg.source == "bundled"
-    checks = [
-        (cfg.source in SOURCES, f"source: {cfg.source!r} is not allowed; allowed: bundled, folder"),
-        (cfg.resolution >= 1, f"resolution: must be >= 1, got {cfg.resolution}"),
-        (cfg.shard_size >= 1, f"shard_size: must be >= 1, got {cfg.shard_size}"),
-        (cfg.n_train >= bundled, f"n_train: must be >= {int(bundled)}, got {cfg.n_train}"),
-        (cfg.n_val >= bundled, f"n_val: must be >= {int(bundled)}, got {cfg.n_val}"),
-        (0.0 < cfg.min_scale <= 1.0, f"min_scale: must be in (0, 1], got {cfg.min_scale}"),
-        (
-            cfg.min_scale <= cfg.max_scale <= 1.0,
-            f"max_scale: must be in [min_scale, 1] = [{cfg.min_scale}, 1], got {cfg.max_scale}",
-        ),
-        (
-            val <= set(BUNDLED_PHOTOS),
-            f"val_photos: unknown photo(s) {sorted(val - set(BUNDLED_PHOTOS))};"
-            f" allowed: {', '.join(BUNDLED_PHOTOS)}",
-        ),
-        (
-            not bundled or 1 <= len(val) < len(BUNDLED_PHOTOS),
-            "val_photos: hold out at least one photo and leave at least one for training",
-        ),
-        (
-            all(pair) or not any(pair),
-            "val_photos: motorcycle_left and motorcycle_right are a "
-            "stereo pair (near-identical views); hold out both or neither",
-        ),
-    ]
-    for ok, msg in checks:
-        if not ok:
-            raise ConfigError(f"data.{msg}")
 
 
 # ----------------------------------------------------------------------------- bundled photos
@@ -373,7 +317,6 @@ def prepare(
     ``workers``: decoding processes for the folder source (default: the usable CPU cores). An
     existing prepared ``out`` is replaced only once the new one is complete.
     """
-    check_data_config(cfg)
     out = Path(out)
     _check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -525,65 +468,42 @@ class PreparedDataset(Dataset):
 # ----------------------------------------------------------------------------- loading order
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """Seed of the shuffle of ``epoch``: a pure function of (seed, epoch), well mixed."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0] >> 1)
+class StepBatchSampler(Sampler[list[int]]):
+    """Index batches for steps ``start_step, start_step + 1, ...`` of this process.
 
-
-class EpochSampler(Sampler[int]):
-    """Indices ``0..n-1`` in an order fixed by (seed, epoch): a permutation when ``shuffle``.
-
-    Call :meth:`set_epoch` before each epoch; ``start`` skips the first ``start`` indices of
-    that epoch, so a run resumed mid-epoch continues with exactly the samples it had left.
+    Global batch ``b * world`` at step ``s`` comes from the permutation of epoch
+    ``s * b * world // n``, seeded with ``seed + epoch``; process ``rank`` takes its slice. The
+    order depends only on (seed, step), never on how many times the run was resumed.
     """
 
-    def __init__(self, n: int, shuffle: bool = True, seed: int = 0, epoch: int = 0, start: int = 0):
-        self.n, self.shuffle, self.seed = n, shuffle, seed
-        self.set_epoch(epoch, start)
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.epoch, self.start = epoch, start
-
-    def order(self) -> list[int]:
-        """The full order of the current epoch."""
-        if not self.shuffle:
-            return list(range(self.n))
-        g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
-        return torch.randperm(self.n, generator=g).tolist()
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.order()[self.start :])
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        steps: int,
+        seed: int,
+        start_step: int = 0,
+        rank: int = 0,
+        world: int = 1,
+    ):
+        if n < batch_size * world:
+            raise GaussquantError(
+                f"the training set has {n} images but one step needs {batch_size * world} "
+                "(train.batch_size x processes); prepare more data (data.n_train) or lower the batch"
+            )
+        self.n, self.b, self.steps, self.seed = n, batch_size, steps, seed
+        self.start, self.rank, self.world = start_step, rank, world
+        self.per_epoch = n // (batch_size * world)  # drop the ragged end of each epoch
 
     def __len__(self) -> int:
-        return self.n - self.start
+        return self.steps - self.start
 
-
-def get_dataloader(
-    root: str | os.PathLike,
-    split: str,
-    batch_size: int,
-    shuffle: bool = True,
-    seed: int = 0,
-    num_workers: int = 0,
-    drop_last: bool = False,
-    *,
-    epoch: int = 0,
-    pin_memory: bool = False,
-) -> DataLoader:
-    """DataLoader over :class:`PreparedDataset` with a deterministic, resumable order.
-
-    Batches are ``x`` float32 (B, 3, H, W) in [-1, 1]. The order depends only on (seed, epoch):
-    call ``loader.sampler.set_epoch(e)`` (or ``set_epoch(e, start=k)`` to resume after ``k``
-    samples) before iterating epoch ``e``.
-    """
-    dataset = PreparedDataset(root, split)
-    sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed, epoch=epoch)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        drop_last=drop_last,
-        pin_memory=pin_memory,
-        persistent_workers=num_workers > 0,
-    )
+    def __iter__(self) -> Iterator[list[int]]:
+        perm, epoch = None, -1
+        for step in range(self.start, self.steps):
+            e, k = divmod(step, self.per_epoch)
+            if e != epoch:
+                g = torch.Generator().manual_seed(self.seed + e)
+                perm, epoch = torch.randperm(self.n, generator=g), e
+            g0 = (k * self.world + self.rank) * self.b
+            yield perm[g0 : g0 + self.b].tolist()

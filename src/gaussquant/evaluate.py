@@ -17,7 +17,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
@@ -170,26 +169,34 @@ def save_grid(pairs, path: Path) -> None:
 
 
 @torch.no_grad()
-def posterior_token_bits(
-    ckpt: Path, data_dir: Path, cfg: Config, max_images: int = 512
-) -> np.ndarray:
-    """Per-token KL (bits, exact log2) of a Gaussian VAE's posteriors on validation images."""
+def posterior_rates(
+    ckpt: Path, data_dir: Path, batch_size: int = 64, max_images: int = 512
+) -> dict[str, Any]:
+    """A Gaussian VAE's posterior rates on the first ``max_images`` validation images (exact
+    bits): ``token_bits`` every token's KL, ``channel_bits`` the mean KL of each latent channel."""
+    from gaussquant.checkpoint import load_autoencoder
     from gaussquant.data import PreparedDataset
-    from gaussquant.models.autoencoder import load_autoencoder
-    from gaussquant.quantizers.tdc import GaussianBottleneck, kl_nats, split_posterior, token_rates
+    from gaussquant.posterior import kl_nats, nats_to_bits, split_posterior, token_rates
+    from gaussquant.quantizers.tdc import GaussianBottleneck
 
     model, payload = load_autoencoder(ckpt)
     if not isinstance(model.bottleneck, GaussianBottleneck):
         raise GaussquantError(
-            f"{ckpt}: per-token KL needs a Gaussian VAE, got method {payload['method']!r}"
+            f"{ckpt}: posterior rates need a Gaussian VAE, got method {payload['method']!r}"
         )
-    dataset = PreparedDataset(data_dir, "val")
-    subset, _ = _shard(dataset, max_images, 0, 1)
-    out = []
-    for x in DataLoader(subset, batch_size=cfg.eval.batch_size):
-        mu, logvar = split_posterior(model.encoder(x))
-        out.append(token_rates(kl_nats(mu, logvar), model.bottleneck.dim).flatten() / math.log(2))
-    return torch.cat(out).numpy()
+    subset, _ = _shard(PreparedDataset(data_dir, "val"), max_images, 0, 1)
+    tokens, per_channel, n = [], 0.0, 0
+    for x in DataLoader(subset, batch_size=batch_size):
+        kl = kl_nats(*split_posterior(model.encoder(x)))
+        tokens.append(nats_to_bits(token_rates(kl, model.bottleneck.dim)).flatten())
+        per_channel = per_channel + nats_to_bits(kl).sum(dim=(0, 2, 3))
+        n += kl.shape[0] * kl.shape[2] * kl.shape[3]
+    return {
+        "method": payload["method"],
+        "dim": model.bottleneck.dim,
+        "token_bits": torch.cat(tokens).numpy(),
+        "channel_bits": (per_channel / n).numpy(),
+    }
 
 
 def weights_fingerprint(weights_dir: Path | None) -> dict[str, str]:

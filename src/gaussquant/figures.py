@@ -15,20 +15,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from gaussquant.io import atomic_path  # noqa: E402
+from gaussquant.methods import ROWS, color, display_name  # noqa: E402
 from gaussquant.published import published  # noqa: E402
-from gaussquant.tables import METHOD_NAMES, METRICS  # noqa: E402
-
-COLORS = {
-    "vq": "tab:blue",
-    "fsq": "tab:orange",
-    "lfq": "tab:green",
-    "bsq": "tab:purple",
-    "gq": "tab:red",
-    "gq-continuous": "0.5",
-    "tb-vanilla": "tab:brown",
-    "tb-tdc": "tab:pink",
-    "gq-vanilla": "tab:olive",
-}
+from gaussquant.tables import METRICS  # noqa: E402
 
 
 def _save(fig: plt.Figure, path: str | Path) -> None:
@@ -51,8 +40,8 @@ def rate_distortion(df: pd.DataFrame, out: str | Path, with_published: bool = Fa
         for (arch, name), g in df.groupby(["arch", "name"]):
             g = g.sort_values("bpp")
             style = "-" if arch == "unet" else "--"
-            label = f"{METHOD_NAMES.get(name, name)} ({'UNet' if arch == 'unet' else 'ViT'})"
-            ax.plot(g["bpp"], g[key], style, marker="o", color=COLORS.get(name, "k"), label=label)
+            label = f"{display_name(name)} ({'UNet' if arch == 'unet' else 'ViT'})"
+            ax.plot(g["bpp"], g[key], style, marker="o", color=color(name), label=label)
             if with_published:
                 pts = [(b, published(arch, name, b)) for b in g["bpp"]]
                 pts = [(b, p[key]) for b, p in pts if p]
@@ -62,7 +51,7 @@ def rate_distortion(df: pd.DataFrame, out: str | Path, with_published: bool = Fa
                         linestyle="none",
                         marker="s",
                         mfc="none",
-                        color=COLORS.get(name, "k"),
+                        color=color(name),
                     )
         ax.set_xscale("log", base=2)
         ax.set_xlabel("bits per pixel")
@@ -76,7 +65,7 @@ def rate_distortion(df: pd.DataFrame, out: str | Path, with_published: bool = Fa
 
 
 def _metric_bars(df: pd.DataFrame, keys: list[str], out: str | Path) -> None:
-    names = [n for n in METHOD_NAMES if n in set(df["name"])]
+    names = [n for n in ROWS if n in set(df["name"])]
     archs = [a for a in ("unet", "vit") if a in set(df["arch"])]
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.8))
     width = 0.8 / len(archs)
@@ -92,14 +81,14 @@ def _metric_bars(df: pd.DataFrame, keys: list[str], out: str | Path) -> None:
                 np.arange(len(names)) + j * width,
                 vals,
                 width,
-                color=[COLORS.get(n, "k") for n in names],
+                color=[color(n) for n in names],
                 hatch="" if arch == "unet" else "//",
                 edgecolor="white",
                 label="UNet" if arch == "unet" else "ViT",
             )
         ax.set_xticks(np.arange(len(names)) + width * (len(archs) - 1) / 2)
         ax.set_xticklabels(
-            [METHOD_NAMES[n].replace(", ", "\n") for n in names],
+            [display_name(n).replace(", ", "\n") for n in names],
             rotation=60,
             ha="right",
             fontsize=7,

@@ -1,21 +1,44 @@
-"""The params.yaml section dataclasses, kept free of torch so config loading and Snakefile
-parsing stay fast.
+"""What params.yaml holds: one dataclass per section, defaults = the paper's values (SPEC).
 
-:mod:`gaussquant.config` builds ``params.yaml`` from these; the modules that use them
-(:mod:`gaussquant.data`, :mod:`gaussquant.models.unet`, :mod:`gaussquant.models.vit`,
-:mod:`gaussquant.models.discriminator`, :mod:`gaussquant.quantizers.tdc`,
-:mod:`gaussquant.theory`) import them from here and re-export them, so either import path
-works. Import only the standard library and :mod:`gaussquant.errors` here.
+The rule between the two config modules: this file says *what* a section is (its fields, their
+defaults, and the checks that read only that section, in ``__post_init__``, so a section built
+directly - a model in a test - is checked too); :mod:`gaussquant.config` says *how* the file is
+read (profiles, ``--set`` overrides, strict types, missing keys, the checks that relate two
+sections, derived values, the JSON schema). Import sections from :mod:`gaussquant.config`.
+Torch-free (config loading and Snakefile parsing stay fast): only the standard library,
+:mod:`gaussquant.errors` and :mod:`gaussquant.methods` here.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from gaussquant.errors import ConfigError
+from gaussquant.methods import TABLE1_METHODS
 
 # ----------------------------------------------------------------------------- data
+
+SOURCES = ("bundled", "folder")
+# The 12 real RGB photographs shipped inside the wheels, in a fixed (alphabetical) order.
+# skimage.data's other colour images are synthetic (colorwheel, logo) or aliases (cat ==
+# chelsea); its remaining photos (lily, skin, ...) need a download through pooch.
+BUNDLED_PHOTOS = (
+    "astronaut",  # skimage, 512x512
+    "chelsea",  # skimage, 300x451, a cat
+    "china",  # sklearn load_sample_image, 427x640
+    "coffee",  # skimage, 400x600
+    "flower",  # sklearn load_sample_image, 427x640
+    "grace_hopper",  # matplotlib sample_data, 600x512
+    "hubble_deep_field",  # skimage, 872x1000, telescope
+    "immunohistochemistry",  # skimage, 512x512, microscope
+    "motorcycle_left",  # skimage stereo_motorcycle, 500x741 (stereo pair: same split)
+    "motorcycle_right",  # skimage stereo_motorcycle, 500x741
+    "retina",  # skimage, 1411x1411, fundus camera
+    "rocket",  # skimage, 427x640
+)
+STEREO_PAIR = ("motorcycle_left", "motorcycle_right")  # near-duplicates: never split them
 
 
 @dataclass
@@ -50,6 +73,43 @@ class DataConfig:
     seed: int = 0
     strict: bool = False
     shard_size: int = 4096
+
+    def __post_init__(self) -> None:
+        val = set(self.val_photos)
+        pair = [p in val for p in STEREO_PAIR]
+        bundled = self.source == "bundled"
+        checks = [
+            (
+                self.source in SOURCES,
+                f"source: {self.source!r} is not allowed; allowed: bundled, folder",
+            ),
+            (self.resolution >= 1, f"resolution: must be >= 1, got {self.resolution}"),
+            (self.shard_size >= 1, f"shard_size: must be >= 1, got {self.shard_size}"),
+            (self.n_train >= bundled, f"n_train: must be >= {int(bundled)}, got {self.n_train}"),
+            (self.n_val >= bundled, f"n_val: must be >= {int(bundled)}, got {self.n_val}"),
+            (0.0 < self.min_scale <= 1.0, f"min_scale: must be in (0, 1], got {self.min_scale}"),
+            (
+                self.min_scale <= self.max_scale <= 1.0,
+                f"max_scale: must be in [min_scale, 1] = [{self.min_scale}, 1], got {self.max_scale}",
+            ),
+            (
+                val <= set(BUNDLED_PHOTOS),
+                f"val_photos: unknown photo(s) {sorted(val - set(BUNDLED_PHOTOS))};"
+                f" allowed: {', '.join(BUNDLED_PHOTOS)}",
+            ),
+            (
+                not bundled or 1 <= len(val) < len(BUNDLED_PHOTOS),
+                "val_photos: hold out at least one photo and leave at least one for training",
+            ),
+            (
+                all(pair) or not any(pair),
+                "val_photos: motorcycle_left and motorcycle_right are a "
+                "stereo pair (near-identical views); hold out both or neither",
+            ),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(f"data.{msg}")
 
 
 # ----------------------------------------------------------------------------- unet
@@ -130,9 +190,9 @@ class ViTConfig:
     width:      token width (768); layers (12); heads (12); mlp_ratio (4.0).
     image_size: square input size in pixels (256); fixes the positional embedding's length.
     head_ratio: decoder head hidden width / width (4.0: 3072 at width 768, as BSQ-ViT).
-    clamp:      gradient of the decoder's output clamp to [-1, 1]: "inward" (default) passes a
-                gradient at out-of-range pixels only when a descent step moves them back into
-                range; "hard" is the official ``torch.clamp`` (zero gradient outside). The
+    clamp:      gradient of the decoder's output clamp to [-1, 1]: "hard" (default) is the
+                official ``torch.clamp`` (zero gradient outside); "inward" passes a gradient at
+                out-of-range pixels only when a descent step moves them back into range. The
                 forward values are identical.
     """
 
@@ -143,7 +203,7 @@ class ViTConfig:
     mlp_ratio: float = 4.0
     image_size: int = 256
     head_ratio: float = 4.0
-    clamp: str = "inward"
+    clamp: str = "hard"
 
     def __post_init__(self) -> None:
         for key in ("patch", "width", "layers", "heads", "image_size"):
@@ -276,3 +336,200 @@ class TheoryConfig:
                 f"md_t_bits: {self.md_t_bits} gives K = 2^(md_rate_bits + t) outside "
                 f"[1, max_codebook={self.max_codebook}]"
             )
+
+
+# ----------------------------------------------------------------------------- the other sections
+
+PROFILES = ("tiny", "quick", "paper")
+ARCHS = ("unet", "vit")
+MIXED_PRECISION = ("fp32", "fp16", "bf16")
+# train.* keys that do not change a training's result (everything else in `train` does)
+NON_TRAJECTORY_KEYS = ("log_every", "save_every", "num_workers")
+LPIPS_PRECISION = ("fp32", "bf16", "auto")  # auto: bf16 where the device computes it natively
+BSQ_ENTROPY_RULES = ("repo", "faithful")
+
+
+@dataclass
+class ModelConfig:
+    """Backbones shared by every method (SPEC 5)."""
+
+    latent_channels: int = 16  # C, SPEC 5
+    downsample: int = 8  # f8, SPEC 2/5
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    vit: ViTConfig = field(default_factory=ViTConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+
+
+@dataclass
+class LossConfig:
+    """Reconstruction and adversarial loss (SPEC 5)."""
+
+    lpips_weight: float = 1.0  # L1 + 1.0 * LPIPS(VGG)
+    logvar_init: float = 0.0  # learned scalar log-variance s of the NLL
+    disc_start: int = 20001  # discriminator from step 20,001
+    disc_weight: float = 0.75  # times the adaptive weight
+    disc_factor: float = 1.0
+    adaptive_weight_max: float = 1.0e4  # clamp [0, 1e4]
+    lpips_precision: str = "fp32"  # the frozen LPIPS-VGG loss network; the paper's fp32 (SPEC 5)
+
+
+@dataclass
+class VanillaConfig:
+    """Continuous Gaussian VAE baseline (SPEC 1)."""
+
+    kl_weight: float = 0.64  # summed KL in nats, official config
+
+
+@dataclass
+class GQConfig:
+    """Gaussian Quant codebook and rule (SPEC 2); K is ``tdc.codebook_size``."""
+
+    seed: int = 42
+    beta: float = 1.0
+
+
+@dataclass
+class VQConfig:
+    """VQGAN quantizer (SPEC 4)."""
+
+    codebook_size: int = 65536
+    beta: float = 0.25
+    legacy_loss: bool = True  # taming's beta placement, what the paper's numbers used
+    weight: float = 1.0
+
+
+@dataclass
+class LFQConfig:
+    """LFQ (SPEC 4)."""
+
+    sub_codebook_bits: int = 8
+    entropy_weight: float = 0.1
+    commit_weight: float = 0.025
+    temperature: float = 0.01
+
+
+@dataclass
+class BSQConfig:
+    """BSQ (SPEC 4)."""
+
+    entropy_weight: float = 0.1
+    entropy_rule: str = "repo"  # "repo" (what the numbers used) | "faithful" (BSQ-ViT paper)
+
+
+@dataclass
+class RateConfig:
+    """Quantizer shapes of each method at one rate (SPEC 2, 4). Bits per latent position of
+    every method must equal ``bpp * downsample**2``."""
+
+    bpp: float = 0.25
+    gq_dim: int = 16  # m; C/m tokens of log2 K bits
+    vq_tokens: int = 1  # tokens per position, each of dim C/vq_tokens
+    fsq_levels: list[int] = field(default_factory=lambda: [16, 16, 16, 16])
+    lfq_bits: int = 16
+    bsq_bits: int = 16
+    tokenbridge_bits: int = 1  # B bits per channel, m = 1
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation (SPEC 4/5). ``lr`` and ``batch_size`` (per process) are per method."""
+
+    steps: int = 100000  # not published (SPEC 5: "epoch 25" in the authors' records)
+    batch_size: dict[str, int] = field(default_factory=dict)
+    lr: dict[str, float] = field(default_factory=dict)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    lr_decay: float = 0.0  # final share of steps with a linear lr decay to 0; 0 = SPEC 5
+    seed: int = 0
+    log_every: int = 50
+    save_every: int = 2000
+    num_workers: int = 4
+    mixed_precision: str = "fp32"  # the paper's (SPEC 5)
+
+
+@dataclass
+class ExperimentConfig:
+    """The grid the pipeline runs."""
+
+    methods: list[str] = field(default_factory=lambda: list(TABLE1_METHODS))
+    archs: list[str] = field(default_factory=lambda: list(ARCHS))
+    rates: list[str] = field(default_factory=lambda: ["0.25", "0.5", "1.0"])
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation protocol (SPEC 6)."""
+
+    batch_size: int = 50
+    max_images: int = 0  # 0 = every image (the official script drops the last partial batch)
+    grid_images: int = 8
+    fid: bool = True
+
+
+@dataclass
+class TableConfig:
+    """Presentation of the tables."""
+
+    decimals: dict[str, int] = field(
+        default_factory=lambda: {"psnr": 2, "ssim": 3, "lpips": 3, "rfid": 2}
+    )
+
+
+@dataclass
+class AblationConfig:
+    """Ablations of SPEC 3/7 on one (arch, rate) of the TDC VAE."""
+
+    arch: str = "unet"
+    rate: str = "0.25"
+    codebook_log2_offsets: list[int] = field(
+        default_factory=lambda: [-2, -1, 0, 1, 2]
+    )  # K = 2^(b + o)
+    tolerances: list[float] = field(
+        default_factory=lambda: [0.25, 0.5, 1.0, 2.0]
+    )  # TDC alpha, bits
+    seeds: list[int] = field(default_factory=lambda: [42, 1, 2, 3, 4])  # GQ codebook seeds
+
+
+@dataclass
+class Config:
+    profile: str = "paper"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    tdc: TDCConfig = field(default_factory=TDCConfig)
+    vanilla: VanillaConfig = field(default_factory=VanillaConfig)
+    gq: GQConfig = field(default_factory=GQConfig)
+    vq: VQConfig = field(default_factory=VQConfig)
+    lfq: LFQConfig = field(default_factory=LFQConfig)
+    bsq: BSQConfig = field(default_factory=BSQConfig)
+    rates: dict[str, RateConfig] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    table: TableConfig = field(default_factory=TableConfig)
+    theory: TheoryConfig = field(default_factory=TheoryConfig)
+    ablation: AblationConfig = field(default_factory=AblationConfig)
+
+    def rate(self, name: str) -> RateConfig:
+        if name not in self.rates:
+            raise ConfigError(
+                f"rate {name!r} is not defined in params.yaml 'rates' (defined: {sorted(self.rates)})"
+            )
+        return self.rates[name]
+
+    def derived(self) -> dict[str, Any]:
+        """Values computed from the parameters, logged at the start of every stage."""
+        f, res, c = self.model.downsample, self.data.resolution, self.model.latent_channels
+        return {
+            "profile": self.profile,
+            "latent_shape": [c, res // f, res // f],
+            "positions_per_image": (res // f) ** 2,
+            "target_bits_per_token": math.log2(self.tdc.codebook_size),
+            "rates": {
+                name: {
+                    "bits_per_position": r.bpp * f * f,
+                    "gq_tokens_per_position": c // r.gq_dim,
+                    "tokens_per_image": (c // r.gq_dim) * (res // f) ** 2,
+                }
+                for name, r in self.rates.items()
+            },
+        }

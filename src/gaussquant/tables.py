@@ -16,19 +16,9 @@ import pandas as pd
 
 from gaussquant.errors import GaussquantError
 from gaussquant.io import write_json, write_text
+from gaussquant.methods import ROWS, display_name
 from gaussquant.published import published
 
-METHOD_NAMES = {
-    "vq": "VQGAN",
-    "fsq": "FSQ",
-    "lfq": "LFQ",
-    "bsq": "BSQ",
-    "gq": "GQ (ours)",
-    "gq-continuous": "TDC VAE, continuous (reference)",
-    "gq-vanilla": "GQ on vanilla VAE",
-    "tb-vanilla": "TokenBridge, vanilla VAE",
-    "tb-tdc": "TokenBridge, TDC VAE",
-}
 # metric key -> (column title, higher is better)
 METRICS = {
     "psnr": ("PSNR", True),
@@ -57,14 +47,14 @@ def load_metrics(paths: Sequence[str | Path]) -> pd.DataFrame:
 
 def build_table(df: pd.DataFrame, with_published: bool = False) -> pd.DataFrame:
     """One row per (arch, rate, evaluated model), numeric columns, ordered for reading."""
-    order = {name: i for i, name in enumerate(METHOD_NAMES)}
+    order = {name: i for i, name in enumerate(ROWS)}
     df = df.assign(_order=df["name"].map(lambda n: order.get(n, len(order))))
     df = df.sort_values(["arch", "bpp", "_order"]).reset_index(drop=True)
     out = pd.DataFrame(
         {
             "arch": df["arch"].str.upper().str.replace("VIT", "ViT").str.replace("UNET", "UNet"),
             "bpp": df["bpp"],
-            "method": df["name"].map(lambda n: METHOD_NAMES.get(n, n)),
+            "method": df["name"].map(display_name),
             "tokens": df["tokens_per_image"],
             "images": df["n_images"],
         }

@@ -37,6 +37,7 @@ from pathlib import Path
 
 from gaussquant.errors import GaussquantError, MissingWeightsError
 from gaussquant.io import atomic_path, sha256_bytes, sha256_file, write_json
+from gaussquant.metrics.networks import TRUNK_LAYOUT, load_fidelity_inception, pool3_from_299
 
 WEIGHTS_ENV = "GAUSSQUANT_WEIGHTS"
 MANIFEST = "manifest.json"
@@ -98,12 +99,6 @@ OFFICIAL_URLS = {
     "weights-inception-2015-12-05-6726825d.pth",
 }
 
-# LPIPS trunks: torchvision `features` indices of the conv layers, and the first index of each
-# of lpips' five slices (lpips.pretrained_networks keeps torchvision's indices inside slices).
-TRUNK_LAYOUT = {
-    "alex": ((0, 3, 6, 8, 10), (0, 2, 5, 8, 10)),
-    "vgg": ((0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28), (0, 4, 9, 16, 23)),
-}
 _JAX_CKPT = {"alex": ("alexnet.ckpt", "AlexNet_0"), "vgg": ("vgg16.ckpt", "VGG16_0")}
 
 # FID Inception: torch-fidelity module name <- fid-helper (NVIDIA TorchScript) module name.
@@ -451,8 +446,6 @@ def _state_bytes(state: dict) -> bytes:
 def _check_fid_against_source(path: Path, jit_module) -> float:
     """Max |difference| of pool3 features: converted file (torch-fidelity) vs TorchScript source."""
     import torch
-
-    from gaussquant.metrics.fid import load_fidelity_inception, pool3_from_299
 
     net = load_fidelity_inception(path)
     x = torch.rand(1, 3, 299, 299, generator=torch.Generator().manual_seed(0)) * 2 - 1

@@ -10,7 +10,7 @@ wildcard_constraints:
 rule ablation_train_tolerance:
     input:
         data=rules.prepare_data.output.manifest,
-        code=CODE_TRAIN,
+        code=CODE["train"],
     output:
         model=f"{ABL_RES}/train/tol{{tol}}/model.pt",
     params:
@@ -36,7 +36,7 @@ rule ablation_train_tolerance:
 rule ablation_convert_codebook:
     input:
         model=ABL_BASE,
-        code=CODE_CONVERT,
+        code=CODE["convert"],
     output:
         model=f"{ABL_RES}/convert/K{{k}}-s{{seed}}/model.pt",
     params:
@@ -54,7 +54,7 @@ rule ablation_convert_codebook:
 rule ablation_convert_tolerance:
     input:
         model=lambda wc: tol_checkpoint(wc.tol),
-        code=CODE_CONVERT,
+        code=CODE["convert"],
     output:
         model=f"{ABL_RES}/convert/tol{{tol}}/model.pt",
     params:
@@ -73,7 +73,7 @@ rule ablation_evaluate:
         model=f"{ABL_RES}/convert/{{variant}}/model.pt",
         data=rules.prepare_data.output.manifest,
         fid_ref=FID_REF,
-        code=CODE_EVAL,
+        code=CODE["evaluate"],
     output:
         metrics=f"{ABL_RES}/eval/{{variant}}/metrics.json",
     params:
@@ -98,7 +98,7 @@ rule ablation_codebook:
         metrics=[f"{ABL_RES}/eval/K{k}-s{BASE_SEED}/metrics.json" for k in ABL_KS],
         vae=ABL_BASE,
         data=rules.prepare_data.output.manifest,
-        code=CODE_COMMON + [f"{SRC}/ablations.py", f"{SRC}/stages/ablation.py"],
+        code=CODE["ablation"],
     output:
         _abl_tables("codebook"),
     params:
@@ -118,7 +118,7 @@ rule ablation_codebook:
 rule ablation_seed:
     input:
         metrics=[f"{ABL_RES}/eval/K{CFG.tdc.codebook_size}-s{s}/metrics.json" for s in ABL.seeds],
-        code=CODE_COMMON + [f"{SRC}/ablations.py", f"{SRC}/stages/ablation.py"],
+        code=CODE["ablation"],
     output:
         _abl_tables("seed"),
     params:
@@ -138,7 +138,7 @@ rule ablation_tolerance:
         metrics=[f"{ABL_RES}/eval/tol{t}/metrics.json" for t in ABL.tolerances],
         vaes=[tol_checkpoint(t) for t in ABL.tolerances],
         data=rules.prepare_data.output.manifest,
-        code=CODE_COMMON + [f"{SRC}/ablations.py", f"{SRC}/stages/ablation.py"],
+        code=CODE["ablation"],
     output:
         _abl_tables("tolerance"),
     params:
@@ -160,7 +160,7 @@ rule ablation_kl:
     input:
         vaes=[f"{RES}/train/{m}-{ABL.arch}-{ABL.rate}/model.pt" for m in ("vanilla", "gq")],
         data=rules.prepare_data.output.manifest,
-        code=CODE_COMMON + [f"{SRC}/ablations.py", f"{SRC}/stages/ablation.py"],
+        code=CODE["ablation"],
     output:
         _abl_tables("kl"),
     params:

@@ -4,7 +4,9 @@ import os
 import sys
 from dataclasses import fields
 
+from gaussquant.codedeps import stage_code
 from gaussquant.config import NON_TRAJECTORY_KEYS, config_from_dict, resolve_params
+from gaussquant.methods import CONVERSIONS, METHODS, ROWS, TOKENBRIDGE_ROWS, table1_rows
 
 # Rules call `gaussquant`/`accelerate` from the environment that runs Snakemake, activated or not.
 os.environ["PATH"] = f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -13,36 +15,21 @@ CFG = config_from_dict(resolve_params(config))  # strict check of the whole file
 PROFILE = CFG.profile
 RES = f"results/{PROFILE}"
 PARAMS = f"--params params.yaml --profile {PROFILE}"  # --config profile=... reaches the stages too
-SRC = "src/gaussquant"
+STAGE_RULES = ("prepare_data", "train", "convert", "evaluate", "fid_reference", "table", "figure", "theory", "ablation")
 
-# Source files each stage runs (declared as inputs, so a code change reruns what it affects).
-CODE_COMMON = [f"{SRC}/config.py", f"{SRC}/io.py", f"{SRC}/errors.py", f"{SRC}/cli.py"]
-CODE_DATA = CODE_COMMON + [f"{SRC}/data.py", f"{SRC}/stages/prepare_data.py"]
-CODE_MODEL = CODE_COMMON + [f"{SRC}/models/{m}.py" for m in ("__init__", "unet", "vit", "autoencoder")] + [
-    f"{SRC}/quantizers/{q}.py" for q in ("base", "tdc", "vq", "fsq", "lfq", "bsq")
-]
-CODE_TRAIN = CODE_MODEL + [f"{SRC}/train.py", f"{SRC}/losses.py", f"{SRC}/models/discriminator.py", f"{SRC}/stages/train.py"]
-CODE_CONVERT = CODE_MODEL + [f"{SRC}/quantizers/{q}.py" for q in ("gaussian_quant", "tokenbridge", "convert")] + [
-    f"{SRC}/stages/convert.py"
-]
-CODE_EVAL = CODE_CONVERT + [f"{SRC}/evaluate.py", f"{SRC}/stages/evaluate.py"] + [
-    f"{SRC}/metrics/{m}.py" for m in ("image", "lpips", "fid", "codebook")
-]
-CODE_TABLE = CODE_COMMON + [f"{SRC}/tables.py", f"{SRC}/stages/table.py"]
-CODE_FIGURE = CODE_COMMON + [f"{SRC}/figures.py", f"{SRC}/stages/figure.py"]
+# Source files each stage runs, from a walk of its imports (gaussquant.codedeps): declared as
+# inputs, so a code change reruns exactly the rules whose stage runs that code.
+CODE = {stage: stage_code(stage) for stage in STAGE_RULES}
 
 # Evaluated rows of Table 1: trained tokenizers, GQ (converted TDC VAE) and the TDC VAE's
-# continuous reconstruction as a reference row.
-TABLE1_ROWS = [m for m in CFG.experiment.methods if m != "gq"] + (
-    ["gq", "gq-continuous"] if "gq" in CFG.experiment.methods else []
-)
-TOKENBRIDGE_ROWS = ["tb-vanilla", "tb-tdc", "gq"]
+# continuous reconstruction as a reference row (gaussquant.methods).
+TABLE1_ROWS = table1_rows(CFG.experiment.methods)
 
 wildcard_constraints:
-    method="gq|vanilla|tbtdc|vq|fsq|lfq|bsq",
+    method="|".join(METHODS),
     arch="unet|vit",
     rate="[0-9.]+",
-    row="[a-z0-9-]+",
+    row="|".join(ROWS),
 
 
 # Inception statistics of the originals, computed once; not needed where eval.fid is off.
@@ -85,21 +72,19 @@ def train_params_for(method, arch, rate):
     """The params that change a training run (rerun triggers): only what this (method, arch,
     rate) reads, so editing e.g. the TDC tolerance does not retrain the FSQ baselines, and
     logging/checkpoint cadence (which do not change the result) retrain nothing."""
-    hp = "gq" if method == "tbtdc" else method  # the TokenBridge TDC VAE trains like the GQ one
+    spec = METHODS[method]
     t, m = CFG.train, CFG.model
     train = {}  # every key that changes the result (per-method dicts: this method's value)
     for f in fields(t):
         if f.name not in NON_TRAJECTORY_KEYS:
             v = getattr(t, f.name)
-            train[f.name] = v[hp] if isinstance(v, dict) else v
+            train[f.name] = v[spec.hyper] if isinstance(v, dict) else v
     return {
         "model": str((m.latent_channels, m.downsample, getattr(m, arch), m.discriminator)),
         "loss": str(CFG.loss),
         "train": str(train),
         "rate": str(CFG.rate(rate)),
-        "method": str(getattr(CFG, method, "")),
-        "tdc": str(CFG.tdc) if method in ("gq", "tbtdc") else "",
-        "vanilla": str(CFG.vanilla) if method == "vanilla" else "",
+        "method": str(getattr(CFG, spec.section)) if spec.section else "",
     }
 
 
@@ -125,21 +110,13 @@ def launch_prefix(resources):
     return f"{cmd} -m gaussquant.cli"
 
 
-CONVERSIONS = {  # converted name: (trained method, quantizer)
-    "gq": ("gq", "gq"),
-    "gq-vanilla": ("vanilla", "gq"),
-    "tb-vanilla": ("vanilla", "tokenbridge"),
-    "tb-tdc": ("tbtdc", "tokenbridge"),
-}
-
-
 def eval_checkpoint(wc):
-    row = wc.row
-    if row in CONVERSIONS:
-        return f"{RES}/convert/{row}-{wc.arch}-{wc.rate}/model.pt"
-    if row.endswith("-continuous"):  # the Gaussian VAE's unquantized reconstruction
-        return f"{RES}/train/{row.removesuffix('-continuous')}-{wc.arch}-{wc.rate}/model.pt"
-    return f"{RES}/train/{row}-{wc.arch}-{wc.rate}/model.pt"
+    """The checkpoint a row measures: a conversion's output, or the trained model itself (a
+    Gaussian VAE's continuous reconstruction reads its training checkpoint)."""
+    row = ROWS[wc.row]
+    if row.quantizer:
+        return f"{RES}/convert/{row.name}-{wc.arch}-{wc.rate}/model.pt"
+    return f"{RES}/train/{row.source}-{wc.arch}-{wc.rate}/model.pt"
 
 
 # Ablations (workflow/rules/ablation.smk) on one (arch, rate) of the TDC VAE.

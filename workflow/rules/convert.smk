@@ -4,7 +4,7 @@
 rule convert:
     input:
         model=lambda wc: f"{RES}/train/{CONVERSIONS[wc.conv][0]}-{wc.arch}-{wc.rate}/model.pt",
-        code=CODE_CONVERT,
+        code=CODE["convert"],
     output:
         model=f"{RES}/convert/{{conv}}-{{arch}}-{{rate}}/model.pt",
     wildcard_constraints:

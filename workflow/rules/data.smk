@@ -1,6 +1,6 @@
 rule prepare_data:
     input:
-        code=CODE_DATA,
+        code=CODE["prepare_data"],
     output:
         manifest=f"{RES}/data/manifest.json",
     params:

@@ -6,7 +6,7 @@ rule evaluate:
         model=eval_checkpoint,
         data=rules.prepare_data.output.manifest,
         fid_ref=FID_REF,
-        code=CODE_EVAL,
+        code=CODE["evaluate"],
     output:
         metrics=f"{RES}/eval/{{row}}-{{arch}}-{{rate}}/metrics.json",
         grid=f"{RES}/eval/{{row}}-{{arch}}-{{rate}}/grid.png",
@@ -31,7 +31,7 @@ rule evaluate:
 rule fid_reference:
     input:
         data=rules.prepare_data.output.manifest,
-        code=CODE_EVAL,
+        code=CODE["fid_reference"],
     output:
         f"{RES}/eval/fid_reference.npz",
     params:

@@ -4,7 +4,7 @@
 rule table1:
     input:
         metrics=[eval_json(row, a, r) for a, r in grid() for row in TABLE1_ROWS],
-        code=CODE_TABLE,
+        code=CODE["table"],
     output:
         csv=report(f"{RES}/tables/table1.csv", category="Tables", caption="../report/table1.rst"),
         md=f"{RES}/tables/table1.md",
@@ -26,7 +26,7 @@ rule table1:
 rule table_tokenbridge:
     input:
         metrics=[eval_json(row, a, r) for a, r in grid() for row in TOKENBRIDGE_ROWS],
-        code=CODE_TABLE,
+        code=CODE["table"],
     output:
         csv=report(f"{RES}/tables/tokenbridge.csv", category="Tables", caption="../report/tokenbridge.rst"),
         md=f"{RES}/tables/tokenbridge.md",
@@ -48,7 +48,7 @@ rule table_tokenbridge:
 rule figure_rate_distortion:
     input:
         metrics=[eval_json(row, a, r) for a, r in grid() for row in TABLE1_ROWS],
-        code=CODE_FIGURE,
+        code=CODE["figure"],
     output:
         report(f"{RES}/figures/rate_distortion.png", category="Figures", caption="../report/rate_distortion.rst"),
     params:
@@ -66,7 +66,7 @@ rule figure_tdc_kl_hist:
     input:
         models=[f"{RES}/train/{m}-{a}-{r}/model.pt" for a, r in grid() for m in ("vanilla", "gq")],
         data=rules.prepare_data.output.manifest,
-        code=CODE_FIGURE,
+        code=CODE["figure"],
     output:
         fig=report(f"{RES}/figures/tdc_kl_hist.png", category="Figures", caption="../report/tdc_kl_hist.rst"),
         summary=f"{RES}/figures/tdc_kl_hist.json",
@@ -85,7 +85,7 @@ rule figure_tdc_kl_hist:
 rule figure_tdc_dynamics:
     input:
         logs=[f"{RES}/train/gq-{a}-{r}/metrics.csv" for a, r in grid()],
-        code=CODE_FIGURE,
+        code=CODE["figure"],
     output:
         report(f"{RES}/figures/tdc_dynamics.png", category="Figures", caption="../report/tdc_dynamics.rst"),
     params:
@@ -102,7 +102,7 @@ rule figure_tdc_dynamics:
 rule figure_recon_grid:
     input:
         grids=[f"{RES}/eval/{row}-{a}-{r}/grid.png" for a, r in grid() for row in TABLE1_ROWS],
-        code=CODE_FIGURE,
+        code=CODE["figure"],
     output:
         report(f"{RES}/figures/recon_grid.png", category="Figures", caption="../report/recon_grid.rst"),
     params:
@@ -118,7 +118,7 @@ rule figure_recon_grid:
 
 rule theory:
     input:
-        code=CODE_COMMON + [f"{SRC}/theory.py", f"{SRC}/stages/theory.py", f"{SRC}/quantizers/gaussian_quant.py"],
+        code=CODE["theory"],
     output:
         csv=f"{RES}/theory/theory.csv",
         fig=report(f"{RES}/theory/theory.png", category="Theory", caption="../report/theory.rst"),

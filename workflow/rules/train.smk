@@ -1,7 +1,7 @@
 rule train:
     input:
         data=rules.prepare_data.output.manifest,
-        code=CODE_TRAIN,
+        code=CODE["train"],
     output:
         model=f"{RES}/train/{{method}}-{{arch}}-{{rate}}/model.pt",
         log_csv=f"{RES}/train/{{method}}-{{arch}}-{{rate}}/metrics.csv",

@@ -31,53 +31,13 @@ import torch.nn.functional as F
 from scipy import linalg
 from torch import nn
 
-from gaussquant.weights import weight_path
-
-INCEPTION_SIZE = 299
-FEATURE_DIM = 2048
-
-# torch-fidelity's module names in forward order up to the pool3 average pool.
-_POOL3_LAYERS = (
-    "Conv2d_1a_3x3",
-    "Conv2d_2a_3x3",
-    "Conv2d_2b_3x3",
-    "MaxPool_1",
-    "Conv2d_3b_1x1",
-    "Conv2d_4a_3x3",
-    "MaxPool_2",
-    "Mixed_5b",
-    "Mixed_5c",
-    "Mixed_5d",
-    "Mixed_6a",
-    "Mixed_6b",
-    "Mixed_6c",
-    "Mixed_6d",
-    "Mixed_6e",
-    "Mixed_7a",
-    "Mixed_7b",
-    "Mixed_7c",
-    "AvgPool",
+from gaussquant.metrics.networks import (  # noqa: F401 (re-exported)
+    FEATURE_DIM,
+    INCEPTION_SIZE,
+    load_fidelity_inception,
+    pool3_from_299,
 )
-
-
-def load_fidelity_inception(path: str | os.PathLike) -> nn.Module:
-    """torch-fidelity's InceptionV3 (eval, frozen) with weights from ``path`` (loaded strictly)."""
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
-    return FeatureExtractorInceptionV3(
-        "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path)
-    )
-
-
-def pool3_from_299(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Run torch-fidelity's Inception ``net`` on an already preprocessed (B, 3, 299, 299) input.
-
-    Same layers as torch-fidelity's ``forward`` without its uint8 resize/normalise step.
-    Returns (B, 2048) float32 pool3 features.
-    """
-    for name in _POOL3_LAYERS:
-        x = getattr(net, name)(x)
-    return torch.flatten(x, 1).float()
+from gaussquant.weights import weight_path
 
 
 class InceptionPool3(nn.Module):

@@ -1,21 +1,23 @@
 """Quantizers (SPEC 2, 4): one per file, all returning :class:`QuantizerOutput`.
 
-``QUANTIZERS`` is the one place a quantizer class is chosen by name. The Gaussian VAE
-bottleneck with TDC lives in :mod:`gaussquant.quantizers.tdc`.
+``BUILDERS`` is the one place a trained method's bottleneck is chosen by name (the names of
+:data:`gaussquant.methods.METHODS`): each builds itself from its config section at a rate.
+``QUANTIZERS`` names every quantizer class, the post-training ones (GQ, TokenBridge) included.
+The Gaussian VAE bottleneck with TDC lives in :mod:`gaussquant.quantizers.tdc`.
 """
 
+from gaussquant.posterior import from_tokens, to_tokens
 from gaussquant.quantizers.base import QuantizerOutput
 from gaussquant.quantizers.bsq import BSQ
 from gaussquant.quantizers.fsq import FSQ
 from gaussquant.quantizers.gaussian_quant import (
     GaussianQuant,
     codebook_sha256,
-    from_tokens,
     gaussian_codebook,
     gq_search,
-    to_tokens,
 )
 from gaussquant.quantizers.lfq import LFQ
+from gaussquant.quantizers.tdc import GaussianBottleneck
 from gaussquant.quantizers.tokenbridge import TokenBridge
 from gaussquant.quantizers.vq import VectorQuantizer
 
@@ -28,9 +30,21 @@ QUANTIZERS = {
     "tokenbridge": TokenBridge,
 }
 
+BUILDERS = {  # method name -> (cfg: Config, rate: RateConfig) -> bottleneck module
+    "vq": VectorQuantizer.from_config,
+    "fsq": FSQ.from_config,
+    "lfq": LFQ.from_config,
+    "bsq": BSQ.from_config,
+    "gq": GaussianBottleneck.tdc_from_config,
+    "vanilla": GaussianBottleneck.vanilla_from_config,
+    "tbtdc": GaussianBottleneck.tokenbridge_tdc_from_config,
+}
+
 __all__ = [
+    "BUILDERS",
     "BSQ",
     "FSQ",
+    "GaussianBottleneck",
     "LFQ",
     "QUANTIZERS",
     "GaussianQuant",

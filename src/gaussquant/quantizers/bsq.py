@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gaussquant.config import Config, RateConfig
 from gaussquant.errors import GaussquantError
 from gaussquant.quantizers.base import QuantizerOutput
 from gaussquant.quantizers.lfq import check_bits, indices_to_sign_bits, sign_bits_to_indices
@@ -63,6 +64,16 @@ class BSQ(nn.Module):
     training ``losses["entropy"]`` = weight x aux loss and ``stats`` the unweighted terms;
     in eval no loss is computed. Defaults are the paper's values (SPEC 4).
     """
+
+    @classmethod
+    def from_config(cls, cfg: Config, rate: RateConfig) -> BSQ:
+        """The ``bsq`` section at ``rate``: ``rate.bsq_bits`` sign channels."""
+        return cls(
+            rate.bsq_bits,
+            entropy_weight=cfg.bsq.entropy_weight,
+            entropy_rule=cfg.bsq.entropy_rule,
+            token_bits=min(rate.bsq_bits, 16),
+        )
 
     def __init__(
         self,

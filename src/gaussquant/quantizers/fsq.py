@@ -27,6 +27,7 @@ import math
 import torch
 from torch import nn
 
+from gaussquant.config import Config, RateConfig
 from gaussquant.errors import GaussquantError
 from gaussquant.quantizers.base import QuantizerOutput
 
@@ -41,6 +42,11 @@ class FSQ(nn.Module):
     (straight-through in training), indices (B, T, H, W) int64, T = tokens per position.
     No auxiliary loss.
     """
+
+    @classmethod
+    def from_config(cls, cfg: Config, rate: RateConfig) -> FSQ:
+        """``rate.fsq_levels`` (FSQ has no section of its own)."""
+        return cls(rate.fsq_levels)
 
     def __init__(self, levels: list[int], channels_per_token: int | None = None):
         super().__init__()

@@ -29,31 +29,13 @@ from torch import nn
 from torch.quasirandom import SobolEngine
 
 from gaussquant.errors import GaussquantError
+from gaussquant.posterior import from_tokens, split_posterior, to_tokens, token_bits
 from gaussquant.quantizers.base import QuantizerOutput
 
-LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0  # SPEC 1 clamp (same values as quantizers.tdc)
 _U32, _U64 = 2.0**-24, 2.0**-53  # unit roundoff of float32 / float64
 _TINY32 = 2.0**-126  # smallest normal float32: absolute error of flushed/underflowed products
 _PAIR_SLICE = 1 << 16  # candidates re-scored per float64 batch (bounds the gather memory)
 _GROUP = 64  # codes per group whose float32 maximum the GEMM pass keeps (see gq_search)
-
-
-# ----------------------------------------------------------------------------- token layout
-def to_tokens(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C/dim, H, W, dim) in the official strided layout (SPEC 1).
-
-    Token ``k`` holds channels ``k, k + C/dim, k + 2C/dim, ...``: channels are read as a
-    ``(dim, C/dim)`` grid and transposed. This is the one place the layout is stated;
-    :func:`from_tokens` is its inverse.
-    """
-    b, c, h, w = x.shape
-    return x.reshape(b, dim, c // dim, h, w).permute(0, 2, 3, 4, 1)
-
-
-def from_tokens(tokens: torch.Tensor) -> torch.Tensor:
-    """(B, T, H, W, dim) -> (B, T * dim, H, W); inverse of :func:`to_tokens`."""
-    b, t, h, w, dim = tokens.shape
-    return tokens.permute(0, 4, 1, 2, 3).reshape(b, dim * t, h, w)
 
 
 # ----------------------------------------------------------------------------- codebook
@@ -373,8 +355,7 @@ class GaussianQuant(nn.Module):
         if not torch.isfinite(z).all():
             raise GaussquantError("gq: encoder output contains NaN or inf; cannot quantize it")
         with torch.autocast(z.device.type, enabled=False):
-            mu, logvar = z.float().chunk(2, dim=1)
-            logvar = logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
+            mu, logvar = split_posterior(z)
             mu_t, lv_t = to_tokens(mu, self.dim), to_tokens(logvar, self.dim)
             b, t, h, w, m = mu_t.shape
             idx = gq_search(
@@ -398,12 +379,9 @@ class GaussianQuant(nn.Module):
         info: dict = {}
         indices = self.encode(z, info)
         with torch.autocast(z.device.type, enabled=False):
-            mu, logvar = z.float().chunk(2, dim=1)
-            logvar = logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
-            kl_bits = 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar) / math.log(2)
-            token_bits = to_tokens(kl_bits, self.dim).sum(-1)
+            bits = token_bits(z, self.dim)
         stats = {
-            "kl_bits_per_token": token_bits.mean().detach(),
+            "kl_bits_per_token": bits.mean().detach(),
             "float64_fraction": torch.tensor(info["float64_rows"] / max(info["rows"], 1)),
         }
         return QuantizerOutput(z_q=self.indices_to_codes(indices), indices=indices, stats=stats)

@@ -28,6 +28,7 @@ import math
 import torch
 from torch import nn
 
+from gaussquant.config import Config, RateConfig
 from gaussquant.errors import GaussquantError
 from gaussquant.quantizers.base import QuantizerOutput
 
@@ -72,6 +73,19 @@ class LFQ(nn.Module):
     commitment); ``stats`` the unweighted terms. In eval no loss is computed.
     Defaults are the paper's values (SPEC 4).
     """
+
+    @classmethod
+    def from_config(cls, cfg: Config, rate: RateConfig) -> LFQ:
+        """The ``lfq`` section at ``rate``: ``rate.lfq_bits`` sign channels."""
+        lf = cfg.lfq
+        return cls(
+            rate.lfq_bits,
+            sub_codebook_bits=lf.sub_codebook_bits,
+            entropy_weight=lf.entropy_weight,
+            commit_weight=lf.commit_weight,
+            temperature=lf.temperature,
+            token_bits=min(rate.lfq_bits, 16),  # one index per 16 bits (tiny profile: 8)
+        )
 
     def __init__(
         self,

@@ -6,44 +6,22 @@ training samples ``z = mu + sigma * eps``; the regulariser is either TDC (per-to
 pulled to ``log2 K`` with three multipliers) or the vanilla summed KL (nats).
 
 Token layout is strided (SPEC 1): token ``k`` holds channels ``k, k + C/m, k + 2C/m, ...``;
-see :func:`token_rates`.
+stated once in :mod:`gaussquant.posterior`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from gaussquant.config import Config, RateConfig, TDCConfig
 from gaussquant.errors import ConfigError
+from gaussquant.posterior import kl_nats, nats_to_bits, split_posterior, token_rates
 from gaussquant.quantizers.base import QuantizerOutput
-from gaussquant.sections import OFFICIAL_BITS_PER_NAT as OFFICIAL_BITS_PER_NAT  # re-exported
-from gaussquant.sections import TDCConfig
-
-LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0  # SPEC 1 clamp
-
-
-def kl_nats(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """Per-dimension KL(N(mu, e^logvar) || N(0, 1)) in nats, same shape as ``mu``."""
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
-
-
-def token_rates(kl: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sum a per-dimension map (B, C, H, W) over each token's ``dim`` channels (strided layout).
-
-    Returns (B, C/dim, H, W): token ``k`` sums channels ``k, k + C/dim, ...``.
-    """
-    b, c, h, w = kl.shape
-    return kl.reshape(b, dim, c // dim, h, w).sum(dim=1)
-
-
-def split_posterior(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split encoder output (B, 2C, H, W) into ``mu`` and clamped ``logvar``, each (B, C, H, W)."""
-    mu, logvar = z.float().chunk(2, dim=1)
-    return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
-
 
 ReduceFn = Callable[[torch.Tensor, str], torch.Tensor]
 
@@ -145,6 +123,22 @@ class GaussianBottleneck(nn.Module):
         )
         self.reduce_fn: ReduceFn = _local_reduce  # set by the training loop for multi-process runs
 
+    @classmethod
+    def tdc_from_config(cls, cfg: Config, rate: RateConfig) -> GaussianBottleneck:
+        """``gq``: TDC at the rate's codebook dimension m and the ``tdc`` section's K."""
+        return cls(cfg.model.latent_channels, rate.gq_dim, "tdc", cfg.tdc)
+
+    @classmethod
+    def vanilla_from_config(cls, cfg: Config, rate: RateConfig) -> GaussianBottleneck:
+        """``vanilla``: summed KL with the ``vanilla`` section's weight (m only for statistics)."""
+        return cls(cfg.model.latent_channels, rate.gq_dim, "kl", kl_weight=cfg.vanilla.kl_weight)
+
+    @classmethod
+    def tokenbridge_tdc_from_config(cls, cfg: Config, rate: RateConfig) -> GaussianBottleneck:
+        """``tbtdc``, the TokenBridge protocol: TDC per dimension (m = 1), target B bits (SPEC 4)."""
+        tdc = dataclasses.replace(cfg.tdc, codebook_size=2**rate.tokenbridge_bits)
+        return cls(cfg.model.latent_channels, 1, "tdc", tdc)
+
     def forward(self, z: torch.Tensor, sample: bool | None = None) -> QuantizerOutput:
         mu, logvar = split_posterior(z)
         sample = self.training if sample is None else sample
@@ -158,7 +152,7 @@ class GaussianBottleneck(nn.Module):
         kl = kl_nats(mu, logvar)
         kl_loss = kl.sum() / kl.shape[0]
         with torch.no_grad():
-            bits = token_rates(kl, self.dim) / math.log(2)
+            bits = nats_to_bits(token_rates(kl, self.dim))
             stats = {
                 "kl_loss": kl_loss.detach(),
                 "bits_mean": bits.mean(),

@@ -5,7 +5,7 @@ https://arxiv.org/abs/2012.09841 (VQ-VAE: van den Oord et al., https://arxiv.org
 
 Several tokens per latent position are supported so that every rate shares the latent width
 C: T tokens of dimension C/T, grouped with the same strided channel layout as GQ
-(:func:`gaussquant.quantizers.gaussian_quant.to_tokens`), each an index into one shared
+(:func:`gaussquant.posterior.to_tokens`), each an index into one shared
 codebook of K entries.
 """
 
@@ -16,9 +16,10 @@ import math
 import torch
 from torch import nn
 
+from gaussquant.config import Config, RateConfig
 from gaussquant.errors import GaussquantError
+from gaussquant.posterior import from_tokens, to_tokens
 from gaussquant.quantizers.base import QuantizerOutput
-from gaussquant.quantizers.gaussian_quant import from_tokens, to_tokens
 
 NEAREST_BLOCK = 4096  # codes per distance block (fits the L2 cache at a few hundred rows)
 
@@ -36,6 +37,19 @@ class VectorQuantizer(nn.Module):
       beta weights the commitment term, as intended.
     Both terms are means over all elements. Defaults are the paper's values (beta 0.25).
     """
+
+    @classmethod
+    def from_config(cls, cfg: Config, rate: RateConfig) -> VectorQuantizer:
+        """The ``vq`` section at ``rate``: ``rate.vq_tokens`` tokens per position."""
+        v = cfg.vq
+        return cls(
+            cfg.model.latent_channels,
+            v.codebook_size,
+            rate.vq_tokens,
+            beta=v.beta,
+            legacy_loss=v.legacy_loss,
+            weight=v.weight,
+        )
 
     def __init__(
         self,

@@ -89,6 +89,9 @@ def machine() -> dict[str, str]:
     }
 
 
+NOTES = "notes.md"
+
+
 def _sections(report: str) -> dict[str, str]:
     """The per-suite sections ("## name: ...") of a written report, by suite name."""
     out: dict[str, str] = {}
@@ -163,6 +166,9 @@ def run(args: argparse.Namespace) -> int:
             "",
             f"Suites rerun by that command: {', '.join(suites)}; the others are kept.",
         ]
+    notes = args.dir / NOTES  # measured facts behind params.yaml choices, kept by hand
+    if notes.is_file():
+        sections.append(notes.read_text().rstrip("\n") + "\n")
     write_text(out, "\n".join(head) + "\n" + "\n".join(sections))
     write_json(out.with_suffix(".json"), {"machine": info, "results": raw})
     print(f"wrote {out}")

@@ -44,9 +44,10 @@ def token_bits_summary(ckpt: Path, data: Path, cfg, payload: dict) -> dict:
 
     import numpy as np
 
-    from gaussquant.evaluate import posterior_token_bits
+    from gaussquant.evaluate import posterior_rates
 
-    bits = posterior_token_bits(ckpt, data, cfg, max_images=cfg.eval.max_images or 10**9)
+    n = cfg.eval.max_images or 10**9
+    bits = posterior_rates(ckpt, data, cfg.eval.batch_size, max_images=n)["token_bits"]
     out = {
         "tokens": int(bits.size),
         "mean": float(bits.mean()),
@@ -73,11 +74,11 @@ def token_bits_summary(ckpt: Path, data: Path, cfg, payload: dict) -> dict:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from gaussquant.checkpoint import load_autoencoder
     from gaussquant.data import PreparedDataset, verify_prepared
     from gaussquant.errors import GaussquantError
     from gaussquant.evaluate import PROTOCOL, evaluate_model, weights_fingerprint
     from gaussquant.io import sha256_file, write_json
-    from gaussquant.models.autoencoder import load_autoencoder
     from gaussquant.quantizers.tdc import GaussianBottleneck
 
     cfg = load_stage_config(args)

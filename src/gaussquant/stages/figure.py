@@ -49,11 +49,14 @@ def run(args: argparse.Namespace) -> int:
     elif args.kind == "recon-grid":
         figures.stack_grids(args.inputs, args.out)
     else:
-        from gaussquant.evaluate import posterior_token_bits
+        from gaussquant.evaluate import posterior_rates
 
         if args.data is None:
             raise GaussquantError("--data is required for --kind kl-hist")
-        rates = {p.parent.name: posterior_token_bits(p, args.data, cfg) for p in args.inputs}
+        rates = {
+            p.parent.name: posterior_rates(p, args.data, cfg.eval.batch_size)["token_bits"]
+            for p in args.inputs
+        }
         ranges = figures.kl_histograms(rates, target, args.out)
         if args.summary is not None:
             write_json(args.summary, {"target_bits": target, "ranges_bits": ranges})

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from gaussquant.stages.common import add_params_args
+from gaussquant.stages.common import add_params_args, load_stage_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,10 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gaussquant.config import load_config
     from gaussquant.data import prepare
 
-    cfg = load_config(args.params, args.profile).data
+    cfg = load_stage_config(args).data  # the whole file, --set included, checked before any work
     overrides = {
         "source": args.source,
         "train_dir": args.train_dir,

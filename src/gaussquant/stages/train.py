@@ -25,7 +25,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--weights", type=Path, default=None, help="metric weights dir (default weights/)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--kill-at-step", type=int, default=None, help=argparse.SUPPRESS)  # test hook
     p.set_defaults(func=run)
 
 
@@ -44,7 +43,6 @@ def run(args: argparse.Namespace) -> int:
         args.data,
         args.out,
         args.weights,
-        kill_at_step=args.kill_at_step,
         progress=not args.no_progress,
     )
     if int(os.environ.get("RANK", "0")) == 0:  # one line, not one per process

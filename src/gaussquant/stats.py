@@ -1,0 +1,278 @@
+"""Statistics behind the comparison tables: intervals over training seeds, paired GQ-vs-baseline
+verdicts, and a bootstrap over evaluation images.
+
+Every (method, arch, rate) cell is trained with several seeds and each run is evaluated on the
+same validation images, so a metric has two sources of noise:
+
+- training (seed to seed): :func:`mean_ci` over the per-seed values (Student t, ``ddof=1``) and
+  :func:`paired_difference` for GQ minus a baseline, paired by seed. These decide the tables'
+  bold marks (:func:`significantly_best`) and verdicts (:func:`verdict`, :func:`verdict_table`).
+- evaluation sample (which images): :func:`bootstrap_ci` of one run's mean over its per-image
+  values.
+
+Intervals are in the metric's own units (PSNR in dB, SSIM / LPIPS unitless, rFID in FID units).
+Torch-free: numpy, scipy, pandas only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from gaussquant.errors import GaussquantError
+from gaussquant.published import published as _published
+
+# metric key -> higher is better (the ones the paper reports; SPEC 7)
+HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "rfid": False}
+VERDICTS = ("GQ better", "no significant difference", "GQ worse")
+_BOOT_CHUNK = 1 << 22  # resampled values held at once (32 MiB of float64)
+
+
+@dataclass(frozen=True)
+class CI:
+    """A point estimate with a two-sided interval ``[low, high]`` from ``n`` values.
+
+    ``half_width`` is ``(high - low) / 2``; for the t interval ``low = mean - half_width``.
+    """
+
+    mean: float
+    low: float
+    high: float
+    half_width: float
+    n: int
+
+
+def _check_level(level: float) -> None:
+    if not 0.0 < level < 1.0:
+        raise GaussquantError(f"confidence level must lie in (0, 1), got {level!r}")
+
+
+def _as_values(values, what: str, unit: str) -> np.ndarray:
+    """1-D float array of >= 2 values without NaN, else an error naming what was given."""
+    x = np.asarray(values, dtype=float).reshape(-1)
+    if x.size < 2:
+        raise GaussquantError(f"{what} needs >= 2 {unit}, got {x.size}: {x.tolist()}")
+    nan = np.flatnonzero(np.isnan(x))
+    if nan.size:
+        raise GaussquantError(f"{what} got NaN values at positions {nan.tolist()}: {x.tolist()}")
+    return x
+
+
+def mean_ci(values: Sequence[float], level: float = 0.95) -> CI:
+    """Mean over seeds with its Student t interval (``ddof=1``, ``n - 1`` degrees of freedom).
+
+    ``values``: one number per training seed, shape ``(n,)``, ``n >= 2``. All-equal values give
+    a zero-width interval.
+    """
+    _check_level(level)
+    x = _as_values(values, "a confidence interval over seeds", "seeds")
+    mean = float(x.mean())
+    half = float(stats.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
+    return CI(mean, mean - half, mean + half, half, int(x.size))
+
+
+def _paired_arrays(a, b) -> tuple[np.ndarray, np.ndarray]:
+    """Align ``a`` and ``b`` by seed (mappings) or by position (sequences)."""
+    if isinstance(a, Mapping) != isinstance(b, Mapping):
+        raise GaussquantError("paired_difference needs two seed -> value mappings or two sequences")
+    if isinstance(a, Mapping):
+        unpaired = set(a) ^ set(b)
+        if unpaired:
+            raise GaussquantError(
+                f"paired_difference: seeds {sorted(unpaired, key=str)} are not in both inputs "
+                f"(a has {sorted(a, key=str)}, b has {sorted(b, key=str)})"
+            )
+        return np.array([a[s] for s in a], float), np.array([b[s] for s in a], float)
+    x, y = np.asarray(a, float).reshape(-1), np.asarray(b, float).reshape(-1)
+    if x.size != y.size:
+        raise GaussquantError(
+            f"paired_difference: {x.size} values against {y.size}; pair them seed by seed"
+        )
+    return x, y
+
+
+def paired_difference(a, b, level: float = 0.95) -> CI:
+    """t interval of the mean of ``a - b`` paired by seed.
+
+    ``a``, ``b``: mappings seed -> value with exactly the same seeds, or two aligned sequences of
+    equal length. By convention ``a`` is GQ (the reference) and ``b`` the baseline, so that
+    :func:`verdict` reads the sign.
+    """
+    x, y = _paired_arrays(a, b)
+    return mean_ci(x - y, level)
+
+
+def verdict(diff_ci: CI, higher_is_better: bool) -> str:
+    """Read a GQ - baseline interval: one of :data:`VERDICTS`.
+
+    "GQ better" when the interval excludes 0 on the good side (above 0 if higher is better),
+    "GQ worse" when it excludes 0 on the bad side, else "no significant difference" (this
+    includes an exactly-zero, zero-width difference).
+    """
+    if diff_ci.low > 0:
+        return VERDICTS[0] if higher_is_better else VERDICTS[2]
+    if diff_ci.high < 0:
+        return VERDICTS[2] if higher_is_better else VERDICTS[0]
+    return VERDICTS[1]
+
+
+def bootstrap_ci(
+    per_image_values: Sequence[float], level: float = 0.95, n_boot: int = 2000, seed: int = 0
+) -> CI:
+    """Percentile-bootstrap interval of the mean over images (the evaluation-sample noise).
+
+    ``per_image_values``: one metric value per validation image, shape ``(n,)``, ``n >= 2``.
+    ``n_boot`` resamples of ``n`` images with replacement, drawn from
+    ``numpy.random.default_rng(seed)``: the result is a function of the inputs alone.
+    ``mean`` is the sample mean; the interval need not be symmetric about it.
+    """
+    _check_level(level)
+    if n_boot < 2:
+        raise GaussquantError(f"bootstrap_ci needs n_boot >= 2, got {n_boot}")
+    x = _as_values(per_image_values, "bootstrap_ci", "images")
+    rng = np.random.default_rng(seed)
+    rows = max(1, _BOOT_CHUNK // x.size)  # resamples per chunk: bounded memory for large n
+    means = np.concatenate(
+        [
+            x[rng.integers(0, x.size, size=(min(rows, n_boot - start), x.size))].mean(axis=1)
+            for start in range(0, n_boot, rows)
+        ]
+    )
+    low, high = np.quantile(means, [0.5 - level / 2, 0.5 + level / 2])
+    return CI(float(x.mean()), float(low), float(high), float(high - low) / 2, int(x.size))
+
+
+def significantly_best(
+    cells: Mapping[str, Mapping[object, float]], higher_is_better: bool, level: float = 0.95
+) -> str | None:
+    """The row that beats every other row significantly, paired over their common seeds.
+
+    ``cells``: row name -> {seed: value}. A row is best when, against each other row, the
+    :func:`paired_difference` interval excludes 0 on its good side. Requiring all these
+    tests at once is an intersection-union test, so no multiplicity correction is needed. At
+    most one row can qualify. None when no row does, when there are fewer than 2 rows, or when
+    any two rows share fewer than 2 seeds.
+    """
+    names = list(cells)
+    if len(names) < 2:
+        return None
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            if len(set(cells[a]) & set(cells[b])) < 2:
+                return None
+    good = VERDICTS[0]  # verdict() calls the first argument "GQ"; here it is the candidate
+    for cand in names:
+        wins = []
+        for other in names:
+            if other == cand:
+                continue
+            common = set(cells[cand]) & set(cells[other])
+            a = {s: cells[cand][s] for s in common}
+            b = {s: cells[other][s] for s in common}
+            wins.append(verdict(paired_difference(a, b, level), higher_is_better) == good)
+        if all(wins):
+            return cand
+    return None
+
+
+def format_ci(ci: CI, decimals: int) -> str:
+    """Table cell text: ``"27.61 ± 0.12"`` (mean ± half width, fixed decimals)."""
+    return f"{ci.mean:.{decimals}f} \u00b1 {ci.half_width:.{decimals}f}"
+
+
+def _paper_agrees(verdict_text: str, paper_diff: float, higher_is_better: bool) -> str:
+    """Compare our verdict with the published ordering (paper_diff = GQ - baseline)."""
+    if math.isnan(paper_diff):
+        return "-"
+    if verdict_text == VERDICTS[1]:
+        return "n/s"
+    if paper_diff == 0:  # the paper has a tie, we have a significant ordering
+        return "no"
+    paper_gq_better = (paper_diff > 0) == higher_is_better
+    return "yes" if (verdict_text == VERDICTS[0]) == paper_gq_better else "no"
+
+
+def _seed_values(group: pd.DataFrame, name: str, metric: str) -> dict[object, float]:
+    rows = group[group["name"] == name]
+    dup = rows["seed"][rows["seed"].duplicated()].tolist()
+    if dup:
+        raise GaussquantError(f"{name!r}: seeds {dup} appear more than once in one (arch, bpp)")
+    return dict(zip(rows["seed"], rows[metric].astype(float)))
+
+
+def _paper_diff(published, arch, bpp, reference, baseline, metric) -> float:
+    ref, base = published(arch, reference, bpp), published(arch, baseline, bpp)
+    if not ref or not base or metric not in ref or metric not in base:
+        return math.nan
+    return ref[metric] - base[metric]
+
+
+VERDICT_COLUMNS = [
+    "arch", "bpp", "baseline", "metric", "diff", "low", "high", "n", "verdict", "paper_diff",
+    "paper_agrees",
+]  # fmt: skip
+
+
+def verdict_table(
+    df: pd.DataFrame,
+    metrics: Sequence[str],
+    reference: str = "gq",
+    published: Callable[[str, str, float], dict[str, float] | None] = _published,
+    level: float = 0.95,
+) -> pd.DataFrame:
+    """Paired verdicts of ``reference`` against every other method, per (arch, bpp, metric).
+
+    ``df``: long frame, one row per run, columns ``arch``, ``bpp``, ``name``, ``seed`` and the
+    ``metrics`` (keys of :data:`HIGHER_IS_BETTER`). Output: one row per (arch, bpp, baseline,
+    metric) with ``diff`` = mean of reference - baseline over seeds, its interval ``low``/``high``,
+    ``n`` seeds, ``verdict``, ``paper_diff`` (the same difference in SPEC 7's numbers, NaN when
+    not published) and ``paper_agrees``: "yes" when our significant ordering matches the
+    paper's, "no" when it is the opposite (or the paper has a tie), "n/s" when ours is not
+    significant, "-" when there is no published value. A metric missing or all NaN for either
+    method of a pair is left out; seeds must match exactly (else an error naming them).
+    """
+    unknown = [m for m in metrics if m not in HIGHER_IS_BETTER]
+    if unknown:
+        raise GaussquantError(f"unknown metrics {unknown}; known: {sorted(HIGHER_IS_BETTER)}")
+    metrics = [m for m in metrics if m in df]
+    rows = []
+    for (arch, bpp), group in df.groupby(["arch", "bpp"], sort=True):
+        if reference not in set(group["name"]):
+            continue
+        for baseline in sorted(set(group["name"]) - {reference}):
+            for m in metrics:
+                row = _verdict_row(group, reference, baseline, m, published, level)
+                if row is not None:
+                    rows.append([arch, bpp, baseline, m, *row])
+    return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
+
+
+def _verdict_row(group, reference, baseline, metric, published, level) -> list | None:
+    """diff, low, high, n, verdict, paper_diff, paper_agrees for one pair; None if not computed."""
+    arch, bpp = group["arch"].iloc[0], float(group["bpp"].iloc[0])
+    ref = _seed_values(group, reference, metric)
+    base = _seed_values(group, baseline, metric)
+    if all(map(math.isnan, ref.values())) or all(map(math.isnan, base.values())):
+        return None
+    try:
+        ci = paired_difference(ref, base, level)
+    except GaussquantError as e:
+        raise GaussquantError(
+            f"{arch} {bpp:g} bpp, {reference} vs {baseline}, {metric}: {e}"
+        ) from e
+    v = verdict(ci, HIGHER_IS_BETTER[metric])
+    paper = _paper_diff(published, arch, bpp, reference, baseline, metric)
+    return [
+        ci.mean,
+        ci.low,
+        ci.high,
+        ci.n,
+        v,
+        paper,
+        _paper_agrees(v, paper, HIGHER_IS_BETTER[metric]),
+    ]

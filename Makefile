@@ -19,7 +19,7 @@ help:
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --progress-bar off -e ".[dev]"
+	$(BIN)/python -m pip install --progress-bar off -e ".[dev,diffusers]"
 	touch $(STAMP)
 
 install: $(STAMP)

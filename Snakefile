@@ -1,6 +1,8 @@
-# gaussquant pipeline: the only Snakefile. Targets: reproduce_table1 (default), reproduce_tokenbridge,
-# figures, ablations, all. `snakemake --cores all <target>`; the profile comes from params.yaml
-# (`profile:`). HTML report of what has run: `make report` (snakemake --report).
+# gaussquant pipeline: the only Snakefile. Targets: reproduce_table1 (default), reproduce_figure1,
+# reproduce_tokenbridge, evaluate_official (released official checkpoints),
+# byo (your own diffusers VAE, params `byo`), figures, ablations, all.
+# `snakemake --cores all <target>`; the profile comes from params.yaml (`profile:`).
+# HTML report of what has run: `make report` (snakemake --report).
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -26,12 +28,19 @@ include: "workflow/rules/convert.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/ablation.smk"
+include: "workflow/rules/byo.smk"  # your own diffusers VAE: target byo, off by default
+include: "workflow/rules/official.smk"
 
 
 rule reproduce_table1:
     input:
         table1_outputs(),
     default_target: True
+
+
+rule reproduce_figure1:  # the rate-distortion curves over experiment.figure1_rates (SPEC 7)
+    input:
+        figure1_outputs(),
 
 
 rule reproduce_tokenbridge:
@@ -54,5 +63,6 @@ rule all:
         rules.theory.output,
         ablation_outputs(),
         table1_outputs(),
+        figure1_outputs(),
         tokenbridge_outputs(),
         figure_outputs(),

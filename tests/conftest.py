@@ -8,7 +8,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "params.yaml"
-# Inputs and outputs of the official implementation (a copy of shared/reference, 265 KB).
+# Inputs and outputs of the official implementation (a copy of shared/reference, 3.5 MB).
 REFERENCE = ROOT / "tests" / "data" / "reference"
 
 

@@ -229,3 +229,29 @@ def test_overrides_apply_after_profile_and_are_checked():
         load_config(ROOT / "params.yaml", "quick", ["tdc.tolerence=0.25"])
     with pytest.raises(ConfigError, match="tdc.codebook_size: 1000 is not a power of two"):
         load_config(ROOT / "params.yaml", "quick", ["tdc.codebook_size=1000"])
+
+
+def test_checkpoint_written_before_new_keys_still_loads(tmp_path, tiny_cfg):
+    """A checkpoint's config lacking keys added later (a whole section, a field) loads with their
+    defaults; params.yaml lacking them is still an error."""
+    import torch
+
+    from gaussquant.checkpoint import load_autoencoder, save_checkpoint
+    from gaussquant.config import config_to_dict, with_added_keys
+    from gaussquant.models.autoencoder import build_autoencoder
+
+    old = config_to_dict(tiny_cfg)
+    del old["official"], old["eval"]["clamp_output"]
+    with pytest.raises(ConfigError, match="eval.clamp_output, official: missing"):
+        config_from_dict(old)
+    assert config_from_dict(with_added_keys(old)) == tiny_cfg  # the defaults are these values
+    model = build_autoencoder(tiny_cfg, "fsq", "unet", "0.125")
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, model, tiny_cfg, "fsq", "unet", "0.125", step=1)
+    payload = torch.load(path, weights_only=False)
+    payload["config"] = old
+    torch.save(payload, path)
+    loaded, _ = load_autoencoder(path)
+    assert all(
+        torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values())
+    )

@@ -10,7 +10,8 @@ import torch
 from conftest import REFERENCE as REF  # noqa: E402
 
 from gaussquant.errors import GaussquantError
-from gaussquant.quantizers import BSQ, FSQ, LFQ, QUANTIZERS, VectorQuantizer
+from gaussquant.methods import METHODS
+from gaussquant.quantizers import BSQ, BUILDERS, FSQ, LFQ, VectorQuantizer
 from gaussquant.quantizers.bsq import bsq_entropies
 
 
@@ -145,8 +146,8 @@ def test_split_tokens_layout():
 
 
 def test_registry_and_attributes():
-    assert set(QUANTIZERS) == {"gq", "vq", "fsq", "lfq", "bsq", "tokenbridge"}
-    assert QUANTIZERS["vq"] is VectorQuantizer
+    assert set(BUILDERS) == set(METHODS)  # every trained method builds its bottleneck by name
+    assert BUILDERS["vq"].__self__ is VectorQuantizer
     vq = VectorQuantizer(16, 65536, 2)
     assert (vq.in_channels, vq.out_channels, vq.dim, vq.bits_per_position) == (16, 16, 8, 32)
 

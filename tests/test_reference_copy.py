@@ -9,7 +9,15 @@ SHARED = ROOT.parent / "shared" / "reference"
 
 
 @pytest.mark.parametrize(
-    "name", ["gq_official_vectors.npz", "gq_official_vectors.json", "README.md"]
+    "name",
+    [
+        "gq_official_vectors.npz",
+        "gq_official_vectors.json",
+        "official_models.npz",
+        "official_models.json",
+        "official_paper_keys.json",
+        "README.md",
+    ],
 )
 def test_copy_matches_shared_reference(name):
     if not (SHARED / name).exists():

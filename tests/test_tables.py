@@ -1,47 +1,117 @@
-"""Tables: best-value marking, arrows, and metrics that were not computed."""
+"""Tables over training seeds: mean ± 95 % CI, bold only where significantly best, arrows,
+metrics that were not computed, per-seed values in the CSV/JSON, and the verdict table."""
 
+import json
 import math
 
 import pandas as pd
+import pytest
 
-from gaussquant.tables import build_table, format_table
+from gaussquant.tables import build_table, format_table, verdicts, write_tables, write_verdicts
 
 DECIMALS = {"psnr": 2, "ssim": 3, "lpips": 3, "rfid": 2}
+T2 = 4.302652729911275  # Student t, 97.5 % quantile, 2 degrees of freedom
 
 
-def _records(rfid):
+def _records(per_seed: dict[str, list[float]], rfid=True, lpips=None):
+    """Runs of fsq and gq (one per seed) with the given PSNR per seed."""
     rows = []
-    for name, psnr, lpips, fid in (("fsq", 15.0, 0.25, 300.0), ("gq", 16.0, 0.20, 310.0)):
-        rows.append(
-            {
-                "name": name,
-                "arch": "unet",
-                "bpp": 0.25,
-                "tokens_per_image": 16,
-                "n_images": 128,
-                "quantized": True,
-                "psnr": psnr,
-                "ssim": 0.4,
-                "lpips": lpips,
-                "rfid": fid if rfid else None,
-                "codebook_usage": 0.01,
-                "perplexity": 200.0,
-            }
-        )
+    for name, values in per_seed.items():
+        for seed, psnr in enumerate(values):
+            rows.append(
+                {
+                    "name": name,
+                    "arch": "unet",
+                    "bpp": 0.25,
+                    "seed": seed,
+                    "tokens_per_image": 64,
+                    "n_images": 4,
+                    "quantized": True,
+                    "psnr": psnr,
+                    "ssim": 0.4,
+                    "lpips": (lpips or {}).get(name, [0.2] * len(values))[seed],
+                    "rfid": 300.0 + seed if rfid else None,
+                    "codebook_usage": 0.01,
+                    "perplexity": 200.0,
+                    "per_image": {"psnr": [psnr - 1, psnr + 1, psnr, psnr]},
+                }
+            )
     return pd.DataFrame(rows)
 
 
-def test_best_values_are_bold_in_their_better_direction():
-    shown = format_table(build_table(_records(rfid=True)), DECIMALS, ("**", "**"))
-    assert list(shown["PSNR \u2191"]) == ["15.00", "**16.00**"]  # higher is better
-    assert list(shown["LPIPS \u2193"]) == ["0.250", "**0.200**"]  # lower is better
-    assert list(shown["rFID \u2193"]) == ["**300.00**", "310.00"]
-    assert list(shown["SSIM \u2191"]) == ["**0.400**", "**0.400**"]  # a tie marks both
+def test_one_seed_gives_plain_values_and_nothing_bold():
+    shown = format_table(
+        build_table(_records({"fsq": [15.0], "gq": [16.0]})), DECIMALS, ("**", "**")
+    )
+    assert list(shown["PSNR \u2191"]) == ["15.00", "16.00"]  # no CI, no significance
+    assert not shown.map(lambda v: "**" in str(v)).any().any()
+
+
+def test_mean_ci_over_seeds_and_bold_only_when_significantly_best():
+    clear = {"fsq": [15.0, 15.2, 15.1], "gq": [16.0, 16.3, 16.2]}  # gq ahead on every seed
+    table = build_table(_records(clear))
+    gq = table[table["name"] == "gq"].iloc[0]
+    assert gq["psnr"] == pytest.approx(48.5 / 3)
+    sd = pd.Series(clear["gq"]).std(ddof=1)
+    assert gq["psnr_ci95"] == pytest.approx(T2 * sd / math.sqrt(3))
+    assert gq["psnr_per_seed"] == "0:16;1:16.3;2:16.2"
+    shown = format_table(table, DECIMALS, ("**", "**"))
+    assert shown["PSNR \u2191"].tolist() == [
+        f"15.10 \u00b1 {T2 * 0.1 / math.sqrt(3):.2f}",
+        f"**16.17 \u00b1 {T2 * sd / math.sqrt(3):.2f}**",
+    ]
+    # SSIM is tied on every seed: nobody is significantly best, nothing bold (not "both")
+    assert not shown["SSIM \u2191"].str.contains(r"\*\*").any()
+    # LPIPS: lower is better; gq lower on every seed by a steady margin
+    lp = {"fsq": [0.30, 0.31, 0.32], "gq": [0.20, 0.205, 0.215]}
+    shown = format_table(build_table(_records(clear, lpips=lp)), DECIMALS, ("**", "**"))
+    assert shown["LPIPS \u2193"].iloc[1].startswith("**0.207")
+
+
+def test_overlapping_seeds_are_not_bold():
+    noisy = {"fsq": [15.0, 16.5, 15.4], "gq": [16.0, 15.2, 16.1]}
+    shown = format_table(build_table(_records(noisy)), DECIMALS, ("**", "**"))
+    assert not shown["PSNR \u2191"].str.contains(r"\*\*").any()
 
 
 def test_a_metric_not_computed_is_left_out():
-    table = build_table(_records(rfid=False))
-    assert table["rfid"].map(lambda v: v is None or math.isnan(v)).all()
+    table = build_table(_records({"fsq": [15.0, 15.1], "gq": [16.0, 16.1]}, rfid=False))
+    assert table["rfid"].isna().all()
     shown = format_table(table, DECIMALS, ("**", "**"))
     assert not any(c.startswith("rFID") for c in shown.columns)
     assert "PSNR \u2191" in shown.columns and "LPIPS \u2193" in shown.columns
+
+
+def test_bootstrap_half_width_of_the_evaluation_sample():
+    table = build_table(_records({"fsq": [15.0, 15.1], "gq": [16.0, 16.1]}))
+    # per-image PSNR (v-1, v+1, v, v): every resampled mean lies within [v - 1, v + 1]
+    assert 0 < table["psnr_boot95"].iloc[0] <= 1.0
+    assert table["ssim_boot95"].isna().all()  # no per-image SSIM given
+
+
+def test_written_csv_and_json_keep_per_seed_values(tmp_path):
+    table = build_table(_records({"fsq": [15.0, 15.2, 15.1], "gq": [16.0, 16.3, 16.2]}))
+    paths = write_tables(table, tmp_path / "t1", DECIMALS, "caption")
+    nested = json.loads(paths[3].read_text())
+    cell = nested["UNet"]["0.25bpp"]["GQ (ours)"]["psnr"]
+    assert cell["per_seed"] == {"0": 16.0, "1": 16.3, "2": 16.2}
+    assert cell["mean"] == pytest.approx(16.1666667) and cell["ci95"] > 0
+    assert "Mean ± 95 % CI (Student t) over 3 training seeds" in paths[1].read_text()
+    assert "$\\pm$" in paths[2].read_text()
+    csv = pd.read_csv(paths[0])
+    assert {"psnr", "psnr_ci95", "psnr_per_seed", "psnr_boot95", "psnr_best"} <= set(csv.columns)
+
+
+def test_verdicts_need_two_seeds_and_follow_the_paired_differences(tmp_path):
+    one = verdicts(_records({"fsq": [15.0], "gq": [16.0]}), ["fsq"])
+    assert set(one["verdict"]) == {"needs >= 2 seeds"}
+    runs = _records({"fsq": [15.0, 15.2, 15.1], "gq": [16.0, 16.3, 16.2]})
+    v = verdicts(runs, ["fsq"]).set_index("metric")
+    assert v.at["psnr", "verdict"] == "GQ better"
+    assert v.at["psnr", "diff"] == pytest.approx((1.0 + 1.1 + 1.1) / 3)
+    assert v.at["psnr", "paper_agrees"] == "yes"  # SPEC 7: UNet 0.25 bpp GQ 27.61 > FSQ 26.34
+    assert v.at["ssim", "verdict"] == "no significant difference"  # identical on every seed
+    assert v.at["rfid", "verdict"] == "no significant difference"  # same per-seed values
+    md = write_verdicts(v.reset_index(), tmp_path / "verdicts", DECIMALS)[1].read_text()
+    assert "| UNet   |  0.25 | FSQ        | PSNR ↑   | +1.07 [+0.92, +1.21]" in md
+    assert "Verdicts: 1 GQ better, 3 no significant difference." in md

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from gaussquant import __version__
-from gaussquant.config import Config, config_from_dict, config_to_dict
+from gaussquant.config import Config, config_from_dict, config_to_dict, with_added_keys
 from gaussquant.errors import GaussquantError
 from gaussquant.io import atomic_path
 from gaussquant.models.autoencoder import Autoencoder, build_autoencoder
@@ -67,6 +67,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise GaussquantError(
             f"{path}: not a gaussquant checkpoint (expected format {CHECKPOINT_FORMAT})"
         )
+    payload["config"] = with_added_keys(payload["config"])
     return payload
 
 
@@ -81,11 +82,15 @@ def load_autoencoder(
         )
     cfg = config_from_dict(payload["config"])
     extra = payload.get("extra", {})
-    if "quantizer" in extra:  # a converted checkpoint (gaussquant convert)
-        model = build_autoencoder(cfg, extra["source_method"], payload["arch"], payload["rate"])
-        model.bottleneck = build_post_quantizer(extra["quantizer"])
+    method = extra.get("source_method", payload["method"])  # converted: the trained source's
+    if "diffusers" in extra:  # a pretrained diffusers VAE (gaussquant.models.diffusers_vae)
+        from gaussquant.models.diffusers_vae import autoencoder_from_description
+
+        model = autoencoder_from_description(extra["diffusers"], cfg, method, payload["rate"])
     else:
-        model = build_autoencoder(cfg, payload["method"], payload["arch"], payload["rate"])
+        model = build_autoencoder(cfg, method, payload["arch"], payload["rate"])
+    if "quantizer" in extra:  # a converted checkpoint (gaussquant convert)
+        model.bottleneck = build_post_quantizer(extra["quantizer"])
     model.load_state_dict(payload["model"])
     return model.eval(), payload
 

@@ -24,9 +24,11 @@ STAGES = (
     "table",
     "figure",
     "theory",
+    "rate",
     "ablation",
     "report",
     "bench",
+    "official",
 )
 
 

@@ -35,6 +35,7 @@ from gaussquant.sections import (  # noqa: F401 (re-exported: import every secti
     PROFILES,
     AblationConfig,
     BSQConfig,
+    ByoConfig,
     Config,
     DataConfig,
     DiscriminatorConfig,
@@ -44,6 +45,7 @@ from gaussquant.sections import (  # noqa: F401 (re-exported: import every secti
     LFQConfig,
     LossConfig,
     ModelConfig,
+    OfficialConfig,
     RateConfig,
     TableConfig,
     TDCConfig,
@@ -337,8 +339,9 @@ def validate(cfg: Config) -> None:
         _allowed("experiment.methods", method, TABLE1_METHODS)
     for arch in cfg.experiment.archs:
         _allowed("experiment.archs", arch, ARCHS)
-    for name in cfg.experiment.rates:
-        _allowed("experiment.rates", name, tuple(cfg.rates))
+    for key in ("rates", "figure1_rates"):
+        for name in getattr(cfg.experiment, key):
+            _allowed(f"experiment.{key}", name, tuple(cfg.rates))
     for name, r in cfg.rates.items():
         _validate_rate(cfg, name, r)
     a = cfg.ablation
@@ -405,6 +408,20 @@ def _validate_rate(cfg: Config, name: str, r: RateConfig) -> None:
         r.lfq_bits % sub == 0,
         f"{key}.lfq_bits: {r.lfq_bits} must be a multiple of lfq.sub_codebook_bits={sub}",
     )
+
+
+def with_added_keys(data: dict[str, Any], defaults: Any = None) -> dict[str, Any]:
+    """A saved config (checkpoint) written before some keys existed, completed with their
+    defaults: keys added later (e.g. ``eval.clamp_output``, ``official``) do not describe the
+    saved model, so old checkpoints keep loading. params.yaml itself gets no such leniency."""
+    defaults = config_to_dict(Config()) if defaults is None else defaults
+    out = dict(data)
+    for key, value in defaults.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(value, dict) and value and isinstance(out[key], dict):
+            out[key] = with_added_keys(out[key], value)
+    return out
 
 
 def config_to_dict(cfg: Any) -> Any:

@@ -1,7 +1,8 @@
 """Evaluation protocol of SPEC 6, streaming over the validation set.
 
 Reconstruction goes through the quantized path (GQ in eval mode: codewords, no noise), or
-``continuous=True`` for a Gaussian VAE's posterior-mean reconstruction (reference row). Per
+``continuous=True`` for a Gaussian VAE's posterior-mean reconstruction (reference row); the
+ViT's output is scored unclamped, as the official eval.py (``eval.clamp_output``). Per
 image: PSNR on [0, 255] (no clamp, no rounding), SSIM (and MS-SSIM at >= 256 px), LPIPS
 AlexNet v0.1; set level: rFID between originals and reconstructions, codebook usage and
 perplexity. Every image is evaluated (the official script drops the last partial batch).
@@ -31,6 +32,9 @@ PROTOCOL = {
     "originals vs reconstructions, float64 statistics",
     "images": "every validation image (no dropped partial batch)",
 }
+
+
+PER_IMAGE = ("psnr", "ssim", "lpips")  # kept per image in the metrics JSON
 
 
 class _Sums:
@@ -99,11 +103,11 @@ def evaluate_model(
         from gaussquant.metrics.codebook import CodebookStats
 
         codes = CodebookStats(bottleneck.codebook_size, tokens)
-    grid_pairs = []
+    grid_pairs, per_image = [], []
     for x in tqdm(loader, desc="evaluate", disable=not progress, dynamic_ncols=True):
         x = x.to(device)
         q = model.encode(x)
-        x_rec = model.decode(q.z_q)
+        x_rec = reconstruct(model, q.z_q, cfg.eval.clamp_output)
         if codes is not None and q.indices is not None:
             codes.update(q.indices)
         values = {
@@ -115,6 +119,7 @@ def evaluate_model(
         if use_msssim:
             values["ms_ssim"] = ms_ssim(x, x_rec)
         sums.add({k: v.cpu() for k, v in values.items()})
+        per_image.append(torch.stack([values[k].cpu().double() for k in PER_IMAGE], 1))
         if inception is not None:
             if fid_reference is None:
                 real_stats.update(inception_features(inception, x))
@@ -131,6 +136,7 @@ def evaluate_model(
             codes.merge(total)
     result = sums.means()
     result["processes"] = world
+    result["per_image"] = _gather_per_image(per_image, rank, world, accelerator, len(PER_IMAGE))
     if result["n_images"] != n_total:
         raise GaussquantError(f"evaluated {result['n_images']} images, expected {n_total}")
     mse = result.pop("mse")  # pooled over images, for contrast with the per-image mean
@@ -150,6 +156,32 @@ def evaluate_model(
     if grid_path is not None and rank == 0:
         save_grid(grid_pairs[: cfg.eval.grid_images], grid_path)
     return result
+
+
+def reconstruct(model: torch.nn.Module, z_q: torch.Tensor, clamp_output: bool) -> torch.Tensor:
+    """Decoder output scored by the metrics. The official eval.py reports ``decode()``, which
+    does not apply the ViT's [-1, 1] clamp (its ``forward()`` does): ``eval.clamp_output``
+    false follows eval.py, true clamps. The UNet has no clamp either way."""
+    from gaussquant.models.vit import ViTDecoder
+
+    if isinstance(model.decoder, ViTDecoder):
+        return model.decoder(z_q, clamp=clamp_output)
+    return model.decode(z_q)
+
+
+def _gather_per_image(parts, rank, world, accelerator, k) -> dict[str, list[float]]:
+    """Per-image metrics of every image in dataset order (process r held images r, r + world, ...)
+    for the evaluation-sample bootstrap of the tables."""
+    local = torch.cat(parts) if parts else torch.zeros(0, k, dtype=torch.float64)
+    if world > 1:
+        n = torch.tensor([local.shape[0]], device=accelerator.device)
+        most = int(accelerator.gather(n).max())
+        padded = torch.full((most, k), math.nan, dtype=torch.float64, device=accelerator.device)
+        padded[: local.shape[0]] = local.to(accelerator.device)
+        everything = accelerator.gather(padded[None]).reshape(world, most, k).cpu()
+        local = everything.transpose(0, 1).reshape(-1, k)  # image i is row i
+        local = local[~torch.isnan(local).all(1)]
+    return {name: local[:, j].tolist() for j, name in enumerate(PER_IMAGE)}
 
 
 def save_grid(pairs, path: Path) -> None:

@@ -17,74 +17,106 @@ import pandas as pd  # noqa: E402
 from gaussquant.io import atomic_path  # noqa: E402
 from gaussquant.methods import ROWS, color, display_name  # noqa: E402
 from gaussquant.published import published  # noqa: E402
-from gaussquant.tables import METRICS  # noqa: E402
+from gaussquant.records import METRICS  # noqa: E402
 
 
-def _save(fig: plt.Figure, path: str | Path) -> None:
+def _save(fig: plt.Figure, path: str | Path, pdf: str | Path | None = None) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=130, bbox_inches="tight", format="png")
+    if pdf is not None:
+        with atomic_path(pdf) as tmp:
+            fig.savefig(tmp, bbox_inches="tight", format="pdf")
     plt.close(fig)
 
 
-def rate_distortion(df: pd.DataFrame, out: str | Path, with_published: bool = False) -> None:
-    """PSNR, SSIM, LPIPS, rFID vs bits per pixel; one panel per (metric), UNet solid, ViT dashed.
-    Published numbers (paper profile) are drawn as hollow markers, never joined to ours."""
-    # rFID is absent where evaluation ran with eval.fid: false (quick profile)
-    keys = [k for k in ("psnr", "ssim", "lpips", "rfid") if pd.to_numeric(df[k]).notna().any()]
-    if df["bpp"].nunique() == 1:  # one rate: a curve has no x-extent, compare as bars
-        _metric_bars(df, keys, out)
+def seed_summary(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """Mean and 95 % half width over training seeds (0 with one seed) per (arch, bpp, name)."""
+    from gaussquant.stats import mean_ci
+
+    rows = []
+    for (arch, bpp, name), g in df.groupby(["arch", "bpp", "name"]):
+        row = {"arch": arch, "bpp": float(bpp), "name": name}
+        for key in keys:
+            v = pd.to_numeric(g[key], errors="coerce").dropna().to_numpy()
+            row[key] = float(v.mean()) if v.size else np.nan
+            row[f"{key}_ci"] = mean_ci(v).half_width if v.size >= 2 else 0.0
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def rate_distortion(
+    df: pd.DataFrame, out: str | Path, with_published: bool = False, pdf: str | Path | None = None
+) -> None:
+    """Metrics vs bits per pixel (Figure 1 of the paper): one panel row per backbone, one
+    column per metric, one curve per evaluated row, points = means over training seeds with
+    95 % CI error bars. Published numbers (paper profile) are drawn dashed beside ours,
+    labelled "paper", never joined to our data. With one rate: grouped bars instead."""
+    keys = [k for k in ("psnr", "ssim", "lpips") if pd.to_numeric(df[k]).notna().any()]
+    if "rfid" in df and pd.to_numeric(df["rfid"]).notna().any():
+        keys.append("rfid")  # absent where evaluation ran with eval.fid: false (quick profile)
+    summary = seed_summary(df, keys)
+    if summary["bpp"].nunique() == 1:  # a curve has no x-extent: compare as bars
+        _metric_bars(summary, keys, out, pdf)
         return
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.25 * len(keys), 3.8))
-    for ax, key in zip(axes, keys):
-        title, higher = METRICS[key]
-        for (arch, name), g in df.groupby(["arch", "name"]):
-            g = g.sort_values("bpp")
-            style = "-" if arch == "unet" else "--"
-            label = f"{display_name(name)} ({'UNet' if arch == 'unet' else 'ViT'})"
-            ax.plot(g["bpp"], g[key], style, marker="o", color=color(name), label=label)
-            if with_published:
-                pts = [(b, published(arch, name, b)) for b in g["bpp"]]
-                pts = [(b, p[key]) for b, p in pts if p]
-                if pts:
-                    ax.plot(
-                        *zip(*pts),
-                        linestyle="none",
-                        marker="s",
-                        mfc="none",
-                        color=color(name),
-                    )
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("bits per pixel")
-        ax.set_title(f"{title} ({'higher' if higher else 'lower'} is better)")
-        ax.grid(alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
+    archs = [a for a in ("unet", "vit") if a in set(summary["arch"])]
+    fig, axes = plt.subplots(
+        len(archs), len(keys), figsize=(4.2 * len(keys), 3.4 * len(archs)), squeeze=False
+    )
+    for i, arch in enumerate(archs):
+        sub = summary[summary["arch"] == arch]
+        for ax, key in zip(axes[i], keys):
+            title, higher = METRICS[key]
+            for name in [n for n in ROWS if n in set(sub["name"])]:
+                g = sub[sub["name"] == name].sort_values("bpp")
+                ax.errorbar(
+                    g["bpp"], g[key], yerr=g[f"{key}_ci"], marker="o", capsize=3,
+                    color=color(name), label=display_name(name),
+                )  # fmt: skip
+                if with_published:
+                    pts = [(b, (published(arch, name, b) or {}).get(key)) for b in g["bpp"]]
+                    pts = [(b, v) for b, v in pts if v is not None]
+                    if pts:
+                        ax.plot(*zip(*pts), "--", marker="s", mfc="none", color=color(name),
+                                label=f"{display_name(name)}, paper")  # fmt: skip
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(
+                sorted(sub["bpp"].unique()), [f"{b:g}" for b in sorted(sub["bpp"].unique())]
+            )
+            ax.set_xlabel("bits per pixel")
+            ax.set_title(f"{_ARCH[arch]}: {title} ({'higher' if higher else 'lower'} is better)")
+            ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
-    if with_published:
-        fig.text(0.5, -0.04, "hollow squares: published numbers (SPEC 7)", ha="center", fontsize=8)
-    _save(fig, out)
+    fig.suptitle("Rate-distortion: mean over training seeds, error bars 95 % CI")
+    _save(fig, out, pdf)
 
 
-def _metric_bars(df: pd.DataFrame, keys: list[str], out: str | Path) -> None:
-    names = [n for n in ROWS if n in set(df["name"])]
-    archs = [a for a in ("unet", "vit") if a in set(df["arch"])]
+_ARCH = {"unet": "UNet", "vit": "ViT"}
+
+
+def _metric_bars(
+    summary: pd.DataFrame, keys: list[str], out: str | Path, pdf: str | Path | None = None
+) -> None:
+    names = [n for n in ROWS if n in set(summary["name"])]
+    archs = [a for a in ("unet", "vit") if a in set(summary["arch"])]
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.8))
     width = 0.8 / len(archs)
     for ax, key in zip(axes, keys):
         title, higher = METRICS[key]
         for j, arch in enumerate(archs):
-            sub = df[df["arch"] == arch].set_index("name")
-            vals = [
-                float(sub.at[n, key]) if n in sub.index and sub.at[n, key] is not None else np.nan
-                for n in names
-            ]
+            sub = summary[summary["arch"] == arch].set_index("name")
+            vals = [float(sub.at[n, key]) if n in sub.index else np.nan for n in names]
+            errs = [float(sub.at[n, f"{key}_ci"]) if n in sub.index else 0.0 for n in names]
             ax.bar(
                 np.arange(len(names)) + j * width,
                 vals,
                 width,
+                yerr=errs,
+                capsize=2,
                 color=[color(n) for n in names],
                 hatch="" if arch == "unet" else "//",
                 edgecolor="white",
-                label="UNet" if arch == "unet" else "ViT",
+                label=_ARCH[arch],
             )
         ax.set_xticks(np.arange(len(names)) + width * (len(archs) - 1) / 2)
         ax.set_xticklabels(
@@ -96,11 +128,14 @@ def _metric_bars(df: pd.DataFrame, keys: list[str], out: str | Path) -> None:
         ax.set_title(f"{title} ({'higher' if higher else 'lower'} is better)")
         ax.grid(alpha=0.3, axis="y")
         if key == "psnr":  # dB: differences matter, not the distance from 0
-            lo = np.nanmin(df[key].astype(float))
+            lo = np.nanmin(summary[key].astype(float))
             ax.set_ylim(bottom=max(0.0, lo - 2.0))
     axes[0].legend(fontsize=8, title="hatched: ViT")
-    fig.suptitle(f"Reconstruction at {df['bpp'].iloc[0]:g} bits per pixel")
-    _save(fig, out)
+    fig.suptitle(
+        f"Reconstruction at {summary['bpp'].iloc[0]:g} bits per pixel "
+        "(mean over training seeds, error bars 95 % CI)"
+    )
+    _save(fig, out, pdf)
 
 
 def kl_histograms(
@@ -131,13 +166,23 @@ def kl_histograms(
 
 
 def tdc_dynamics(
-    logs: dict[str, pd.DataFrame], target: float, tolerance: float, out: str | Path
+    logs: dict[str, pd.DataFrame],
+    target: float,
+    tolerance: float,
+    out: str | Path,
+    checks: dict[str, dict | None] | None = None,
 ) -> None:
-    """Bits per token (mean, min, max) and the three multipliers over training steps."""
+    """Bits per token (mean, min, max) and the three multipliers over training steps; the
+    end-of-training TDC check of each run (validation p05-p95, pinned multipliers) in its label."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
     for i, (label, log) in enumerate(logs.items()):
         c = f"C{i}"
-        ax1.plot(log["step"], log["bits_mean"], color=c, label=f"{label} mean")
+        check = (checks or {}).get(label)
+        note = ""
+        if check:
+            verdict = "holds" if check["holds"] else "fails"
+            note = f": val p05-p95 {check['val_p05']:.1f}-{check['val_p95']:.1f}, TDC {verdict}"
+        ax1.plot(log["step"], log["bits_mean"], color=c, label=f"{label} mean{note}")
         ax1.fill_between(log["step"], log["bits_min"], log["bits_max"], color=c, alpha=0.15)
         for key, ls in (("lam", "-"), ("lam_min", ":"), ("lam_max", "--")):
             ax2.plot(log["step"], log[key], ls, color=c, label=f"{label} {key}")
@@ -156,12 +201,41 @@ def tdc_dynamics(
 
 
 def stack_grids(paths: Sequence[str | Path], out: str | Path) -> None:
-    """Stack per-model reconstruction grids vertically, each labelled by its folder name."""
-    images = [plt.imread(str(p)) for p in paths]
-    fig, axes = plt.subplots(len(images), 1, figsize=(10, 1.6 * len(images) + 0.5), squeeze=False)
-    for ax, img, p in zip(axes[:, 0], images, paths):
-        ax.imshow(img)
-        ax.set_axis_off()
-        ax.set_title(Path(p).parent.name, fontsize=8, loc="left")
-    fig.suptitle("Top row of each: originals; bottom: reconstructions", fontsize=9)
+    """Reconstructions side by side: one row per validation image, the original first, then
+    one column per evaluated model (the same images for all). Each input is an evaluation's
+    ``grid.png`` (originals on top, reconstructions below, in ``eval.grid_images`` tiles)."""
+    grids = [plt.imread(str(p)) for p in paths]
+    h = grids[0].shape[0] // 2
+    n = max(1, grids[0].shape[1] // h)  # square tiles
+    if any(g.shape != grids[0].shape for g in grids):
+        raise ValueError(
+            "reconstruction grids differ in size: evaluate them with the same eval.grid_images"
+        )
+    names = [Path(p).parent.name for p in paths]
+    columns = [("original", grids[0][:h])] + [
+        (_grid_title(name), g[h : 2 * h]) for name, g in zip(names, grids)
+    ]
+    size = 1.25
+    fig, axes = plt.subplots(
+        n, len(columns), figsize=(size * len(columns), size * n + 0.4), squeeze=False
+    )
+    for j, (title, strip) in enumerate(columns):
+        for i in range(n):
+            ax = axes[i][j]
+            ax.imshow(strip[:, i * h : (i + 1) * h], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(title, fontsize=7)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.35 / (size * n + 0.4),
+                        wspace=0.04, hspace=0.04)  # fmt: skip
     _save(fig, out)
+
+
+def _grid_title(folder: str) -> str:
+    """``gq-continuous-unet-0.25-s0`` -> "TDC VAE, continuous (reference)" and "UNet" on two lines."""
+    for name in sorted(ROWS, key=len, reverse=True):
+        if folder.startswith(name + "-"):
+            arch = folder[len(name) + 1 :].split("-")[0]
+            return f"{display_name(name)}\n{_ARCH.get(arch, arch)}".replace(", ", ",\n", 1)
+    return folder

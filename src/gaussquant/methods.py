@@ -7,9 +7,13 @@ rerun triggers, the training's resume record, the tables and the figures all rea
 dicts; the bottleneck classes are chosen by the same names in
 :data:`gaussquant.quantizers.BUILDERS`.
 
-Adding a quantizer: its file in ``quantizers/`` (with a ``from_config`` classmethod), one line
-in ``quantizers.BUILDERS``, one :class:`Method` here, its section and rate field in
-``config.py`` and ``params.yaml``.
+Adding a quantizer (tried with a trivial one: 7 files, ~25 lines besides its own module):
+its file in ``quantizers/`` (with a ``from_config`` classmethod) and one line in
+``quantizers.BUILDERS``; one :class:`Method` here; its rate field (and section, if any) in
+``sections.py``, with the bit-count check in ``config._validate_rate``; the same keys in
+``params.yaml`` (every ``rates`` entry, profiles' own rates included; ``train.lr`` /
+``batch_size`` of each profile unless ``hp`` borrows another method's) and in
+``workflow/schemas/params.schema.json``; a section of its own is also a ``dvc.yaml`` param.
 """
 
 from __future__ import annotations

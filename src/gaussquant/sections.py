@@ -452,7 +452,15 @@ class ExperimentConfig:
 
     methods: list[str] = field(default_factory=lambda: list(TABLE1_METHODS))
     archs: list[str] = field(default_factory=lambda: list(ARCHS))
-    rates: list[str] = field(default_factory=lambda: ["0.25", "0.5", "1.0"])
+    rates: list[str] = field(default_factory=lambda: ["0.25", "0.5", "1.0"])  # Table 1
+    seeds: list[int] = field(default_factory=lambda: [0])  # training seeds: init, data order, noise
+    figure1_rates: list[str] = field(default_factory=lambda: ["0.25", "0.5", "1.0"])  # SPEC 7
+
+    def __post_init__(self) -> None:
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+            raise ConfigError(
+                f"experiment.seeds: need distinct seeds >= 0 (e.g. [0, 1, 2]), got {self.seeds}"
+            )
 
 
 @dataclass
@@ -463,6 +471,9 @@ class EvalConfig:
     max_images: int = 0  # 0 = every image (the official script drops the last partial batch)
     grid_images: int = 8
     fid: bool = True
+    # ViT output clamped to [-1, 1] before the metrics; false = the official eval.py (encode +
+    # decode, no clamp), true = its forward()/dequant() (this project's protocol before issue 15)
+    clamp_output: bool = False
 
 
 @dataclass
@@ -489,6 +500,33 @@ class AblationConfig:
     seeds: list[int] = field(default_factory=lambda: [42, 1, 2, 3, 4])  # GQ codebook seeds
 
 
+RELEASED_WEIGHTS = "xutongda/GQModel"  # Hugging Face repository of the official checkpoints
+
+
+@dataclass
+class OfficialConfig:
+    """Released official checkpoints to evaluate with our protocol (``evaluate_official``)."""
+
+    # official configuration name (e.g. sd3unet_gq_0.25) -> local path of its checkpoint,
+    # downloaded from RELEASED_WEIGHTS; empty = the target has nothing to evaluate
+    checkpoints: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ByoConfig:
+    """Bring your own diffusers AutoencoderKL (README "Your own VAE"; Snakemake target ``byo``):
+    rate analysis, GQ and TokenBridge on the pretrained VAE, TDC fine-tuning, GQ after it."""
+
+    vae: str = ""  # folder or hub id, PATH_OR_ID[:SUBFOLDER]; empty = the target is off
+    # bits per pixel of GQ at K = tdc.codebook_size (m = C log2 K / (rate f^2) from the VAE's C
+    # and f) and of TokenBridge (log2 K / m bits per channel); 0.25 is SPEC 2's lowest rate
+    rate: float = 0.25
+
+    def __post_init__(self) -> None:
+        if not self.rate > 0:
+            raise ConfigError(f"byo.rate: bits per pixel must be > 0, got {self.rate}")
+
+
 @dataclass
 class Config:
     profile: str = "paper"
@@ -508,6 +546,8 @@ class Config:
     table: TableConfig = field(default_factory=TableConfig)
     theory: TheoryConfig = field(default_factory=TheoryConfig)
     ablation: AblationConfig = field(default_factory=AblationConfig)
+    official: OfficialConfig = field(default_factory=OfficialConfig)
+    byo: ByoConfig = field(default_factory=ByoConfig)
 
     def rate(self, name: str) -> RateConfig:
         if name not in self.rates:

@@ -26,9 +26,10 @@ from scipy import stats
 
 from gaussquant.errors import GaussquantError
 from gaussquant.published import published as _published
+from gaussquant.records import METRICS, PAPER_METRICS
 
 # metric key -> higher is better (the ones the paper reports; SPEC 7)
-HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "rfid": False}
+HIGHER_IS_BETTER = {k: METRICS[k][1] for k in PAPER_METRICS}
 VERDICTS = ("GQ better", "no significant difference", "GQ worse")
 _BOOT_CHUNK = 1 << 22  # resampled values held at once (32 MiB of float64)
 

@@ -1,5 +1,13 @@
 """Comparison tables from metrics JSONs: CSV (raw numbers), Markdown and LaTeX (formatted,
-arrows for the better direction, best quantized value per (arch, rate) group in bold).
+arrows for the better direction), over training seeds.
+
+Each evaluated row exists once per training seed (``experiment.seeds``). A table cell is the
+mean over seeds with its 95 % Student-t half width (``± ...``; none with one seed); the CSV
+keeps the per-seed values beside it and the evaluation-sample part of the noise (a per-image
+bootstrap of each run, ``_boot95``). A value is bold only where it is *significantly* best
+among the quantized rows of its (arch, rate): paired by seed, better than every other row
+(:func:`gaussquant.stats.significantly_best`); otherwise nothing is bold. The verdict table
+(:func:`verdicts`) gives GQ minus each baseline with its interval and a verdict word.
 
 For the ``paper`` profile the published numbers of SPEC 7 go in separate ``paper ...``
 columns, never mixed with ours.
@@ -7,102 +15,124 @@ columns, never mixed with ours.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from gaussquant import stats
 from gaussquant.errors import GaussquantError
 from gaussquant.io import write_json, write_text
 from gaussquant.methods import ROWS, display_name
 from gaussquant.published import published
+from gaussquant.records import METRICS, PAPER_METRICS, load_metrics  # noqa: F401 (re-exported)
 
-# metric key -> (column title, higher is better)
-METRICS = {
-    "psnr": ("PSNR", True),
-    "ssim": ("SSIM", True),
-    "lpips": ("LPIPS", False),
-    "rfid": ("rFID", False),
-    "codebook_usage": ("Usage", True),
-    "perplexity": ("Perplexity", True),
-}
 ARROW = {True: "\u2191", False: "\u2193"}
+LEVEL = 0.95
 
 
-def load_metrics(paths: Sequence[str | Path]) -> pd.DataFrame:
-    rows = []
-    for p in paths:
-        p = Path(p)
-        if not p.is_file():
-            raise GaussquantError(
-                f"metrics file {str(p)!r} not found (run gaussquant evaluate first)"
-            )
-        rows.append(json.loads(p.read_text()))
-    if not rows:
-        raise GaussquantError("no metrics files given")
-    return pd.DataFrame(rows)
+def _arch_title(arch: str) -> str:
+    return {"unet": "UNet", "vit": "ViT"}.get(arch, arch)
 
 
 def build_table(df: pd.DataFrame, with_published: bool = False) -> pd.DataFrame:
-    """One row per (arch, rate, evaluated model), numeric columns, ordered for reading."""
+    """One row per (arch, rate, evaluated model): per metric the mean over seeds (``m``), its
+    95 % half width (``m_ci95``, NaN with one seed), the per-seed values (``m_per_seed``), the
+    mean per-run bootstrap half width over images (``m_boot95``, where per-image values exist)
+    and whether it is significantly best (``m_best``)."""
     order = {name: i for i, name in enumerate(ROWS)}
-    df = df.assign(_order=df["name"].map(lambda n: order.get(n, len(order))))
-    df = df.sort_values(["arch", "bpp", "_order"]).reset_index(drop=True)
-    out = pd.DataFrame(
-        {
-            "arch": df["arch"].str.upper().str.replace("VIT", "ViT").str.replace("UNET", "UNet"),
-            "bpp": df["bpp"],
-            "method": df["name"].map(display_name),
-            "tokens": df["tokens_per_image"],
-            "images": df["n_images"],
+    df = df.assign(seed=df["seed"].fillna(0).astype(int))
+    dup = df[df.duplicated(["arch", "bpp", "name", "seed"])]
+    if len(dup):
+        raise GaussquantError(
+            f"metrics of one run given twice: {dup[['arch', 'bpp', 'name', 'seed']].values.tolist()}"
+        )
+    rows = []
+    for (arch, bpp, name), g in df.groupby(["arch", "bpp", "name"], sort=False):
+        g = g.sort_values("seed")
+        row = {
+            "arch": _arch_title(arch),
+            "bpp": bpp,
+            "method": display_name(name),
+            "name": name,
+            "tokens": g["tokens_per_image"].iloc[0],
+            "images": g["n_images"].iloc[0],
+            "seeds": len(g),
+            "quantized": bool(g["quantized"].iloc[0]),
+            "_order": (arch, bpp, order.get(name, len(order))),
         }
-    )
-    for key in METRICS:
-        out[key] = df[key] if key in df else math.nan
-    out["quantized"] = df["quantized"]
-    if with_published:
-        for key in ("psnr", "ssim", "lpips", "rfid"):
-            out[f"paper_{key}"] = [
-                (published(a, n, b) or {}).get(key, math.nan)
-                for a, n, b in zip(df["arch"], df["name"], df["bpp"])
-            ]
-    return out
+        for key in METRICS:
+            row.update(_metric_cells(g, key))
+        if with_published:
+            for key in PAPER_METRICS:
+                row[f"paper_{key}"] = (published(arch, name, bpp) or {}).get(key, math.nan)
+        rows.append(row)
+    out = pd.DataFrame(rows).sort_values("_order").drop(columns="_order").reset_index(drop=True)
+    return _mark_best(out, df)
 
 
-def _best_mask(table: pd.DataFrame) -> pd.DataFrame:
-    """True where a value is the best of its column among quantized rows of its (arch, bpp)."""
-    mask = pd.DataFrame(False, index=table.index, columns=table.columns)
-    for _, group in table[table["quantized"]].groupby(["arch", "bpp"]):
-        for key, (_, higher) in METRICS.items():
-            col = group[key].dropna()
-            if len(col) > 1:
-                best = col.max() if higher else col.min()
-                mask.loc[col.index[col == best], key] = True
-    return mask
+def _metric_cells(g: pd.DataFrame, key: str) -> dict:
+    values = pd.to_numeric(g[key], errors="coerce") if key in g else pd.Series([math.nan] * len(g))
+    cells = {key: float(values.mean()), f"{key}_ci95": math.nan, f"{key}_boot95": math.nan}
+    cells[f"{key}_per_seed"] = ";".join(f"{s}:{v:.6g}" for s, v in zip(g["seed"], values) if v == v)
+    if values.notna().all() and len(values) >= 2:
+        cells[f"{key}_ci95"] = stats.mean_ci(values.to_numpy(), LEVEL).half_width
+    per_image = [r.get(key) for r in g["per_image"]] if "per_image" in g else []
+    if per_image and all(isinstance(v, list) and len(v) >= 2 for v in per_image):
+        halves = [stats.bootstrap_ci(v, LEVEL).half_width for v in per_image]
+        cells[f"{key}_boot95"] = float(np.mean(halves))
+    return cells
+
+
+def _mark_best(table: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
+    """``m_best``: the quantized row that is significantly best of its (arch, bpp), paired by seed."""
+    for key, (_, higher) in METRICS.items():
+        table[f"{key}_best"] = False
+        if key not in df:
+            continue
+        for (arch, bpp), g in df[df["quantized"].astype(bool)].groupby(["arch", "bpp"]):
+            cells = {
+                name: dict(zip(r["seed"], pd.to_numeric(r[key], errors="coerce")))
+                for name, r in g.groupby("name")
+            }
+            if any(math.isnan(v) for c in cells.values() for v in c.values()):
+                continue
+            best = stats.significantly_best(cells, higher, LEVEL)
+            if best is not None:
+                hit = (table["arch"] == _arch_title(arch)) & (table["bpp"] == bpp)
+                table.loc[hit & (table["name"] == best), f"{key}_best"] = True
+    return table
+
+
+def _cell(v: float, half: float, d: int) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.{d}f}" if math.isnan(half) else f"{v:.{d}f} \u00b1 {half:.{d}f}"
 
 
 def format_table(
     table: pd.DataFrame, decimals: dict[str, int], bold: tuple[str, str]
 ) -> pd.DataFrame:
-    """Strings for display: fixed decimals, best values wrapped in ``bold``, arrows in headers."""
-    mask = _best_mask(table)
+    """Strings for display: mean ± 95 % CI over seeds, fixed decimals, significantly best
+    values wrapped in ``bold``, arrows in headers."""
     shown = pd.DataFrame(index=table.index)
     shown["Arch"] = table["arch"]
     shown["bpp"] = table["bpp"].map(lambda v: f"{v:g}")
     shown["Method"] = table["method"]
     shown["Tokens"] = table["tokens"].map(lambda v: f"{int(v)}" if v else "-")  # 0: continuous row
+    shown["Seeds"] = table["seeds"].map(str)
     for key, (title, higher) in METRICS.items():
         if pd.to_numeric(table[key]).isna().all():  # not computed (e.g. eval.fid: false)
             continue
         d = decimals.get(key, 3 if key not in ("perplexity",) else 1)
         cells = []
-        for i, v in table[key].items():
-            text = "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{d}f}"
-            cells.append(f"{bold[0]}{text}{bold[1]}" if mask.at[i, key] else text)
+        for i in table.index:
+            text = _cell(table.at[i, key], table.at[i, f"{key}_ci95"], d)
+            cells.append(f"{bold[0]}{text}{bold[1]}" if table.at[i, f"{key}_best"] else text)
         shown[f"{title} {ARROW[higher]}"] = cells
-    for key in ("psnr", "ssim", "lpips", "rfid"):
+    for key in PAPER_METRICS:
         col = f"paper_{key}"
         if col in table:
             title, higher = METRICS[key]
@@ -113,32 +143,120 @@ def format_table(
     return shown
 
 
+def _note(table: pd.DataFrame) -> str:
+    n = sorted(set(table["seeds"]))
+    seeds = f"{n[0]}" if len(n) == 1 else f"{n[0]}-{n[-1]}"
+    if max(n) < 2:
+        return (
+            "One training seed per cell: no confidence interval and no significance, so nothing "
+            "is bold (set experiment.seeds to >= 2 seeds)."
+        )
+    return (
+        f"Mean ± 95 % CI (Student t) over {seeds} training seeds. Bold: significantly best "
+        "quantized value of its architecture and rate (paired by seed, better than every other "
+        "row at 95 %); no bold where no row is. Per-seed values and the evaluation-sample "
+        "(per-image bootstrap) half widths are in the CSV."
+    )
+
+
 def write_tables(
     table: pd.DataFrame, prefix: str | Path, decimals: dict[str, int], caption: str
 ) -> list[Path]:
     """Write ``prefix``.csv (raw), .md and .tex (formatted) and .json (DVC metrics, nested
-    arch -> bpp -> method -> metric). Returns the paths."""
+    arch -> bpp -> method -> metric -> mean, ci95, boot95, per_seed). Returns the paths."""
     prefix = Path(prefix)
     paths = [prefix.with_suffix(s) for s in (".csv", ".md", ".tex", ".json")]
     write_text(paths[0], table.to_csv(index=False, float_format="%.6g"))
-    nested: dict = {}
-    for _, row in table.iterrows():
-        cell = nested.setdefault(row["arch"], {}).setdefault(f"{row['bpp']:g}bpp", {})
-        cell[row["method"]] = {k: _finite(row[k]) for k in METRICS}
-    write_json(paths[3], nested)
+    write_json(paths[3], _nested(table))
     md = format_table(table, decimals, ("**", "**")).to_markdown(index=False)
-    write_text(
-        paths[1], f"{caption}\n\n{md}\n\nBest quantized value per architecture and rate in bold.\n"
-    )
+    write_text(paths[1], f"{caption}\n\n{md}\n\n{_note(table)}\n")
     tex_df = format_table(table, decimals, ("\\textbf{", "}"))
     tex_df.columns = [
         c.replace("\u2191", "$\\uparrow$").replace("\u2193", "$\\downarrow$")
         for c in tex_df.columns
     ]
+    tex_df = tex_df.map(lambda v: v.replace("\u00b1", "$\\pm$"))
     tex = tex_df.to_latex(index=False, escape=False, caption=caption, label=f"tab:{prefix.name}")
     write_text(paths[2], tex)
     return paths
 
 
+def _nested(table: pd.DataFrame) -> dict:
+    nested: dict = {}
+    for _, row in table.iterrows():
+        cell = nested.setdefault(row["arch"], {}).setdefault(f"{row['bpp']:g}bpp", {})
+        cell[row["method"]] = {
+            k: {
+                "mean": _finite(row[k]),
+                "ci95": _finite(row[f"{k}_ci95"]),
+                "boot95": _finite(row[f"{k}_boot95"]),
+                "per_seed": {
+                    s: float(v)
+                    for s, v in (p.split(":") for p in row[f"{k}_per_seed"].split(";") if p)
+                },
+            }
+            for k in METRICS
+        }
+    return nested
+
+
 def _finite(v) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+# ----------------------------------------------------------------------------- verdicts
+
+
+def verdicts(df: pd.DataFrame, baselines: Sequence[str]) -> pd.DataFrame:
+    """GQ minus each of ``baselines`` per (arch, bpp, metric), paired by seed (needs >= 2
+    seeds: with fewer, every row says so instead of a verdict)."""
+    metrics = [m for m in PAPER_METRICS if m in df and pd.to_numeric(df[m]).notna().any()]
+    keep = df[df["name"].isin(["gq", *baselines])].assign(seed=lambda d: d["seed"].astype(int))
+    if keep.groupby(["arch", "bpp", "name"])["seed"].nunique().min() < 2:
+        rows = [
+            [a, b, n, m, *[math.nan] * 3, 1, "needs >= 2 seeds", math.nan, "-"]
+            for (a, b), g in keep.groupby(["arch", "bpp"])
+            for n in baselines
+            if n in set(g["name"])
+            for m in metrics
+        ]
+        return pd.DataFrame(rows, columns=stats.VERDICT_COLUMNS)
+    return stats.verdict_table(keep, metrics, reference="gq", level=LEVEL)
+
+
+def write_verdicts(v: pd.DataFrame, prefix: str | Path, decimals: dict[str, int]) -> list[Path]:
+    prefix = Path(prefix)
+    paths = [prefix.with_suffix(".csv"), prefix.with_suffix(".md")]
+    write_text(paths[0], v.to_csv(index=False, float_format="%.6g"))
+    shown = pd.DataFrame(
+        {
+            "Arch": v["arch"].map(_arch_title),
+            "bpp": v["bpp"].map(lambda b: f"{b:g}"),
+            "Baseline": v["baseline"].map(display_name),
+            "Metric": v["metric"].map(lambda m: f"{METRICS[m][0]} {ARROW[METRICS[m][1]]}"),
+            "GQ − baseline [95 % CI]": [
+                "-"
+                if math.isnan(r.diff)
+                else f"{r.diff:+.{decimals.get(r.metric, 3)}f} [{r.low:+.{decimals.get(r.metric, 3)}f}, "
+                f"{r.high:+.{decimals.get(r.metric, 3)}f}]"
+                for r in v.itertuples()
+            ],
+            "Seeds": v["n"],
+            "Verdict": v["verdict"],
+            "Paper agrees": v["paper_agrees"],
+        }
+    )
+    counts = v["verdict"].value_counts().to_dict()
+    summary = ", ".join(
+        f"{counts[k]} {k}" for k in (*stats.VERDICTS, "needs >= 2 seeds") if k in counts
+    )
+    text = (
+        "Paired comparison of GQ with each baseline (difference of means over training seeds, "
+        "95 % Student-t interval of the per-seed differences). `GQ better` / `GQ worse` only "
+        "where the interval excludes 0. `Paper agrees`: our significant ordering against the "
+        "published one (SPEC 7) at the same architecture and rate (`n/s`: ours not "
+        "significant; `-`: no published value at this rate).\n\n"
+        f"{shown.to_markdown(index=False)}\n\nVerdicts: {summary}.\n"
+    )
+    write_text(paths[1], text)
+    return paths

@@ -14,6 +14,7 @@ bitwise identical final checkpoint.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,12 +106,14 @@ def train(
     out: Path,
     weights_dir: Path | None = None,
     progress: bool = True,
+    init_from_diffusers: str | None = None,
 ) -> Path:
     """Train (method, arch, rate) on the prepared data in ``data_dir``.
 
     Writes ``out/model.pt`` (final checkpoint), ``out/metrics.csv`` (one row per log step),
     ``out/summary.json``, and keeps resumable states in ``out/state/``. Returns the
-    checkpoint path.
+    checkpoint path. ``init_from_diffusers``: start from a pretrained diffusers VAE (folder or
+    hub id) instead of our backbone; ``cfg`` is then its ``diffusers_vae.byo_config``.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -124,8 +127,9 @@ def train(
         mixed_precision={"fp32": "no"}.get(tc.mixed_precision, tc.mixed_precision)
     )
     set_seed(tc.seed)  # the same on every process: identical initial weights
+    model, init = initial_model(cfg, method, arch, rate, init_from_diffusers)
     parts, lpips_dtype, channels_last = _build_parts(
-        cfg, method, arch, rate, accelerator, weights_dir
+        cfg, model, method, arch, accelerator, weights_dir
     )
     hp = METHODS[method].hyper
     lr, batch = tc.lr[hp], tc.batch_size[hp]
@@ -133,6 +137,8 @@ def train(
     accelerator.register_for_checkpointing(loop)
     run = runstate.run_settings(cfg, method, arch, rate, runstate.prepared_sha256(data_dir))
     run["lpips_dtype"] = str(lpips_dtype)  # `auto` resolves per machine: resume only the same
+    if init:  # a pretrained start: resume only a run that started from the same weights
+        run["init"] = {k: init["diffusers"][k] for k in ("config", "weights_sha256")}
     runstate.resume(accelerator, out, run)
 
     dataset = PreparedDataset(data_dir, "train")
@@ -172,9 +178,8 @@ def train(
     ckpt = out / "model.pt"
     if accelerator.is_main_process:
         logvar = accelerator.unwrap_model(parts.nll_loss).logvar.item()
-        save_checkpoint(
-            ckpt, raw_model.cpu(), cfg, method, arch, rate, loop.step, extra={"logvar": logvar}
-        )
+        extra = {"logvar": logvar} | init  # init: what rebuilds a pretrained architecture
+        save_checkpoint(ckpt, raw_model.cpu(), cfg, method, arch, rate, loop.step, extra)
         summary = {
             "method": method,
             "arch": arch,
@@ -185,6 +190,7 @@ def train(
             "train_images": len(dataset),
             "lpips_dtype": str(lpips_dtype).removeprefix("torch."),  # auto resolves per machine
             "final_window": runstate.final_window(out / runstate.LOG_FILE, loop.step),
+            "tdc": tdc_check(cfg, method, rate, ckpt, data_dir, out / runstate.LOG_FILE, loop.step),
             "config": config_to_dict(cfg.train),
         }
         write_json(out / "summary.json", summary)
@@ -192,12 +198,65 @@ def train(
     return ckpt
 
 
-def _build_parts(cfg, method, arch, rate, accelerator, weights_dir):
-    """Model, discriminator, losses and optimisers, prepared by Accelerate."""
+TDC_CHECK_BAND = 2.0  # bits: p05-p95 of validation token rates within target +- 2 (issue 14)
+
+
+def tdc_check(cfg, method, rate, ckpt, data_dir, log, steps) -> dict | None:
+    """Does TDC hold at the end of training? On the validation images the 5th-95th percentile
+    of per-token bits within target +- TDC_CHECK_BAND, and neither lam_max at its upper bound
+    nor lam_min at its lower bound through the last 20 % of logged steps. None if not a TDC run."""
+    import numpy as np
+    import pandas as pd
+
+    from gaussquant.evaluate import posterior_rates
+
+    if method not in ("gq", "tbtdc"):
+        return None
+    target = (
+        float(cfg.rate(rate).tokenbridge_bits)
+        if method == "tbtdc"
+        else math.log2(cfg.tdc.codebook_size)
+    )
+    bits = posterior_rates(ckpt, data_dir, cfg.eval.batch_size, max_images=512)["token_bits"]
+    p05, p95 = (float(v) for v in np.percentile(bits, [5, 95]))
+    rows = pd.read_csv(log)
+    rows = rows[rows["step"] > 0.8 * steps]
+    hi, lo = cfg.tdc.lam_max_range[1], cfg.tdc.lam_min_range[0]
+    pinned = {
+        "lam_max": bool(len(rows) and np.isclose(rows["lam_max"], hi, rtol=1e-6).all()),
+        "lam_min": bool(len(rows) and np.isclose(rows["lam_min"], lo, rtol=1e-6).all()),
+    }
+    within = target - TDC_CHECK_BAND <= p05 and p95 <= target + TDC_CHECK_BAND
+    return {
+        "target_bits": target,
+        "val_p05": p05,
+        "val_p95": p95,
+        "val_mean": float(bits.mean()),
+        "band_bits": TDC_CHECK_BAND,
+        "lam_min_end": float(rows["lam_min"].iloc[-1]) if len(rows) else math.nan,
+        "lam_max_end": float(rows["lam_max"].iloc[-1]) if len(rows) else math.nan,
+        "pinned_last_20pct": pinned,
+        "holds": bool(within and not any(pinned.values())),
+    }
+
+
+def initial_model(cfg, method, arch, rate, init_from_diffusers=None) -> tuple[nn.Module, dict]:
+    """Our backbone freshly initialised, or a pretrained diffusers VAE with a fresh bottleneck
+    (:mod:`gaussquant.models.diffusers_vae`); and the checkpoint extra describing the latter."""
+    if init_from_diffusers is None:
+        return build_autoencoder(cfg, method, arch, rate), {}
+    from gaussquant.models.diffusers_vae import BYO_ARCH, pretrained_autoencoder
+
+    if arch != BYO_ARCH:
+        raise GaussquantError(f"--init-from-diffusers trains arch {BYO_ARCH!r}, not {arch!r}")
+    return pretrained_autoencoder(init_from_diffusers, cfg, method, rate)
+
+
+def _build_parts(cfg, model, method, arch, accelerator, weights_dir):
+    """Discriminator, losses and optimisers for ``model``, all prepared by Accelerate."""
     from gaussquant.metrics.lpips import build_lpips, lpips_compute_dtype
 
     lc = cfg.loss
-    model = build_autoencoder(cfg, method, arch, rate)
     model.bottleneck.reduce_fn = _reduce_fn(accelerator)
     # oneDNN's convolutions and GroupNorm are faster channels-last on CPU (quick UNet fwd+bwd,
     # 1 thread: 0.198 -> 0.166 s); the arithmetic is the same, only the memory layout differs

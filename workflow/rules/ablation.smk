@@ -15,7 +15,8 @@ rule ablation_train_tolerance:
         model=f"{ABL_RES}/train/tol{{tol}}/model.pt",
     params:
         cli=PARAMS,
-        cfg=train_params_for("gq", ABL.arch, ABL.rate),
+        cfg=train_params_for("gq", ABL.arch, ABL.rate, SEED0),
+        seed=SEED0,
         arch=ABL.arch,
         rate=ABL.rate,
         out=lambda wc: f"{ABL_RES}/train/tol{wc.tol}",
@@ -28,7 +29,7 @@ rule ablation_train_tolerance:
     benchmark:
         f"{RES}/benchmarks/ablation/train-tol{{tol}}.tsv"
     shell:
-        "OMP_NUM_THREADS={threads} gaussquant train {params.cli} --set tdc.tolerance={wildcards.tol}"
+        "OMP_NUM_THREADS={threads} gaussquant train {params.cli} --set tdc.tolerance={wildcards.tol} --set train.seed={params.seed}"
         " --method gq --arch {params.arch} --rate {params.rate} --data {params.data} --out {params.out}"
         " --no-progress > {log} 2>&1"
 
@@ -158,7 +159,7 @@ rule ablation_tolerance:
 
 rule ablation_kl:
     input:
-        vaes=[f"{RES}/train/{m}-{ABL.arch}-{ABL.rate}/model.pt" for m in ("vanilla", "gq")],
+        vaes=[f"{RES}/train/{cell(m, ABL.arch, ABL.rate, SEED0)}/model.pt" for m in ("vanilla", "gq")],
         data=rules.prepare_data.output.manifest,
         code=CODE["ablation"],
     output:

@@ -1,12 +1,16 @@
-# Target lists and helpers. Every output path is a pure function of (profile, method, arch, rate).
+# Target lists and helpers. Every output path is a pure function of (profile, method, arch, rate,
+# training seed).
 import math
+import shlex
 import os
+import re
 import sys
 from dataclasses import fields
 
 from gaussquant.codedeps import stage_code
 from gaussquant.config import NON_TRAJECTORY_KEYS, config_from_dict, resolve_params
 from gaussquant.methods import CONVERSIONS, METHODS, ROWS, TOKENBRIDGE_ROWS, table1_rows
+from gaussquant.sections import RELEASED_WEIGHTS
 
 # Rules call `gaussquant`/`accelerate` from the environment that runs Snakemake, activated or not.
 os.environ["PATH"] = f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -15,7 +19,7 @@ CFG = config_from_dict(resolve_params(config))  # strict check of the whole file
 PROFILE = CFG.profile
 RES = f"results/{PROFILE}"
 PARAMS = f"--params params.yaml --profile {PROFILE}"  # --config profile=... reaches the stages too
-STAGE_RULES = ("prepare_data", "train", "convert", "evaluate", "fid_reference", "table", "figure", "theory", "ablation")
+STAGE_RULES = ("prepare_data", "train", "convert", "evaluate", "fid_reference", "table", "figure", "theory", "ablation", "official", "rate")
 
 # Source files each stage runs, from a walk of its imports (gaussquant.codedeps): declared as
 # inputs, so a code change reruns exactly the rules whose stage runs that code.
@@ -29,6 +33,7 @@ wildcard_constraints:
     method="|".join(METHODS),
     arch="unet|vit",
     rate="[0-9.]+",
+    tseed="[0-9]+",
     row="|".join(ROWS),
 
 
@@ -40,19 +45,36 @@ def fid_ref_arg(wildcards, input):
     return f"--fid-ref {input.fid_ref}" if input.fid_ref else ""
 
 
-def grid():
-    return [(a, r) for a in CFG.experiment.archs for r in CFG.experiment.rates]
+SEEDS = CFG.experiment.seeds  # training seeds: every trained cell and evaluated row, per seed
+SEED0 = SEEDS[0]  # the one seed of the diagnostics figures and the ablations
+
+
+def grid(rates=None, seeds=None):
+    """(arch, rate, training seed) of every cell of Table 1 (or of the given rates, seeds)."""
+    rates = CFG.experiment.rates if rates is None else rates
+    return [(a, r, s) for a in CFG.experiment.archs for r in rates for s in (seeds or SEEDS)]
+
+
+def cell(name, arch, rate, seed):
+    """The directory name of one trained/converted/evaluated cell."""
+    return f"{name}-{arch}-{rate}-s{seed}"
 
 
 def table1_outputs():
-    """Table 1 and the figures made from the same runs (no extra training)."""
-    return [f"{RES}/tables/table1.{ext}" for ext in ("csv", "md", "tex")] + [
+    """Table 1, its verdicts and the figures made from the same runs (no extra training)."""
+    return [f"{RES}/tables/{t}.{ext}" for t in ("table1", "verdicts") for ext in ("csv", "md")] + [
+        f"{RES}/tables/table1.tex"
+    ] + [
         f"{RES}/figures/{name}.png" for name in ("rate_distortion", "tdc_dynamics", "recon_grid")
     ]
 
 
 def tokenbridge_outputs():
     return [f"{RES}/tables/tokenbridge.{ext}" for ext in ("csv", "md", "tex")]
+
+
+def figure1_outputs():
+    return [f"{RES}/figures/figure1.{ext}" for ext in ("png", "pdf")]
 
 
 def figure_outputs():
@@ -64,11 +86,11 @@ def figure_outputs():
     ]
 
 
-def eval_json(row, arch, rate):
-    return f"{RES}/eval/{row}-{arch}-{rate}/metrics.json"
+def eval_json(row, arch, rate, seed):
+    return f"{RES}/eval/{cell(row, arch, rate, seed)}/metrics.json"
 
 
-def train_params_for(method, arch, rate):
+def train_params_for(method, arch, rate, seed):
     """The params that change a training run (rerun triggers): only what this (method, arch,
     rate) reads, so editing e.g. the TDC tolerance does not retrain the FSQ baselines, and
     logging/checkpoint cadence (which do not change the result) retrain nothing."""
@@ -79,6 +101,7 @@ def train_params_for(method, arch, rate):
         if f.name not in NON_TRAJECTORY_KEYS:
             v = getattr(t, f.name)
             train[f.name] = v[spec.hyper] if isinstance(v, dict) else v
+    train["seed"] = int(seed)  # the pipeline's seed axis, not train.seed
     return {
         "model": str((m.latent_channels, m.downsample, getattr(m, arch), m.discriminator)),
         "loss": str(CFG.loss),
@@ -89,7 +112,7 @@ def train_params_for(method, arch, rate):
 
 
 def train_params(wildcards):
-    return train_params_for(wildcards.method, wildcards.arch, wildcards.rate)
+    return train_params_for(wildcards.method, wildcards.arch, wildcards.rate, wildcards.tseed)
 
 
 def launch_prefix(resources):
@@ -115,14 +138,14 @@ def eval_checkpoint(wc):
     Gaussian VAE's continuous reconstruction reads its training checkpoint)."""
     row = ROWS[wc.row]
     if row.quantizer:
-        return f"{RES}/convert/{row.name}-{wc.arch}-{wc.rate}/model.pt"
-    return f"{RES}/train/{row.source}-{wc.arch}-{wc.rate}/model.pt"
+        return f"{RES}/convert/{cell(row.name, wc.arch, wc.rate, wc.tseed)}/model.pt"
+    return f"{RES}/train/{cell(row.source, wc.arch, wc.rate, wc.tseed)}/model.pt"
 
 
 # Ablations (workflow/rules/ablation.smk) on one (arch, rate) of the TDC VAE.
 ABL = CFG.ablation
 ABL_RES = f"{RES}/ablation"
-ABL_BASE = f"{RES}/train/gq-{ABL.arch}-{ABL.rate}/model.pt"
+ABL_BASE = f"{RES}/train/{cell('gq', ABL.arch, ABL.rate, SEED0)}/model.pt"
 LOG2K = int(math.log2(CFG.tdc.codebook_size))
 ABL_KS = [2 ** (LOG2K + o) for o in ABL.codebook_log2_offsets]
 BASE_SEED = CFG.gq.seed
@@ -148,3 +171,59 @@ def _abl_tables(kind, for_report=True):
 def ablation_outputs():
     kinds = ("codebook", "tolerance", "seed", "kl")
     return [t for kind in kinds for t in _abl_tables(kind, for_report=False)]
+
+
+# Released official checkpoints (workflow/rules/official.smk): configuration name -> .ckpt.
+OFFICIAL = CFG.official.checkpoints
+OFFICIAL_NAME = "|".join(map(re.escape, OFFICIAL)) or "(?!)"  # only the configured names
+
+
+def official_source(wc):
+    path = OFFICIAL[wc.oname]
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"official.checkpoints.{wc.oname}: {path} not found; download it from the Hugging Face "
+            f"repository {RELEASED_WEIGHTS}, e.g. `hf download {RELEASED_WEIGHTS} {wc.oname}.ckpt "
+            f"--local-dir {os.path.dirname(path) or '.'}` (README: Use the released weights)"
+        )
+    return path
+
+
+def official_metrics(wildcards=None):
+    if not OFFICIAL:
+        raise ValueError(
+            "official.checkpoints is empty: download checkpoints from the Hugging Face repository "
+            f"{RELEASED_WEIGHTS} and list them in params.yaml (README: Use the released weights)"
+        )
+    return [f"{RES}/eval/official-{name}/metrics.json" for name in OFFICIAL]
+
+
+# Bring your own diffusers VAE (workflow/rules/byo.smk).
+BYO = CFG.byo
+BYO_RES = f"{RES}/eval/byo"
+BYO_VAE = shlex.quote(BYO.vae)
+BYO_SHAPE = f"--bpp {BYO.rate}"  # K from params; the stages derive m from the VAE's C and f
+BYO_TRIGGERS = {"vae": BYO.vae, "rate": BYO.rate, "k": CFG.tdc.codebook_size, "gq": str(CFG.gq)}
+# evaluated row -> (checkpoint, continuous, table name)
+BYO_ROWS = {
+    "pretrained": (f"{RES}/convert/byo-pretrained-vae/model.pt", True, "pretrained VAE, continuous"),
+    "gq-pretrained": (f"{RES}/convert/byo-pretrained-gq/model.pt", False, "GQ, pretrained VAE"),
+    "tb-pretrained": (f"{RES}/convert/byo-pretrained-tokenbridge/model.pt", False, "TokenBridge, pretrained VAE"),
+    "tdc": (f"{RES}/train/byo-tdc/model.pt", True, "TDC fine-tuned VAE, continuous"),
+    "gq-tdc": (f"{RES}/convert/byo-tdc-gq/model.pt", False, "GQ after TDC fine-tuning"),
+    "tb-tdc": (f"{RES}/convert/byo-tdc-tokenbridge/model.pt", False, "TokenBridge after TDC fine-tuning"),
+}
+
+
+def byo_outputs():
+    """The byo table and the rate report."""
+    table = [f"{RES}/tables/byo.{ext}" for ext in ("csv", "md", "tex")]
+    return table + [f"{BYO_RES}/rate.{ext}" for ext in ("json", "md", "png")]
+
+
+def byo_train_params():
+    """What changes the fine-tuning (rerun triggers): the gq hyperparameters and its sections."""
+    t = CFG.train
+    train = {f.name: getattr(t, f.name) for f in fields(t) if f.name not in NON_TRAJECTORY_KEYS}
+    train = {k: v["gq"] if isinstance(v, dict) else v for k, v in train.items()}
+    return {"loss": str(CFG.loss), "tdc": str(CFG.tdc), "disc": str(CFG.model.discriminator), "train": str(train)}

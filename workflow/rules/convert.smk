@@ -3,10 +3,10 @@
 
 rule convert:
     input:
-        model=lambda wc: f"{RES}/train/{CONVERSIONS[wc.conv][0]}-{wc.arch}-{wc.rate}/model.pt",
+        model=lambda wc: f"{RES}/train/{cell(CONVERSIONS[wc.conv][0], wc.arch, wc.rate, wc.tseed)}/model.pt",
         code=CODE["convert"],
     output:
-        model=f"{RES}/convert/{{conv}}-{{arch}}-{{rate}}/model.pt",
+        model=f"{RES}/convert/{{conv}}-{{arch}}-{{rate}}-s{{tseed}}/model.pt",
     wildcard_constraints:
         conv="|".join(CONVERSIONS),
     params:
@@ -17,8 +17,8 @@ rule convert:
         "../../environment.yml"
     threads: 1
     log:
-        f"{RES}/logs/convert/{{conv}}-{{arch}}-{{rate}}.log",
+        f"{RES}/logs/convert/{{conv}}-{{arch}}-{{rate}}-s{{tseed}}.log",
     benchmark:
-        f"{RES}/benchmarks/convert/{{conv}}-{{arch}}-{{rate}}.tsv"
+        f"{RES}/benchmarks/convert/{{conv}}-{{arch}}-{{rate}}-s{{tseed}}.tsv"
     shell:
         "OMP_NUM_THREADS={threads} gaussquant convert {params.cli} --ckpt {input.model} --to {params.to} --out {output.model} > {log} 2>&1"

@@ -8,8 +8,8 @@ rule evaluate:
         fid_ref=FID_REF,
         code=CODE["evaluate"],
     output:
-        metrics=f"{RES}/eval/{{row}}-{{arch}}-{{rate}}/metrics.json",
-        grid=f"{RES}/eval/{{row}}-{{arch}}-{{rate}}/grid.png",
+        metrics=f"{RES}/eval/{{row}}-{{arch}}-{{rate}}-s{{tseed}}/metrics.json",
+        grid=f"{RES}/eval/{{row}}-{{arch}}-{{rate}}-s{{tseed}}/grid.png",
     params:
         cli=PARAMS,
         eval=str(CFG.eval),
@@ -20,9 +20,9 @@ rule evaluate:
         "../../environment.yml"
     threads: 1
     log:
-        f"{RES}/logs/eval/{{row}}-{{arch}}-{{rate}}.log",
+        f"{RES}/logs/eval/{{row}}-{{arch}}-{{rate}}-s{{tseed}}.log",
     benchmark:
-        f"{RES}/benchmarks/eval/{{row}}-{{arch}}-{{rate}}.tsv"
+        f"{RES}/benchmarks/eval/{{row}}-{{arch}}-{{rate}}-s{{tseed}}.tsv"
     shell:
         "OMP_NUM_THREADS={threads} gaussquant evaluate {params.cli} --ckpt {input.model} --data {params.data} --name {wildcards.row}"
         " {params.continuous} {params.fid} --out {output.metrics} --grid {output.grid} --no-progress > {log} 2>&1"

@@ -3,29 +3,33 @@
 
 rule table1:
     input:
-        metrics=[eval_json(row, a, r) for a, r in grid() for row in TABLE1_ROWS],
+        metrics=[eval_json(row, a, r, s) for a, r, s in grid() for row in TABLE1_ROWS],
         code=CODE["table"],
     output:
         csv=report(f"{RES}/tables/table1.csv", category="Tables", caption="../report/table1.rst"),
         md=f"{RES}/tables/table1.md",
         tex=f"{RES}/tables/table1.tex",
         json=f"{RES}/tables/table1.json",
+        verdicts=report(f"{RES}/tables/verdicts.csv", category="Tables", caption="../report/verdicts.rst"),
+        verdicts_md=f"{RES}/tables/verdicts.md",
     params:
         cli=PARAMS,
         table=str(CFG.table),
         prefix=lambda w, output: os.path.splitext(output.csv)[0],
+        verdicts=lambda w, output: os.path.splitext(output.verdicts)[0],
     conda:
         "../../environment.yml"
     threads: 1
     log:
         f"{RES}/logs/table1.log",
     shell:
-        "OMP_NUM_THREADS={threads} gaussquant table {params.cli} --kind table1 --out {params.prefix} {input.metrics} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} gaussquant table {params.cli} --kind table1 --out {params.prefix}"
+        " --verdicts {params.verdicts} {input.metrics} > {log} 2>&1"
 
 
 rule table_tokenbridge:
     input:
-        metrics=[eval_json(row, a, r) for a, r in grid() for row in TOKENBRIDGE_ROWS],
+        metrics=[eval_json(row, a, r, s) for a, r, s in grid() for row in TOKENBRIDGE_ROWS],
         code=CODE["table"],
     output:
         csv=report(f"{RES}/tables/tokenbridge.csv", category="Tables", caption="../report/tokenbridge.rst"),
@@ -47,7 +51,7 @@ rule table_tokenbridge:
 
 rule figure_rate_distortion:
     input:
-        metrics=[eval_json(row, a, r) for a, r in grid() for row in TABLE1_ROWS],
+        metrics=[eval_json(row, a, r, s) for a, r, s in grid() for row in TABLE1_ROWS],
         code=CODE["figure"],
     output:
         report(f"{RES}/figures/rate_distortion.png", category="Figures", caption="../report/rate_distortion.rst"),
@@ -62,9 +66,27 @@ rule figure_rate_distortion:
         "OMP_NUM_THREADS={threads} gaussquant figure {params.cli} --kind rate-distortion --out {output} {input.metrics} > {log} 2>&1"
 
 
+rule figure1:
+    input:
+        metrics=[eval_json(row, a, r, s) for a, r, s in grid(CFG.experiment.figure1_rates) for row in TABLE1_ROWS],
+        code=CODE["figure"],
+    output:
+        png=report(f"{RES}/figures/figure1.png", category="Figures", caption="../report/figure1.rst"),
+        pdf=f"{RES}/figures/figure1.pdf",
+    params:
+        cli=PARAMS,
+    conda:
+        "../../environment.yml"
+    threads: 1
+    log:
+        f"{RES}/logs/figures/figure1.log",
+    shell:
+        "OMP_NUM_THREADS={threads} gaussquant figure {params.cli} --kind figure1 --out {output.png} {input.metrics} > {log} 2>&1"
+
+
 rule figure_tdc_kl_hist:
     input:
-        models=[f"{RES}/train/{m}-{a}-{r}/model.pt" for a, r in grid() for m in ("vanilla", "gq")],
+        models=[f"{RES}/train/{cell(m, a, r, SEED0)}/model.pt" for a, r, _ in grid(seeds=[SEED0]) for m in ("vanilla", "gq")],
         data=rules.prepare_data.output.manifest,
         code=CODE["figure"],
     output:
@@ -84,7 +106,7 @@ rule figure_tdc_kl_hist:
 
 rule figure_tdc_dynamics:
     input:
-        logs=[f"{RES}/train/gq-{a}-{r}/metrics.csv" for a, r in grid()],
+        logs=[f"{RES}/train/{cell('gq', a, r, s)}/metrics.csv" for a, r, s in grid()],
         code=CODE["figure"],
     output:
         report(f"{RES}/figures/tdc_dynamics.png", category="Figures", caption="../report/tdc_dynamics.rst"),
@@ -101,7 +123,7 @@ rule figure_tdc_dynamics:
 
 rule figure_recon_grid:
     input:
-        grids=[f"{RES}/eval/{row}-{a}-{r}/grid.png" for a, r in grid() for row in TABLE1_ROWS],
+        grids=[f"{RES}/eval/{cell(row, a, r, SEED0)}/grid.png" for a, r, _ in grid(seeds=[SEED0]) for row in TABLE1_ROWS],
         code=CODE["figure"],
     output:
         report(f"{RES}/figures/recon_grid.png", category="Figures", caption="../report/recon_grid.rst"),

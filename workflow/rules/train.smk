@@ -3,12 +3,12 @@ rule train:
         data=rules.prepare_data.output.manifest,
         code=CODE["train"],
     output:
-        model=f"{RES}/train/{{method}}-{{arch}}-{{rate}}/model.pt",
-        log_csv=f"{RES}/train/{{method}}-{{arch}}-{{rate}}/metrics.csv",
+        model=f"{RES}/train/{{method}}-{{arch}}-{{rate}}-s{{tseed}}/model.pt",
+        log_csv=f"{RES}/train/{{method}}-{{arch}}-{{rate}}-s{{tseed}}/metrics.csv",
     params:
         cli=PARAMS,
         cfg=train_params,
-        out=lambda wc: f"{RES}/train/{wc.method}-{wc.arch}-{wc.rate}",
+        out=lambda wc: f"{RES}/train/{cell(wc.method, wc.arch, wc.rate, wc.tseed)}",
         data=lambda w, input: os.path.dirname(input.data),
         launch=lambda wc, resources: launch_prefix(resources),
     resources:
@@ -18,9 +18,9 @@ rule train:
         "../../environment.yml"
     threads: 1
     log:
-        f"{RES}/logs/train/{{method}}-{{arch}}-{{rate}}.log",
+        f"{RES}/logs/train/{{method}}-{{arch}}-{{rate}}-s{{tseed}}.log",
     benchmark:
-        f"{RES}/benchmarks/train/{{method}}-{{arch}}-{{rate}}.tsv"
+        f"{RES}/benchmarks/train/{{method}}-{{arch}}-{{rate}}-s{{tseed}}.tsv"
     shell:
-        "OMP_NUM_THREADS={threads} {params.launch} train {params.cli} --method {wildcards.method} --arch {wildcards.arch}"
+        "OMP_NUM_THREADS={threads} {params.launch} train {params.cli} --set train.seed={wildcards.tseed} --method {wildcards.method} --arch {wildcards.arch}"
         " --rate {wildcards.rate} --data {params.data} --out {params.out} --no-progress > {log} 2>&1"

@@ -19,6 +19,10 @@ Structure (L = len(ch_mult) levels, level 0 = full resolution):
 - ResNet block: GroupNorm, SiLU, 3x3 conv, GroupNorm, SiLU, dropout, 3x3 conv, plus a 1x1 conv
   shortcut when the channel count changes. GroupNorm eps 1e-6, as in the LDM code.
 
+Numerics follow the official modules op for op (SiLU as ``x * sigmoid(x)``, the attention's
+token layout), so imported official weights (:mod:`gaussquant.official`) give the official
+outputs to float32 rounding (tests/test_official.py).
+
 Parameter counts of the paper configuration (checked in tests/test_models.py): encoder with
 out_channels = 2C = 32: 35,325,856 (SPEC: about 35.3 M); decoder with in_channels = C = 16:
 51,648,771 (SPEC: about 51.6 M). Both need exactly this structure: two attention blocks in the
@@ -39,6 +43,12 @@ from gaussquant.errors import GaussquantError
 from gaussquant.sections import UNetConfig
 
 GROUPNORM_EPS = 1e-6  # LDM autoencoder value (torch default is 1e-5)
+
+
+def _swish(x: torch.Tensor) -> torch.Tensor:
+    """SiLU written as the official ``x * sigmoid(x)``; F.silu rounds differently (official
+    decoder output reproduced to 0.91e-5 instead of 0.99e-5 on an AVX2 CPU, tests/test_official.py)."""
+    return x * torch.sigmoid(x)
 
 
 class UNetEncoder(nn.Module):
@@ -76,7 +86,7 @@ class UNetEncoder(nn.Module):
         for stage in self.down:
             h = stage(h)
         h = self.mid(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(_swish(self.norm_out(h)))
 
 
 class UNetDecoder(nn.Module):
@@ -108,7 +118,7 @@ class UNetDecoder(nn.Module):
         h = self.mid(self.conv_in(z))
         for stage in self.up:
             h = stage(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(_swish(self.norm_out(h)))
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -127,15 +137,16 @@ class ResnetBlock(nn.Module):
         self.shortcut = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        h = self.conv1(_swish(self.norm1(x)))
+        h = self.conv2(self.dropout(_swish(self.norm2(h))))
         return self.shortcut(x) + h
 
 
 class AttnBlock(nn.Module):
     """Single-head self-attention over all H*W positions, pre-GroupNorm, residual.
 
-    q, k, v come from one 1x1 conv (same parameter count as the LDM code's three 1x1 convs).
+    q, k, v come from one 1x1 conv: the LDM code's three 1x1 convs stacked on the output
+    channels (same parameters, same values; :mod:`gaussquant.official` splits and joins them).
     """
 
     def __init__(self, channels: int, num_groups: int):
@@ -146,10 +157,14 @@ class AttnBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).transpose(-1, -2)  # (B, 3, HW, C)
-        q, k, v = qkv.unbind(1)
+        # contiguous (B, 1, HW, C) q, k, v and the attention output handed back to proj_out as a
+        # channels-last view: the official layout, so the same kernels run (float32 parity)
+        q, k, v = (
+            t.permute(0, 2, 3, 1).reshape(b, 1, h * w, c).contiguous()
+            for t in self.qkv(self.norm(x)).chunk(3, dim=1)
+        )
         out = F.scaled_dot_product_attention(q, k, v)  # scale 1/sqrt(C), one head
-        return x + self.proj_out(out.transpose(-1, -2).reshape(b, c, h, w))
+        return x + self.proj_out(out.reshape(b, h, w, c).permute(0, 3, 1, 2))
 
 
 class _Stage(nn.Module):

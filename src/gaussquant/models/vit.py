@@ -69,7 +69,11 @@ class ViTEncoder(nn.Module):
 
 
 class ViTDecoder(nn.Module):
-    """Latent (B, in_channels, S/p, S/p) -> image (B, out_channels, S, S) in [-1, 1]."""
+    """Latent (B, in_channels, S/p, S/p) -> image (B, out_channels, S, S), clamped to [-1, 1].
+
+    ``forward(z, clamp=False)`` returns the raw output: what the official ``decode()`` gives (the
+    official eval.py reports it); its ``forward()``/``dequant()`` clamp, as ``clamp=True`` here.
+    """
 
     def __init__(self, cfg: ViTConfig, in_channels: int = 16, out_channels: int = 3):
         super().__init__()
@@ -88,7 +92,7 @@ class ViTDecoder(nn.Module):
         nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.trunc_normal_(self.conv_out.weight, std=0.02)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, clamp: bool = True) -> torch.Tensor:
         g, p = self.cfg.grid, self.cfg.patch
         if tuple(z.shape[-2:]) != (g, g):
             raise GaussquantError(
@@ -101,7 +105,7 @@ class ViTDecoder(nn.Module):
             h = block(h)
         h = self.conv_out(torch.tanh(self.head(self.ln_post(h))))
         x = rearrange(h, "b (gh gw) (c p q) -> b c (gh p) (gw q)", gh=g, p=p, q=p)
-        return clamp_output(x, self.cfg.clamp)
+        return clamp_output(x, self.cfg.clamp) if clamp else x
 
 
 def clamp_output(x: torch.Tensor, mode: str = "inward") -> torch.Tensor:

@@ -2,7 +2,6 @@
 
 ``BUILDERS`` is the one place a trained method's bottleneck is chosen by name (the names of
 :data:`gaussquant.methods.METHODS`): each builds itself from its config section at a rate.
-``QUANTIZERS`` names every quantizer class, the post-training ones (GQ, TokenBridge) included.
 The Gaussian VAE bottleneck with TDC lives in :mod:`gaussquant.quantizers.tdc`.
 """
 
@@ -21,15 +20,6 @@ from gaussquant.quantizers.tdc import GaussianBottleneck
 from gaussquant.quantizers.tokenbridge import TokenBridge
 from gaussquant.quantizers.vq import VectorQuantizer
 
-QUANTIZERS = {
-    "gq": GaussianQuant,
-    "vq": VectorQuantizer,
-    "fsq": FSQ,
-    "lfq": LFQ,
-    "bsq": BSQ,
-    "tokenbridge": TokenBridge,
-}
-
 BUILDERS = {  # method name -> (cfg: Config, rate: RateConfig) -> bottleneck module
     "vq": VectorQuantizer.from_config,
     "fsq": FSQ.from_config,
@@ -46,7 +36,6 @@ __all__ = [
     "FSQ",
     "GaussianBottleneck",
     "LFQ",
-    "QUANTIZERS",
     "GaussianQuant",
     "QuantizerOutput",
     "TokenBridge",

@@ -3,7 +3,8 @@
 ``gq``: the bottleneck becomes :class:`GaussianQuant` (Sobol/inverse-CDF codebook regenerated
 from (seed, K, m), its sha256 recorded and checked on load). ``tokenbridge``: per-channel
 Gaussian-quantile bins (m = 1). Encoder and decoder weights are copied unchanged; nothing is
-trained.
+trained. A pretrained diffusers ``AutoencoderKL`` (:func:`convert_diffusers`) goes through the
+same :func:`convert_model` as our own checkpoints.
 """
 
 from __future__ import annotations
@@ -12,20 +13,22 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from gaussquant.checkpoint import (
     POST_QUANTIZERS,
     build_post_quantizer,
     gq_meta,
+    load_autoencoder,
     post_quantizer_meta,
-    read_checkpoint,
     save_checkpoint,
 )
-from gaussquant.config import config_from_dict
+from gaussquant.config import Config, config_from_dict
 from gaussquant.errors import GaussquantError
 from gaussquant.methods import GAUSSIAN_METHODS
-from gaussquant.models.autoencoder import build_autoencoder
 
 TARGETS = POST_QUANTIZERS
+IMPORT_TARGET = "vae"  # convert --from-diffusers --to vae: the Gaussian VAE itself, unquantized
 
 
 def convert_checkpoint(
@@ -37,29 +40,68 @@ def convert_checkpoint(
     ``codebook_size`` overrides K (the codebook-size ablation; default: the TDC target's K).
     Returns the quantizer metadata written.
     """
-    payload = read_checkpoint(src)
-    method = payload["method"]
-    if method not in GAUSSIAN_METHODS or "quantizer" in payload.get("extra", {}):
+    model, payload = load_autoencoder(src)
+    method, extra = payload["method"], payload.get("extra", {})
+    if method not in GAUSSIAN_METHODS or "quantizer" in extra:
         raise GaussquantError(
             f"{src}: convert needs a trained Gaussian VAE (method {', '.join(GAUSSIAN_METHODS)}), "
             f"got {method!r}"
         )
     cfg = config_from_dict(payload["config"])
+    kept = {k: v for k, v in extra.items() if k == "diffusers"}  # what rebuilds the model
+    source = kept | {"source_checkpoint": str(src), "source_step": payload["step"]}
+    where = (payload["arch"], payload["rate"], payload["step"])
+    return convert_model(model, cfg, method, *where, to, out, gq_cfg, codebook_size, source)
+
+
+def convert_model(
+    model: nn.Module,
+    cfg: Config,
+    method: str,
+    arch: str,
+    rate: str,
+    step: int,
+    to: str,
+    out: str | Path,
+    gq_cfg=None,
+    codebook_size: int | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Replace the Gaussian bottleneck of ``model`` (trained ``method`` under ``cfg``) by the
+    post-training quantizer ``to`` and write the converted checkpoint; returns its metadata."""
     if gq_cfg is not None:
         cfg = dataclasses.replace(cfg, gq=gq_cfg)
-    meta = post_quantizer_meta(cfg, payload["rate"], to)
+    meta = post_quantizer_meta(cfg, rate, to)
     if codebook_size is not None and to == "gq" and codebook_size != meta["codebook_size"]:
         meta = gq_meta(
             meta["latent_channels"], codebook_size, meta["dim"], meta["seed"], meta["beta"]
         )
-    model = build_autoencoder(cfg, method, payload["arch"], payload["rate"])
-    model.load_state_dict(payload["model"])
     model.bottleneck = build_post_quantizer(meta)
-    extra = {
-        "quantizer": meta,
-        "source_method": method,
-        "source_checkpoint": str(src),
-        "source_step": payload["step"],
-    }
-    save_checkpoint(out, model, cfg, to, payload["arch"], payload["rate"], payload["step"], extra)
+    extra = {"quantizer": meta, "source_method": method} | (extra or {})
+    save_checkpoint(out, model, cfg, to, arch, rate, step, extra)
     return meta
+
+
+def convert_diffusers(
+    spec: str,
+    to: str,
+    out: str | Path,
+    cfg: Config,
+    codebook_size: int,
+    dim: int,
+    local_files_only: bool = False,
+) -> dict[str, Any] | None:
+    """A pretrained diffusers ``AutoencoderKL`` (``spec``: folder or hub id) as a Gaussian VAE
+    (method ``vanilla``) at codebook (K, m) under ``cfg``, converted to ``to`` like a trained
+    checkpoint; ``to == "vae"`` writes that Gaussian VAE itself (the continuous reference row,
+    or the source of ``convert --ckpt``). Returns the quantizer metadata (None for ``vae``)."""
+    from gaussquant.models import diffusers_vae as dv
+
+    cfg = dv.byo_config(cfg, dv.read_vae_config(spec, local_files_only), codebook_size, dim)
+    model, extra = dv.pretrained_autoencoder(spec, cfg, "vanilla", dv.BYO_RATE, local_files_only)
+    where = (dv.BYO_ARCH, dv.BYO_RATE, 0)
+    if to == IMPORT_TARGET:
+        save_checkpoint(out, model, cfg, "vanilla", *where, extra)
+        return None
+    source = extra | {"source_checkpoint": str(spec), "source_step": 0}
+    return convert_model(model, cfg, "vanilla", *where, to, out, extra=source)

@@ -120,10 +120,12 @@ def run(args: argparse.Namespace) -> int:
         "arch": payload["arch"],
         "rate": payload["rate"],
         "bpp": tcfg["rates"][payload["rate"]]["bpp"],
+        "seed": tcfg["train"]["seed"],  # the training seed (an experiment axis)
         "quantized": not args.continuous,
         "bits_per_pixel": None if args.continuous else bits / f**2,
         "tokens_per_image": 0 if args.continuous else tokens * (res // f) ** 2,
         "resolution": res,
+        "clamp_output": cfg.eval.clamp_output and payload["arch"] == "vit",  # eval.clamp_output
         **metrics,
         "protocol": PROTOCOL,
         "checkpoint": {
@@ -140,7 +142,12 @@ def run(args: argparse.Namespace) -> int:
     write_json(args.out, record)
     print(
         json.dumps(
-            {k: v for k, v in record.items() if k not in ("protocol", "weights_sha256")}, indent=2
+            {
+                k: v
+                for k, v in record.items()
+                if k not in ("protocol", "weights_sha256", "per_image")
+            },
+            indent=2,
         )
     )
     return 0

@@ -11,7 +11,7 @@ from gaussquant.errors import GaussquantError
 from gaussquant.io import write_json
 from gaussquant.stages.common import add_params_args, load_stage_config
 
-KINDS = ("rate-distortion", "kl-hist", "tdc-dynamics", "recon-grid")
+KINDS = ("rate-distortion", "figure1", "kl-hist", "tdc-dynamics", "recon-grid")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,15 +37,20 @@ def run(args: argparse.Namespace) -> int:
         if not path.exists():
             raise GaussquantError(f"input {str(path)!r} not found")
     target = math.log2(cfg.tdc.codebook_size)
-    if args.kind == "rate-distortion":
-        from gaussquant.tables import load_metrics
+    if args.kind in ("rate-distortion", "figure1"):
+        from gaussquant.records import load_metrics
 
+        pdf = args.out.with_suffix(".pdf") if args.kind == "figure1" else None
         figures.rate_distortion(
-            load_metrics(args.inputs), args.out, with_published=cfg.profile == "paper"
+            load_metrics(args.inputs), args.out, with_published=cfg.profile == "paper", pdf=pdf
         )
     elif args.kind == "tdc-dynamics":
         logs = {p.parent.name: pd.read_csv(p) for p in args.inputs}
-        figures.tdc_dynamics(logs, target, cfg.tdc.tolerance, args.out)
+        summaries = {p.parent.name: p.parent / "summary.json" for p in args.inputs}
+        checks = {
+            k: json.loads(v.read_text()).get("tdc") for k, v in summaries.items() if v.is_file()
+        }
+        figures.tdc_dynamics(logs, target, cfg.tdc.tolerance, args.out, checks)
     elif args.kind == "recon-grid":
         figures.stack_grids(args.inputs, args.out)
     else:

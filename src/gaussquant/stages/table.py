@@ -12,6 +12,8 @@ CAPTIONS = {
     "tokenizers at equal bits per pixel.",
     "tokenbridge": "TokenBridge (post-training per-channel quantization) on a vanilla vs a TDC "
     "Gaussian VAE, next to GQ at equal bits ({profile} profile).",
+    "byo": "Your own Gaussian VAE ({profile} profile): the pretrained VAE and its TDC fine-tune, "
+    "each continuous, with GQ and with TokenBridge at equal bits.",
 }
 
 
@@ -20,17 +22,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_params_args(p)
     p.add_argument("--kind", choices=sorted(CAPTIONS), required=True)
     p.add_argument("--out", required=True, type=Path, help="output prefix (writes .csv, .md, .tex)")
+    p.add_argument(
+        "--verdicts", type=Path, default=None, help="also write GQ-vs-baseline verdicts (prefix)"
+    )
     p.add_argument("metrics", nargs="+", type=Path, help="metrics JSONs (gaussquant evaluate)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from gaussquant.tables import build_table, load_metrics, write_tables
+    from gaussquant.methods import METHODS
+    from gaussquant.tables import build_table, load_metrics, verdicts, write_tables, write_verdicts
 
     cfg = load_stage_config(args)
-    table = build_table(load_metrics(args.metrics), with_published=cfg.profile == "paper")
+    runs = load_metrics(args.metrics)
+    table = build_table(runs, with_published=cfg.profile == "paper")
     data = "ImageNet" if cfg.data.source == "folder" else "bundled-photo"
     caption = CAPTIONS[args.kind].format(profile=cfg.profile, data=data)
-    for path in write_tables(table, args.out, cfg.table.decimals, caption):
+    paths = write_tables(table, args.out, cfg.table.decimals, caption)
+    if args.verdicts is not None:
+        baselines = [m for m in cfg.experiment.methods if not METHODS[m].gaussian]
+        v = verdicts(runs, baselines)
+        paths += write_verdicts(v, args.verdicts, cfg.table.decimals)
+        print(v.to_string(index=False))
+    for path in paths:
         print(f"wrote {path}")
     return 0

@@ -164,8 +164,9 @@ def reconstruct(model: torch.nn.Module, z_q: torch.Tensor, clamp_output: bool) -
     false follows eval.py, true clamps. The UNet has no clamp either way."""
     from gaussquant.models.vit import ViTDecoder
 
-    if isinstance(model.decoder, ViTDecoder):
-        return model.decoder(z_q, clamp=clamp_output)
+    decoder = getattr(model, "decoder", None)  # any model with encode/decode can be measured
+    if isinstance(decoder, ViTDecoder):
+        return decoder(z_q, clamp=clamp_output)
     return model.decode(z_q)
 
 

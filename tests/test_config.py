@@ -255,3 +255,12 @@ def test_checkpoint_written_before_new_keys_still_loads(tmp_path, tiny_cfg):
     assert all(
         torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values())
     )
+
+
+def test_profile_gives_its_own_official_checkpoints():
+    """official.checkpoints is keyed by configuration names: a profile sets the whole dict."""
+    raw = copy.deepcopy(RAW)
+    raw["profiles"]["tiny"]["official"] = {"checkpoints": {"sd3unet_gq_0.25": "w/a.ckpt"}}
+    cfg = config_from_dict(resolve_params(raw, "tiny"))
+    assert cfg.official.checkpoints == {"sd3unet_gq_0.25": "w/a.ckpt"}
+    assert config_from_dict(resolve_params(raw, "quick")).official.checkpoints == {}

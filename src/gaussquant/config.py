@@ -89,12 +89,17 @@ def resolve_params(raw: dict[str, Any], profile: str | None = None) -> dict[str,
     return _merge(raw, profiles.get(profile) or {}, f"profiles.{profile}")
 
 
+# dicts keyed by names the user chooses (rate names, official configuration names): a profile
+# gives the whole dict instead of merging into the top level's keys
+NAMED_DICTS = ("rates", "checkpoints")
+
+
 def _merge(base: dict, override: dict, where: str) -> dict:
     out = dict(base)
     for key, value in override.items():
         if key not in base:
             raise ConfigError(f"{where}.{key}: unknown key; allowed: {', '.join(map(str, base))}")
-        if isinstance(value, dict) and isinstance(base[key], dict) and key != "rates":
+        if isinstance(value, dict) and isinstance(base[key], dict) and key not in NAMED_DICTS:
             out[key] = _merge(base[key], value, f"{where}.{key}")
         else:
             out[key] = value

@@ -174,13 +174,15 @@ def tdc_dynamics(
 ) -> None:
     """Bits per token (mean, min, max) and the three multipliers over training steps; the
     end-of-training TDC check of each run (validation p05-p95, pinned multipliers) in its label."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"wspace": 0.3})
     for i, (label, log) in enumerate(logs.items()):
         c = f"C{i}"
         check = (checks or {}).get(label)
         note = ""
         if check:
+            pinned = [k for k, v in check["pinned_last_20pct"].items() if v]
             verdict = "holds" if check["holds"] else "fails"
+            verdict += f" ({', '.join(pinned)} pinned at bound)" if pinned else ""
             note = f": val p05-p95 {check['val_p05']:.1f}-{check['val_p95']:.1f}, TDC {verdict}"
         ax1.plot(log["step"], log["bits_mean"], color=c, label=f"{label} mean{note}")
         ax1.fill_between(log["step"], log["bits_min"], log["bits_max"], color=c, alpha=0.15)
@@ -191,11 +193,12 @@ def tdc_dynamics(
     )
     ax1.set_xlabel("step")
     ax1.set_ylabel("bits per token (band: min-max)")
-    ax1.legend(fontsize=7)
+    below = dict(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14))  # off the curves
+    ax1.legend(**below)
     ax2.set_yscale("log")
     ax2.set_xlabel("step")
     ax2.set_ylabel("multiplier")
-    ax2.legend(fontsize=7, ncol=2)
+    ax2.legend(ncol=3, **below)
     fig.suptitle("TDC training dynamics")
     _save(fig, out)
 

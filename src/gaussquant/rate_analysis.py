@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gaussquant.posterior import to_tokens
+from gaussquant.posterior import kl_nats, nats_to_bits, to_tokens, token_rates
 
 PERCENTILES = (0, 1, 5, 25, 50, 75, 95, 99, 100)
 MAX_LOG2K = 20  # K = 2^20 (1M codes, 4 MB per float32 dim) is the largest sane codebook
@@ -40,16 +40,10 @@ LATENT_SPACE = (
 
 # ----------------------------------------------------------------------------- rates
 def dim_bits(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """Per-dimension KL(N(mu, e^logvar) || N(0, 1)) in bits, float64, shape of ``mu``:
-    ``(mu^2 + sigma^2 - 1 - logvar) / (2 ln 2)``. ``logvar`` as the encoder gives it, clamped."""
-    mu, logvar = mu.double(), logvar.double()
-    return (mu.square() + logvar.exp() - 1.0 - logvar) / (2.0 * math.log(2.0))
-
-
-def token_sum(per_dim: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sum a (B, C, H, W) map over each token's ``dim`` channels (strided layout) -> (B, C/dim,
-    H, W)."""
-    return to_tokens(per_dim, dim).sum(-1)
+    """Per-dimension KL(N(mu, e^logvar) || N(0, 1)) in bits, float64, shape of ``mu``
+    (:mod:`gaussquant.posterior`'s KL, exact nats-to-bits). ``logvar`` as the encoder gives it,
+    clamped."""
+    return nats_to_bits(kl_nats(mu.double(), logvar.double()))
 
 
 def token_max(per_dim: torch.Tensor, dim: int) -> torch.Tensor:
@@ -151,7 +145,7 @@ def analyse(
     }
     dims, token_bits, candidates, reachable = [], {}, [], set()
     for m in divisors(c):
-        bits = token_sum(per_dim, m).flatten().numpy()
+        bits = token_rates(per_dim, m).flatten().numpy()
         c1 = token_max(musig, m).flatten().numpy()
         token_bits[m] = bits
         exceed = [float((bits > k).mean()) for k in range(1, max_log2k + 1)]

@@ -206,7 +206,8 @@ def posterior_rates(
     ckpt: Path, data_dir: Path, batch_size: int = 64, max_images: int = 512
 ) -> dict[str, Any]:
     """A Gaussian VAE's posterior rates on the first ``max_images`` validation images (exact
-    bits): ``token_bits`` every token's KL, ``channel_bits`` the mean KL of each latent channel."""
+    bits): ``token_bits`` every token's KL, ``channel_bits`` the mean KL of each latent channel,
+    ``target`` the TDC target in bits per token (None for a VAE trained without TDC)."""
     from gaussquant.checkpoint import load_autoencoder
     from gaussquant.data import PreparedDataset
     from gaussquant.posterior import kl_nats, nats_to_bits, split_posterior, token_rates
@@ -229,6 +230,7 @@ def posterior_rates(
         "dim": model.bottleneck.dim,
         "token_bits": torch.cat(tokens).numpy(),
         "channel_bits": (per_channel / n).numpy(),
+        "target": None if model.bottleneck.tdc is None else model.bottleneck.tdc.target,
     }
 
 

@@ -210,14 +210,10 @@ def tdc_check(cfg, method, rate, ckpt, data_dir, log, steps) -> dict | None:
 
     from gaussquant.evaluate import posterior_rates
 
-    if method not in ("gq", "tbtdc"):
+    if METHODS[method].section != "tdc":
         return None
-    target = (
-        float(cfg.rate(rate).tokenbridge_bits)
-        if method == "tbtdc"
-        else math.log2(cfg.tdc.codebook_size)
-    )
-    bits = posterior_rates(ckpt, data_dir, cfg.eval.batch_size, max_images=512)["token_bits"]
+    rates = posterior_rates(ckpt, data_dir, cfg.eval.batch_size, max_images=512)
+    bits, target = rates["token_bits"], rates["target"]
     p05, p95 = (float(v) for v in np.percentile(bits, [5, 95]))
     rows = pd.read_csv(log)
     rows = rows[rows["step"] > 0.8 * steps]

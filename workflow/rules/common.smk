@@ -90,17 +90,23 @@ def eval_json(row, arch, rate, seed):
     return f"{RES}/eval/{cell(row, arch, rate, seed)}/metrics.json"
 
 
+def trajectory_train_keys(method):
+    """Every ``train`` key that changes a run's result (per-method dicts: this method's value)."""
+    t, hyper = CFG.train, METHODS[method].hyper
+    train = {}
+    for f in fields(t):
+        if f.name not in NON_TRAJECTORY_KEYS:
+            v = getattr(t, f.name)
+            train[f.name] = v[hyper] if isinstance(v, dict) else v
+    return train
+
+
 def train_params_for(method, arch, rate, seed):
     """The params that change a training run (rerun triggers): only what this (method, arch,
     rate) reads, so editing e.g. the TDC tolerance does not retrain the FSQ baselines, and
     logging/checkpoint cadence (which do not change the result) retrain nothing."""
-    spec = METHODS[method]
-    t, m = CFG.train, CFG.model
-    train = {}  # every key that changes the result (per-method dicts: this method's value)
-    for f in fields(t):
-        if f.name not in NON_TRAJECTORY_KEYS:
-            v = getattr(t, f.name)
-            train[f.name] = v[spec.hyper] if isinstance(v, dict) else v
+    spec, m = METHODS[method], CFG.model
+    train = trajectory_train_keys(method)
     train["seed"] = int(seed)  # the pipeline's seed axis, not train.seed
     return {
         "model": str((m.latent_channels, m.downsample, getattr(m, arch), m.discriminator)),
@@ -223,7 +229,5 @@ def byo_outputs():
 
 def byo_train_params():
     """What changes the fine-tuning (rerun triggers): the gq hyperparameters and its sections."""
-    t = CFG.train
-    train = {f.name: getattr(t, f.name) for f in fields(t) if f.name not in NON_TRAJECTORY_KEYS}
-    train = {k: v["gq"] if isinstance(v, dict) else v for k, v in train.items()}
+    train = trajectory_train_keys("gq")
     return {"loss": str(CFG.loss), "tdc": str(CFG.tdc), "disc": str(CFG.model.discriminator), "train": str(train)}

@@ -40,14 +40,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def token_bits_summary(ckpt: Path, data: Path, cfg, payload: dict) -> dict:
     """Per-token KL (bits) of a Gaussian VAE on the validation images, and for a TDC VAE
     whether its mean lies within the tolerance of the target log2 K (SPEC 1)."""
-    import math
 
     import numpy as np
 
     from gaussquant.evaluate import posterior_rates
 
     n = cfg.eval.max_images or 10**9
-    bits = posterior_rates(ckpt, data, cfg.eval.batch_size, max_images=n)["token_bits"]
+    rates = posterior_rates(ckpt, data, cfg.eval.batch_size, max_images=n)
+    bits = rates["token_bits"]
     out = {
         "tokens": int(bits.size),
         "mean": float(bits.mean()),
@@ -56,13 +56,9 @@ def token_bits_summary(ckpt: Path, data: Path, cfg, payload: dict) -> dict:
         "p01": float(np.percentile(bits, 1)),
         "p99": float(np.percentile(bits, 99)),
     }
-    tcfg = payload["config"]
-    tdc = tcfg["tdc"]
-    if payload["method"] in ("gq", "tbtdc"):  # trained under TDC
-        if payload["method"] == "gq":
-            target = math.log2(tdc["codebook_size"])  # bits per m-dim token
-        else:  # TokenBridge: per dimension, B bits
-            target = float(tcfg["rates"][payload["rate"]]["tokenbridge_bits"])
+    tdc = payload["config"]["tdc"]
+    target = rates["target"]  # log2 K per m-dim token; TokenBridge's TDC: B bits per dimension
+    if target is not None:  # trained under TDC
         out |= {
             "target": target,
             "tolerance": tdc["tolerance"],

@@ -163,8 +163,13 @@ def test_profile_override_merges_only_given_keys():
     quick = load_config(ROOT / "params.yaml", "quick")
     paper = load_config(ROOT / "params.yaml", "paper")
     assert quick.model.unet.ch != paper.model.unet.ch
-    assert quick.tdc.factor != paper.tdc.factor  # quick overrides only tdc.factor
-    assert dataclasses.replace(quick.tdc, factor=paper.tdc.factor) == paper.tdc
+    # quick overrides only tdc.factor and tdc.codebook_size
+    assert quick.tdc.factor != paper.tdc.factor
+    assert quick.tdc.codebook_size != paper.tdc.codebook_size
+    same = dataclasses.replace(
+        quick.tdc, factor=paper.tdc.factor, codebook_size=paper.tdc.codebook_size
+    )
+    assert same == paper.tdc
     assert quick.model.vit.mlp_ratio == paper.model.vit.mlp_ratio
 
 

@@ -264,6 +264,8 @@ def _build_parts(cfg, model, method, arch, accelerator, weights_dir):
     lpips_dtype = lpips_compute_dtype(lc.lpips_precision, accelerator.device)
     if perceptual is not None:
         perceptual = perceptual.to(accelerator.device, lpips_dtype)
+        if accelerator.device.type == "cpu":  # layout only: the same arithmetic, ~10 % faster
+            perceptual = perceptual.to(memory_format=torch.channels_last)
     nll_loss = ReconstructionNLL(lc)
     lr, betas = cfg.train.lr[METHODS[method].hyper], tuple(cfg.train.betas)
     opt_g = torch.optim.Adam(list(model.parameters()) + [nll_loss.logvar], lr=lr, betas=betas)

@@ -101,6 +101,12 @@ class LPIPSDistance(nn.Module):
         self.requires_grad_(False)
         super().train(False)
 
+    @property
+    def channels_last(self) -> bool:
+        """Whether the trunk was moved with ``.to(memory_format=torch.channels_last)``."""
+        w = self.net.slice1[0].weight
+        return not w.is_contiguous() and w.is_contiguous(memory_format=torch.channels_last)
+
     def train(self, mode: bool = True) -> LPIPSDistance:
         return super().train(False)  # a parent's .train() must not change the metric
 
@@ -110,8 +116,9 @@ class LPIPSDistance(nn.Module):
                 f"expected two (B, 3, H, W) images, got {tuple(x.shape)}, {tuple(y.shape)}"
             )
         dtype = self.heads[0].weight.dtype
-        if dtype != torch.float32:
-            # bf16: oneDNN's bf16 convolutions are fastest channels-last (measured on CPU)
+        if dtype != torch.float32 or self.channels_last:
+            # oneDNN's convolutions are faster channels-last on CPU (VGG loss fwd+bwd, batch 16,
+            # 32 px, 1 thread, AVX2 fp32: 1.11-1.14 -> 0.99 s); bf16 always runs so
             x, y = (t.to(dtype).contiguous(memory_format=torch.channels_last) for t in (x, y))
         fx = self.net((x - self.shift) / self.scale)
         fy = self.net((y - self.shift) / self.scale)

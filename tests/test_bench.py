@@ -13,3 +13,54 @@ def test_sections_are_split_by_suite_name():
     assert list(got) == ["gq", "data", "e2e"] and set(got) <= set(SUITES)
     assert got["gq"].startswith("## gq: GQ search") and "| 1 |" in got["gq"]
     assert "## data" not in got["gq"] and got["e2e"].endswith("last\n")
+
+
+def test_e2e_reports_a_finished_run_with_its_tdc_checks(tmp_path):
+    """`bench_e2e.py --finished DIR --wall-s S` reports a `make reproduce` timed elsewhere: the
+    limit/goal verdict of S, the rule split from Snakemake's benchmark files, Table 1, the
+    verdicts and one TDC-check row per TDC training (non-TDC trainings have no check)."""
+    import json
+    import shutil
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "benchmarks"))
+    import bench_e2e
+
+    ws = tmp_path / "ws"
+    shutil.copytree(root / "workflow", ws / "workflow")
+    res = ws / "results" / "quick"
+    (res / "tables").mkdir(parents=True)
+    (res / "tables" / "table1.md").write_text("| table 1 |\n")
+    (res / "tables" / "verdicts.md").write_text("| verdicts |\n")
+    check = {
+        "target_bits": 4.0,
+        "val_p05": 3.1,
+        "val_p95": 5.2,
+        "val_mean": 4.1,
+        "lam_min_end": 0.001,
+        "lam_max_end": 1000.0,
+        "pinned_last_20pct": {"lam_max": True, "lam_min": False},
+        "holds": False,
+    }
+    for run, tdc in (("gq-unet-0.25-s0", check), ("fsq-unet-0.25-s0", None)):
+        (res / "train" / run).mkdir(parents=True)
+        (res / "train" / run / "summary.json").write_text(json.dumps({"tdc": tdc}))
+        bench = res / "benchmarks" / "train" / f"{run}.tsv"
+        bench.parent.mkdir(parents=True, exist_ok=True)
+        bench.write_text("s\tcpu_time\tmax_rss\n200.0\t190.0\t900\n")
+
+    out = bench_e2e.main(["--finished", str(ws), "--wall-s", "900"])
+    total, *split = out["rows"]
+    assert total["seconds"] == 900 and total["note"].endswith(": limit met")
+    assert [(r["what"], r["runs"], r["seconds"]) for r in split] == [("rule train", 2, 400.0)]
+    table, verdicts, tdc = out["notes"]
+    assert "| table 1 |" in table and "| verdicts |" in verdicts
+    lines = tdc.splitlines()[2:]
+    assert len(lines) == 3 and "gq-unet-0.25-s0" in lines[2] and "lam_max" in lines[2]
+    missed = bench_e2e.main(["--finished", str(ws), "--wall-s", "1201"])["rows"][0]["note"]
+    assert missed.endswith(": MISSED")
+    assert bench_e2e.main(["--finished", str(ws), "--wall-s", "600"])["rows"][0]["note"].endswith(
+        ": met"
+    )

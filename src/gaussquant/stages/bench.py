@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -35,6 +36,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--only", nargs="+", choices=sorted(SUITES), help="run only these suites")
     p.add_argument(
         "--quick", action="store_true", help="smaller sizes (a smoke run, not for the report)"
+    )
+    p.add_argument(
+        "--extra",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("SUITE", "ARGS"),
+        help="more arguments for one suite, e.g. --extra e2e '--finished DIR --wall-s 1800' "
+        "(report a `make reproduce` timed elsewhere)",
     )
     p.add_argument("--dir", type=Path, default=Path("benchmarks"), help="benchmarks folder")
     p.add_argument("--out", type=Path, default=None, help="report (default: <dir>/README.md)")
@@ -116,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
                 f"benchmark {str(path)!r} not found (run from the repository root)"
             )
         module = _load(path)
-        argv = SUITES[name][1 if args.quick else 0]
+        extra = [shlex.split(a) for suite, a in args.extra if suite == name]
+        argv = [*SUITES[name][1 if args.quick else 0], *(x for e in extra for x in e)]
         print(f"== bench {name} {' '.join(argv)}", flush=True)
         t0 = time.perf_counter()
         result = module.main(argv)

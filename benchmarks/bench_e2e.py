@@ -5,8 +5,8 @@ Builds a clean workspace (the repo's files copied to a temp dir and committed, l
 the 20-minute limit (goal 10) is "after install") and times ``snakemake --cores all reproduce_table1``
 from empty results, the command ``make reproduce`` runs after its set-up steps. The rows after
 the total split the job time by rule from Snakemake's benchmark files (jobs run two at a time,
-so job seconds add up to about twice the wall time). The last rows are Table 1 of that run
-and the final-window TDC statistics of its Gaussian VAEs.
+so job seconds add up to about twice the wall time). The last rows are Table 1 of that run,
+its verdicts and the end-of-training TDC check of each Gaussian VAE.
 
     python benchmarks/bench_e2e.py [--profile quick] [--workspace DIR] [--keep] [--out JSON]
     python benchmarks/bench_e2e.py --finished DIR --wall-s S   # report a run timed elsewhere

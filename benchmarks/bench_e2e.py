@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 import tempfile
@@ -106,6 +107,7 @@ def tdc_checks(train_dir: Path) -> pd.DataFrame:
                 {
                     "run": summary.parent.name,
                     **{k: check[k] for k in ("target_bits", "val_p05", "val_p95", "val_mean")},
+                    "within_tol": check.get("val_within_tolerance", math.nan),  # newer runs
                     **{k: check[k] for k in ("lam_min_end", "lam_max_end")},
                     "pinned": ", ".join(pinned) or "none",
                     "holds": check["holds"],

@@ -15,6 +15,11 @@ step 0, and one paper-size step per backbone (SPEC 5 networks at 256 px on bundl
 batch 1 on CPU, no GAN as in the first 20k paper steps). ``ours_speedup`` = the row's seconds
 per step / ours.
 
+``floor``: the same step's floating-point operations (torch's FlopCounterMode) divided by this
+core's measured fp32 GEMM throughput, i.e. the step if every operation ran as fast as a large
+matrix product; ``of_gemm_speed`` = floor / the row's seconds per step (1 = at the floor), the
+``timed_steps`` of the floor row is the one counted step.
+
 Usage: python benchmarks/bench_train.py [--steps 20] [--paper-steps 1] [--no-paper] [--out JSON]
 """
 
@@ -50,8 +55,8 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def reference_loop(cfg, method, arch, rate, data_dir, steps, weights, taming: bool) -> float:
-    """Seconds per step (after 2 warm-up steps) of a plain PyTorch loop."""
+def _plain_parts(cfg, method, arch, rate, data_dir, weights):
+    """The library's step parts without Accelerate, and a shuffling DataLoader."""
     torch.manual_seed(cfg.train.seed)
     model = build_autoencoder(cfg, method, arch, rate).train()
     disc = NLayerDiscriminator(cfg.model.discriminator).train()
@@ -70,11 +75,65 @@ def reference_loop(cfg, method, arch, rate, data_dir, steps, weights, taming: bo
     loader = torch.utils.data.DataLoader(
         data, batch_size=cfg.train.batch_size[method], shuffle=True, drop_last=True
     )
-    it = iter(loader)
-    lc = cfg.loss
     parts = TrainParts(
-        model, disc, nll_loss, perceptual, opt_g, opt_d, lc, torch.Tensor.backward, model.last_layer
+        model,
+        disc,
+        nll_loss,
+        perceptual,
+        opt_g,
+        opt_d,
+        cfg.loss,
+        torch.Tensor.backward,
+        model.last_layer,
     )
+    return parts, loader, lr
+
+
+def gemm_flops_per_s(n: int = 1024, reps: int = 10) -> float:
+    """This core's fp32 matrix-multiply throughput (median of ``reps`` n x n products)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(2):
+        a @ b
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / sorted(times)[reps // 2]
+
+
+def floor_step(cfg, method, arch, rate, data_dir, weights) -> dict:
+    """The step's floating-point operations (counted by torch's FlopCounterMode on one
+    ``train_step``, after a warm-up step) at this core's GEMM throughput: the seconds a step
+    would take if every operation ran as fast as a large matrix product."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    parts, loader, lr = _plain_parts(cfg, method, arch, rate, data_dir, weights)
+    x = next(iter(loader))
+    train_step(parts, x, 0, lr)
+    with FlopCounterMode(display=False) as counter:
+        train_step(parts, x, 1, lr)
+    flop, gemm = counter.get_total_flops(), gemm_flops_per_s()
+    return {
+        "gflop_per_step": flop / 1e9,
+        "gemm_gflop_per_s": gemm / 1e9,
+        "seconds_per_step": flop / gemm,
+    }
+
+
+def reference_loop(cfg, method, arch, rate, data_dir, steps, weights, taming: bool) -> float:
+    """Seconds per step (after 2 warm-up steps) of a plain PyTorch loop."""
+    parts, loader, lr = _plain_parts(cfg, method, arch, rate, data_dir, weights)
+    model, disc, nll_loss, perceptual, opt_g, opt_d = (
+        parts.model,
+        parts.disc,
+        parts.nll_loss,
+        parts.perceptual,
+        parts.opt_g,
+        parts.opt_d,
+    )
+    lc = cfg.loss
+    it = iter(loader)
     t0 = None
     for step in range(steps + 2):
         if step == 2:
@@ -130,6 +189,9 @@ def _measure(args) -> dict:
     torch.set_num_threads(args.threads)
     cfg = _config(args.profile, args.gan, args.batch)
     rate = cfg.experiment.rates[0]
+    if args.impl == "floor":
+        floor = floor_step(cfg, "gq", args.arch, rate, args.data, args.weights)
+        return floor | {"peak_rss_mb": _peak_rss_mb()}
     if args.impl == "ours":
         t = ours(cfg, "gq", args.arch, rate, args.data, args.steps, args.weights)
     else:
@@ -181,7 +243,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--out", type=Path)
     # child-process options
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--impl", choices=("ours", "plain", "taming"), help=argparse.SUPPRESS)
+    ap.add_argument("--impl", choices=("ours", "plain", "taming", "floor"), help=argparse.SUPPRESS)
     ap.add_argument("--profile", default="quick", help=argparse.SUPPRESS)
     ap.add_argument("--arch", help=argparse.SUPPRESS)
     ap.add_argument("--gan", action="store_true", help=argparse.SUPPRESS)
@@ -197,11 +259,13 @@ def main(argv=None) -> list[dict]:
     # quick with the discriminator on from step 0 (where the taming design pays a second
     # forward), and one paper-size step per backbone (no GAN, as the first 20k paper steps)
     plan = [
-        ("quick", False, None, ("ours", "plain"), args.steps),
-        ("quick", True, None, ("ours", "plain", "taming"), args.steps),
+        ("quick", False, None, ("ours", "plain", "floor"), args.steps),
+        ("quick", True, None, ("ours", "plain", "taming", "floor"), args.steps),
     ]
     if not args.no_paper:
-        plan.append(("paper", False, args.paper_batch, ("ours", "plain"), args.paper_steps))
+        plan.append(
+            ("paper", False, args.paper_batch, ("ours", "plain", "floor"), args.paper_steps)
+        )
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         data = {}
@@ -232,6 +296,7 @@ def main(argv=None) -> list[dict]:
                     )
                 b = cfg.train.batch_size["gq"]
                 ours_t = res["ours"]["seconds_per_step"]
+                floor = res["floor"]
                 for impl in impls:
                     t = res[impl]["seconds_per_step"]
                     rows.append(
@@ -242,11 +307,13 @@ def main(argv=None) -> list[dict]:
                             "gan": gan,
                             "batch": b,
                             "loop": impl,
-                            "timed_steps": steps,
+                            "timed_steps": 1 if impl == "floor" else steps,
                             "updates_per_s": 1 / t,
                             "images_per_s": b / t,
                             "seconds_per_step": t,
                             "ours_speedup": t / ours_t,
+                            "of_gemm_speed": floor["seconds_per_step"] / t,
+                            "gflop_per_step": floor["gflop_per_step"],
                             "peak_rss_mb": res[impl]["peak_rss_mb"],
                         }
                     )

@@ -1,5 +1,7 @@
 """Benchmark report assembly: a partial rerun (`gaussquant bench --only ...`) keeps the rest."""
 
+import pytest
+
 from gaussquant.stages.bench import SUITES, _sections
 
 
@@ -39,6 +41,7 @@ def test_e2e_reports_a_finished_run_with_its_tdc_checks(tmp_path):
         "val_p05": 3.1,
         "val_p95": 5.2,
         "val_mean": 4.1,
+        "val_within_tolerance": 0.625,
         "lam_min_end": 0.001,
         "lam_max_end": 1000.0,
         "pinned_last_20pct": {"lam_max": True, "lam_min": False},
@@ -59,8 +62,43 @@ def test_e2e_reports_a_finished_run_with_its_tdc_checks(tmp_path):
     assert "| table 1 |" in table and "| verdicts |" in verdicts
     lines = tdc.splitlines()[2:]
     assert len(lines) == 3 and "gq-unet-0.25-s0" in lines[2] and "lam_max" in lines[2]
+    assert "0.625" in lines[2]  # the share of validation tokens within +-tolerance
     missed = bench_e2e.main(["--finished", str(ws), "--wall-s", "1201"])["rows"][0]["note"]
     assert missed.endswith(": MISSED")
     assert bench_e2e.main(["--finished", str(ws), "--wall-s", "600"])["rows"][0]["note"].endswith(
         ": met"
+    )
+
+
+def test_train_floor_counts_at_least_the_lpips_loss_in_closed_form(
+    tiny_cfg, tiny_data, weights_dir
+):
+    """bench_train's `floor` row: the step's counted operations are at least the LPIPS-VGG loss
+    in closed form (2 MACs per conv weight per output pixel, forward on the 2B images, input
+    gradient of the B reconstructions), and its seconds are those operations at the measured
+    GEMM throughput."""
+    import sys
+    from pathlib import Path
+
+    from torch import nn
+
+    from gaussquant.metrics.lpips import build_lpips
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_train
+
+    rate = tiny_cfg.experiment.rates[0]
+    got = bench_train.floor_step(tiny_cfg, "gq", "unet", rate, tiny_data, weights_dir)
+    size, batch = tiny_cfg.data.resolution, tiny_cfg.train.batch_size["gq"]
+    per_image = 0
+    for layer in build_lpips("vgg", weights_dir).net.modules():
+        if isinstance(layer, nn.MaxPool2d):
+            size //= 2
+        elif isinstance(layer, nn.Conv2d):
+            per_image += 2 * layer.weight.numel() * size * size  # stride 1, padding 1
+    lpips_flop = 3 * batch * per_image
+    assert got["gflop_per_step"] * 1e9 > lpips_flop
+    assert got["gflop_per_step"] * 1e9 < 2 * lpips_flop  # the tiny autoencoder is smaller
+    assert got["seconds_per_step"] == pytest.approx(
+        got["gflop_per_step"] / got["gemm_gflop_per_s"], rel=1e-9
     )

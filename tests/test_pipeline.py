@@ -94,6 +94,8 @@ def test_dvc_repro_tiny_produces_sane_tables_and_figures(tiny_repo):
     summary = json.loads((res / "train" / "gq-unet-0.125-s1" / "summary.json").read_text())
     check = summary["tdc"]
     assert check["target_bits"] == 8.0 and check["val_p05"] <= check["val_p95"]
+    shares = [check[f"val_{k}_tolerance"] for k in ("below", "within", "above")]
+    assert all(0 <= v <= 1 for v in shares) and sum(shares) == pytest.approx(1.0)
     assert check["holds"] == (
         6.0 <= check["val_p05"]
         and check["val_p95"] <= 10.0

@@ -183,7 +183,10 @@ def tdc_dynamics(
             pinned = [k for k, v in check["pinned_last_20pct"].items() if v]
             verdict = "holds" if check["holds"] else "fails"
             verdict += f" ({', '.join(pinned)} pinned at bound)" if pinned else ""
-            note = f": val p05-p95 {check['val_p05']:.1f}-{check['val_p95']:.1f}, TDC {verdict}"
+            note = f": val p05-p95 {check['val_p05']:.1f}-{check['val_p95']:.1f}"
+            if "val_within_tolerance" in check:  # summaries written before it lack the share
+                note += f", {check['val_within_tolerance']:.0%} within +-alpha"
+            note += f", TDC {verdict}"
         ax1.plot(log["step"], log["bits_mean"], color=c, label=f"{label} mean{note}")
         ax1.fill_between(log["step"], log["bits_min"], log["bits_max"], color=c, alpha=0.15)
         for key, ls in (("lam", "-"), ("lam_min", ":"), ("lam_max", "--")):

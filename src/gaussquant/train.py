@@ -223,12 +223,18 @@ def tdc_check(cfg, method, rate, ckpt, data_dir, log, steps) -> dict | None:
         "lam_min": bool(len(rows) and np.isclose(rows["lam_min"], lo, rtol=1e-6).all()),
     }
     within = target - TDC_CHECK_BAND <= p05 and p95 <= target + TDC_CHECK_BAND
+    tol = cfg.tdc.tolerance
     return {
         "target_bits": target,
         "val_p05": p05,
         "val_p95": p95,
         "val_mean": float(bits.mean()),
         "band_bits": TDC_CHECK_BAND,
+        # shares of validation tokens by the weight TDC gives them; lam_max can only fall on a
+        # batch with no token above (SPEC 1), so a share above of p pins it for p >~ 1 / tokens
+        "val_below_tolerance": float((bits < target - tol).mean()),
+        "val_within_tolerance": float((abs(bits - target) <= tol).mean()),
+        "val_above_tolerance": float((bits > target + tol).mean()),
         "lam_min_end": float(rows["lam_min"].iloc[-1]) if len(rows) else math.nan,
         "lam_max_end": float(rows["lam_max"].iloc[-1]) if len(rows) else math.nan,
         "pinned_last_20pct": pinned,

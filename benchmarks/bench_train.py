@@ -16,9 +16,10 @@ batch 1 on CPU, no GAN as in the first 20k paper steps). ``ours_speedup`` = the 
 per step / ours.
 
 ``floor``: the same step's floating-point operations (torch's FlopCounterMode) divided by this
-core's measured fp32 GEMM throughput, i.e. the step if every operation ran as fast as a large
-matrix product; ``of_gemm_speed`` = floor / the row's seconds per step (1 = at the floor), the
-``timed_steps`` of the floor row is the one counted step.
+core's measured fp32 GEMM throughput (1024 x 1024 products), i.e. the step if every operation
+ran as fast as that matrix product; ``of_gemm_speed`` = floor / the row's seconds per step. Not
+a hard bound: large convolutions can beat a 1024 GEMM (``of_gemm_speed`` > 1). The floor row's
+``timed_steps`` is the one counted step.
 
 Usage: python benchmarks/bench_train.py [--steps 20] [--paper-steps 1] [--no-paper] [--out JSON]
 """

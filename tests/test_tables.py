@@ -115,3 +115,22 @@ def test_verdicts_need_two_seeds_and_follow_the_paired_differences(tmp_path):
     md = write_verdicts(v.reset_index(), tmp_path / "verdicts", DECIMALS)[1].read_text()
     assert "| UNet   |  0.25 | FSQ        | PSNR ↑   | +1.07 [+0.92, +1.21]" in md
     assert "Verdicts: 1 GQ better, 3 no significant difference." in md
+
+
+def test_figure_points_are_seed_means_with_t_intervals_and_say_how_many_seeds():
+    """Figure 1's points: the mean over seeds, the Student-t 95 % half width (t_{0.975,2} =
+    4.303 for 3 seeds), and a caption that says there are no error bars with one seed."""
+    from gaussquant.figures import _seeds_caption, seed_summary
+
+    df = pd.DataFrame(
+        {"arch": "unet", "bpp": 0.25, "name": "gq", "seed": [0, 1, 2], "psnr": [16.0, 17.0, 18.0]}
+    )
+    got = seed_summary(df, ["psnr"]).iloc[0]
+    assert got["psnr"] == 17.0 and got["n_seeds"] == 3
+    assert got["psnr_ci"] == pytest.approx(4.302653 * 1.0 / math.sqrt(3), rel=1e-5)
+    assert _seeds_caption(seed_summary(df, ["psnr"])) == (
+        "mean over 3 training seeds, error bars 95 % CI"
+    )
+    one = seed_summary(df[df["seed"] == 0], ["psnr"])
+    assert one.iloc[0]["psnr_ci"] == 0.0
+    assert _seeds_caption(one) == "one training seed per point: no error bars"

@@ -40,8 +40,18 @@ def seed_summary(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
             v = pd.to_numeric(g[key], errors="coerce").dropna().to_numpy()
             row[key] = float(v.mean()) if v.size else np.nan
             row[f"{key}_ci"] = mean_ci(v).half_width if v.size >= 2 else 0.0
+        row["n_seeds"] = len(g)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _seeds_caption(summary: pd.DataFrame) -> str:
+    """What a point and its error bar are, from the seed counts behind ``summary``."""
+    lo, hi = int(summary["n_seeds"].min()), int(summary["n_seeds"].max())
+    if hi == 1:
+        return "one training seed per point: no error bars"
+    seeds = f"{lo}" if lo == hi else f"{lo}-{hi}"
+    return f"mean over {seeds} training seeds, error bars 95 % CI"
 
 
 def rate_distortion(
@@ -60,7 +70,11 @@ def rate_distortion(
         return
     archs = [a for a in ("unet", "vit") if a in set(summary["arch"])]
     fig, axes = plt.subplots(
-        len(archs), len(keys), figsize=(4.2 * len(keys), 3.4 * len(archs)), squeeze=False
+        len(archs),
+        len(keys),
+        figsize=(4.2 * len(keys) + 2.2, 3.6 * len(archs)),
+        squeeze=False,
+        layout="constrained",  # keeps x labels off the next row's titles
     )
     for i, arch in enumerate(archs):
         sub = summary[summary["arch"] == arch]
@@ -86,8 +100,8 @@ def rate_distortion(
             ax.set_title(f"{_ARCH[arch]}: {title} ({'higher' if higher else 'lower'} is better)")
             ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
-    fig.suptitle("Rate-distortion: mean over training seeds, error bars 95 % CI")
+    fig.legend(handles, labels, loc="outside right center", fontsize=8)
+    fig.suptitle(f"Rate-distortion: {_seeds_caption(summary)}")
     _save(fig, out, pdf)
 
 
@@ -132,8 +146,7 @@ def _metric_bars(
             ax.set_ylim(bottom=max(0.0, lo - 2.0))
     axes[0].legend(fontsize=8, title="hatched: ViT")
     fig.suptitle(
-        f"Reconstruction at {summary['bpp'].iloc[0]:g} bits per pixel "
-        "(mean over training seeds, error bars 95 % CI)"
+        f"Reconstruction at {summary['bpp'].iloc[0]:g} bits per pixel ({_seeds_caption(summary)})"
     )
     _save(fig, out, pdf)
 

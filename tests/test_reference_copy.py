@@ -16,6 +16,8 @@ SHARED = ROOT.parent / "shared" / "reference"
         "official_models.npz",
         "official_models.json",
         "official_paper_keys.json",
+        "gq_official_tdc_mixed.npz",
+        "gq_official_tdc_mixed.json",
         "README.md",
     ],
 )

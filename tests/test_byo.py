@@ -21,8 +21,8 @@ from gaussquant.checkpoint import load_autoencoder, read_checkpoint  # noqa: E40
 from gaussquant.cli import main as cli_main  # noqa: E402
 from gaussquant.errors import GaussquantError  # noqa: E402
 from gaussquant.models import diffusers_vae as dv  # noqa: E402
+from gaussquant.posterior import dim_for_bpp  # noqa: E402
 from gaussquant.quantizers import GaussianQuant, TokenBridge  # noqa: E402
-from gaussquant.rate_analysis import dim_for_bpp  # noqa: E402
 from gaussquant.runstate import KILL_ENV  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

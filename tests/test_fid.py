@@ -12,7 +12,7 @@ from gaussquant.metrics.fid import (
     inception_features,
     load_fidelity_inception,
 )
-from gaussquant.weights import WEIGHT_FILES
+from gaussquant.metrics.weights import WEIGHT_FILES
 
 
 def _random_spd(rng, d):

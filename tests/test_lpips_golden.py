@@ -21,7 +21,7 @@ from PIL import Image
 from gaussquant.io import sha256_file
 from gaussquant.metrics.image import psnr
 from gaussquant.metrics.lpips import build_lpips
-from gaussquant.weights import default_cache_dir
+from gaussquant.metrics.weights import default_cache_dir
 
 PYIQA_WHEEL = "pyiqa-0.1.16-py3-none-any.whl"
 PYIQA_SHA256 = "42bbcf1c274a8b53f040a3ec5ec304a15b7725afb5a85b81050e9cc7e6d09ed4"
@@ -121,7 +121,7 @@ def test_network_matches_the_lpips_package(weights_dir, tid_pairs, net):
 
     import lpips
 
-    from gaussquant.weights import weight_path
+    from gaussquant.metrics.weights import weight_path
 
     ours = build_lpips(net, weights_dir)
     with warnings.catch_warnings():

@@ -124,7 +124,7 @@ def test_gq_on_imported_moments_equals_gq_on_official_moments(npz, imported, tmp
     """Converted to GQ (gaussquant convert), the imported model's tokens are those of the official
     moments; GQ itself reproduces the official indices (tests/test_gaussian_quant.py)."""
     from gaussquant.checkpoint import load_autoencoder
-    from gaussquant.quantizers.convert import convert_checkpoint
+    from gaussquant.stages.convert import convert_checkpoint
 
     f = FIXTURES[arch]
     convert_checkpoint(imported[arch][0], "gq", tmp_path / "gq.pt")

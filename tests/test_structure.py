@@ -53,7 +53,7 @@ def test_import_walk_follows_lazy_imports_and_packages(tmp_path):
 
 def test_stage_code_contains_what_the_issue_found_missing():
     train = set(codedeps.stage_code("train", ROOT))
-    for name in ("sections.py", "metrics/lpips.py", "weights.py", "data.py", "runstate.py"):
+    for name in ("sections.py", "metrics/lpips.py", "metrics/weights.py", "data.py", "runstate.py"):
         assert f"src/gaussquant/{name}" in train, name
     evaluate = set(codedeps.stage_code("evaluate", ROOT))
     assert "src/gaussquant/data.py" in evaluate and "src/gaussquant/metrics/lpips.py" in evaluate
@@ -136,6 +136,60 @@ def test_no_import_cycles():
         if node not in state:
             visit(node)
     assert not cycles, cycles
+
+
+def _unit(path: Path) -> str:
+    """The unit a source file belongs to: its subpackage, or the top-level module itself."""
+    rel = path.relative_to(SRC)
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+
+
+def unit_cycles(graph: dict[Path, set[Path]]) -> list[list[str]]:
+    """Strongly connected groups of more than one unit (subpackages and top-level modules),
+    counting every import, at module level or inside a function."""
+    units: dict[str, set[str]] = {}
+    for path, deps in graph.items():
+        units.setdefault(_unit(path), set()).update(_unit(d) for d in deps)
+    for name, deps in units.items():
+        deps.discard(name)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    groups: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(units.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while not group or group[-1] != v:
+                group.append(stack.pop())
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for v in sorted(units):
+        if v not in index:
+            visit(v)
+    return groups
+
+
+def test_no_cycles_between_units():
+    """No subpackage or top-level module reaches itself again through the imports of others
+    (e.g. checkpoint -> models -> quantizers -> checkpoint), imports inside functions included."""
+    assert unit_cycles(_import_graph()) == []
+
+
+def test_unit_cycle_finder_sees_a_cycle_through_a_lazy_import():
+    a, b, c = SRC / "a.py", SRC / "pkg" / "b.py", SRC / "pkg" / "c.py"
+    graph = {a: {b}, b: {c}, c: {a}}  # a -> pkg, pkg -> a (c's import may sit in a function)
+    assert unit_cycles(graph) == [["a", "pkg"]]
+    assert unit_cycles({a: {b}, b: {c}, c: set()}) == []
 
 
 # ----------------------------------------------------------------------------- method registry

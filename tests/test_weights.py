@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from gaussquant import weights as W
 from gaussquant.errors import GaussquantError, MissingWeightsError
 from gaussquant.io import sha256_file
+from gaussquant.metrics import weights as W
 from gaussquant.metrics.networks import TRUNK_LAYOUT
 
 

@@ -19,10 +19,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from PIL import Image
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from gaussquant.config import Config
+from gaussquant.encoding import RateStats, encoded_batches, rate_summary, shard, tdc_target
 from gaussquant.errors import GaussquantError
+from gaussquant.io import atomic_path
+from gaussquant.metrics.codebook import CodebookStats
+from gaussquant.metrics.fid import (
+    FeatureStats,
+    build_inception,
+    frechet_distance,
+    inception_features,
+)
+from gaussquant.metrics.image import ms_ssim, psnr, ssim
+from gaussquant.metrics.lpips import build_lpips
+from gaussquant.metrics.weights import verify_weights
+from gaussquant.models.vit import ViTDecoder
+from gaussquant.quantizers.tdc import GaussianBottleneck
 
 PROTOCOL = {
     "psnr": "per image on [0, 255] = (x + 1) * 127.5, no clamp, no rounding; mean over images",
@@ -55,11 +71,6 @@ class _Sums:
         return {k: self.total[i].item() / n for i, k in enumerate(self.keys)} | {"n_images": int(n)}
 
 
-def _shard(dataset, max_images: int, rank: int, world: int):
-    n = len(dataset) if max_images <= 0 else min(max_images, len(dataset))
-    return Subset(dataset, list(range(rank, n, world))), n
-
-
 @torch.no_grad()
 def evaluate_model(
     model: torch.nn.Module,
@@ -72,22 +83,12 @@ def evaluate_model(
     accelerator=None,
     grid_path: Path | None = None,
 ) -> dict[str, Any]:
-    """Metrics of ``model`` (an :class:`Autoencoder`) on ``dataset`` (images in [-1, 1])."""
-    from tqdm.auto import tqdm
-
-    from gaussquant.metrics.fid import (
-        FeatureStats,
-        build_inception,
-        frechet_distance,
-        inception_features,
-    )
-    from gaussquant.metrics.image import ms_ssim, psnr, ssim
-    from gaussquant.metrics.lpips import build_lpips
-
+    """Metrics of ``model`` (an :class:`Autoencoder`, or any module with ``encode``/``decode``)
+    on ``dataset`` (images in [-1, 1]). For a Gaussian VAE (``continuous``) the same pass
+    records the per-token rates of its posteriors (``token_bits``, :func:`rate_summary`)."""
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     device = accelerator.device if accelerator else torch.device("cpu")
-    subset, n_total = _shard(dataset, cfg.eval.max_images, rank, world)
-    loader = DataLoader(subset, batch_size=cfg.eval.batch_size, shuffle=False, drop_last=False)
+    _, n_total = shard(dataset, cfg.eval.max_images, rank, world)
     model = model.to(device).eval()
     lpips_net = build_lpips("alex", weights_dir).to(device)
     inception = build_inception(weights_dir).to(device) if cfg.eval.fid else None
@@ -96,17 +97,23 @@ def evaluate_model(
     keys = ("psnr", "ssim", "lpips", "mse") + (("ms_ssim",) if use_msssim else ())
     sums = _Sums(keys)
     real_stats, fake_stats = FeatureStats(), FeatureStats()
-    bottleneck = model.bottleneck
+    bottleneck = getattr(model, "bottleneck", None)
     tokens = getattr(bottleneck, "tokens_per_position", None)
     codes = None
     if not continuous and tokens is not None:
-        from gaussquant.metrics.codebook import CodebookStats
-
         codes = CodebookStats(bottleneck.codebook_size, tokens)
+    gaussian = isinstance(bottleneck, GaussianBottleneck)
+    rates = RateStats(bottleneck.dim) if gaussian else None
+    encode = model.encoder if gaussian else model.encode  # Gaussian: keep the posterior
     grid_pairs, per_image = [], []
-    for x in tqdm(loader, desc="evaluate", disable=not progress, dynamic_ncols=True):
-        x = x.to(device)
-        q = model.encode(x)
+    desc = "evaluate" if progress else None
+    batches = encoded_batches(
+        encode, dataset, cfg.eval.batch_size, cfg.eval.max_images, device, rank, world, desc
+    )
+    for x, out in batches:
+        if gaussian:
+            rates.update(out)
+        q = bottleneck(out) if gaussian else out
         x_rec = reconstruct(model, q.z_q, cfg.eval.clamp_output)
         if codes is not None and q.indices is not None:
             codes.update(q.indices)
@@ -134,6 +141,8 @@ def evaluate_model(
             total = accelerator.reduce(codes.state().to(device), "sum").cpu()
             codes.counts.zero_()
             codes.merge(total)
+    if rates is not None:
+        rates.gather(accelerator)
     result = sums.means()
     result["processes"] = world
     result["per_image"] = _gather_per_image(per_image, rank, world, accelerator, len(PER_IMAGE))
@@ -153,6 +162,11 @@ def evaluate_model(
             summary.pop("perplexity"),
         )
         result["codebook"] = summary  # per token group and pooled
+    if rates is not None:
+        target = tdc_target(bottleneck)
+        result["token_bits"] = rate_summary(
+            rates.result()["token_bits"], target["target"], target["tolerance"]
+        )
     if grid_path is not None and rank == 0:
         save_grid(grid_pairs[: cfg.eval.grid_images], grid_path)
     return result
@@ -162,8 +176,6 @@ def reconstruct(model: torch.nn.Module, z_q: torch.Tensor, clamp_output: bool) -
     """Decoder output scored by the metrics. The official eval.py reports ``decode()``, which
     does not apply the ViT's [-1, 1] clamp (its ``forward()`` does): ``eval.clamp_output``
     false follows eval.py, true clamps. The UNet has no clamp either way."""
-    from gaussquant.models.vit import ViTDecoder
-
     decoder = getattr(model, "decoder", None)  # any model with encode/decode can be measured
     if isinstance(decoder, ViTDecoder):
         return decoder(z_q, clamp=clamp_output)
@@ -187,10 +199,6 @@ def _gather_per_image(parts, rank, world, accelerator, k) -> dict[str, list[floa
 
 def save_grid(pairs, path: Path) -> None:
     """Originals (top row) and reconstructions (bottom row) as one PNG."""
-    from PIL import Image
-
-    from gaussquant.io import atomic_path
-
     top = torch.cat([x for x, _ in pairs], dim=-1)
     bottom = torch.cat([r for _, r in pairs], dim=-1)
     img = torch.cat([top, bottom], dim=-2).clamp(-1, 1).add(1).mul(127.5).round().byte()
@@ -201,43 +209,8 @@ def save_grid(pairs, path: Path) -> None:
         pil.save(tmp, format="PNG")
 
 
-@torch.no_grad()
-def posterior_rates(
-    ckpt: Path, data_dir: Path, batch_size: int = 64, max_images: int = 512
-) -> dict[str, Any]:
-    """A Gaussian VAE's posterior rates on the first ``max_images`` validation images (exact
-    bits): ``token_bits`` every token's KL, ``channel_bits`` the mean KL of each latent channel,
-    ``target`` the TDC target in bits per token (None for a VAE trained without TDC)."""
-    from gaussquant.checkpoint import load_autoencoder
-    from gaussquant.data import PreparedDataset
-    from gaussquant.posterior import kl_nats, nats_to_bits, split_posterior, token_rates
-    from gaussquant.quantizers.tdc import GaussianBottleneck
-
-    model, payload = load_autoencoder(ckpt)
-    if not isinstance(model.bottleneck, GaussianBottleneck):
-        raise GaussquantError(
-            f"{ckpt}: posterior rates need a Gaussian VAE, got method {payload['method']!r}"
-        )
-    subset, _ = _shard(PreparedDataset(data_dir, "val"), max_images, 0, 1)
-    tokens, per_channel, n = [], 0.0, 0
-    for x in DataLoader(subset, batch_size=batch_size):
-        kl = kl_nats(*split_posterior(model.encoder(x)))
-        tokens.append(nats_to_bits(token_rates(kl, model.bottleneck.dim)).flatten())
-        per_channel = per_channel + nats_to_bits(kl).sum(dim=(0, 2, 3))
-        n += kl.shape[0] * kl.shape[2] * kl.shape[3]
-    return {
-        "method": payload["method"],
-        "dim": model.bottleneck.dim,
-        "token_bits": torch.cat(tokens).numpy(),
-        "channel_bits": (per_channel / n).numpy(),
-        "target": None if model.bottleneck.tdc is None else model.bottleneck.tdc.target,
-    }
-
-
 def weights_fingerprint(weights_dir: Path | None) -> dict[str, str]:
     """sha256 of the metric weight files used, for the protocol record."""
-    from gaussquant.weights import verify_weights
-
     manifest = verify_weights(weights_dir)
     files = manifest.get("files", manifest)
     return {
@@ -249,11 +222,7 @@ def weights_fingerprint(weights_dir: Path | None) -> dict[str, str]:
 @torch.no_grad()
 def reference_stats(dataset, cfg: Config, weights_dir: Path | None = None, progress: bool = True):
     """Inception feature statistics (float64) of the original images, same subset as evaluation."""
-    from tqdm.auto import tqdm
-
-    from gaussquant.metrics.fid import FeatureStats, build_inception, inception_features
-
-    subset, _ = _shard(dataset, cfg.eval.max_images, 0, 1)
+    subset, _ = shard(dataset, cfg.eval.max_images, 0, 1)
     inception = build_inception(weights_dir)
     stats = FeatureStats()
     for x in tqdm(

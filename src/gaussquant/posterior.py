@@ -13,6 +13,8 @@ import math
 
 import torch
 
+from gaussquant.errors import GaussquantError
+
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0  # SPEC 1 clamp
 
 
@@ -53,3 +55,26 @@ def nats_to_bits(x: torch.Tensor, bits_per_nat: float | None = None) -> torch.Te
 def token_bits(z: torch.Tensor, dim: int, bits_per_nat: float | None = None) -> torch.Tensor:
     """Per-token KL rate in bits (B, C/dim, H, W) of the posterior ``z`` (B, 2C, H, W)."""
     return nats_to_bits(token_rates(kl_nats(*split_posterior(z)), dim), bits_per_nat)
+
+
+# ----------------------------------------------------------------------------- rate arithmetic
+def divisors(n: int) -> list[int]:
+    return [m for m in range(1, n + 1) if n % m == 0]
+
+
+def bits_per_pixel(channels: int, dim: int, log2k: int, factor: int) -> float:
+    """``(C/m) * log2 K / f^2``: tokens per position times bits per token over pixels per position."""
+    return channels // dim * log2k / factor**2
+
+
+def dim_for_bpp(channels: int, factor: int, log2k: int, bpp: float) -> int:
+    """The codebook dim m giving ``bpp`` bits per pixel with K = 2^log2k: the inverse of
+    :func:`bits_per_pixel`, ``m = C log2 K / (bpp f^2)``; an error unless m divides C."""
+    m = channels * log2k / (bpp * factor**2) if bpp > 0 else 0.0
+    if m < 1 or abs(m - round(m)) > 1e-9 or channels % round(m):
+        reachable = [bits_per_pixel(channels, d, log2k, factor) for d in divisors(channels)]
+        raise GaussquantError(
+            f"--bpp {bpp:g}: not reachable with K = 2^{log2k} on C = {channels} channels at "
+            f"f = {factor}; allowed: {', '.join(f'{b:g}' for b in reachable)} (or give --dim)"
+        )
+    return round(m)

@@ -27,7 +27,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from gaussquant.posterior import kl_nats, nats_to_bits, to_tokens, token_rates
+from gaussquant.posterior import (
+    bits_per_pixel,
+    divisors,
+    kl_nats,
+    nats_to_bits,
+    to_tokens,
+    token_rates,
+)
 
 PERCENTILES = (0, 1, 5, 25, 50, 75, 95, 99, 100)
 MAX_LOG2K = 20  # K = 2^20 (1M codes, 4 MB per float32 dim) is the largest sane codebook
@@ -49,30 +56,6 @@ def dim_bits(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 def token_max(per_dim: torch.Tensor, dim: int) -> torch.Tensor:
     """Max of a (B, C, H, W) map over each token's channels -> (B, C/dim, H, W)."""
     return to_tokens(per_dim, dim).amax(-1)
-
-
-def divisors(n: int) -> list[int]:
-    return [m for m in range(1, n + 1) if n % m == 0]
-
-
-def bits_per_pixel(channels: int, dim: int, log2k: int, factor: int) -> float:
-    """``(C/m) * log2 K / f^2``: tokens per position times bits per token over pixels per position."""
-    return channels // dim * log2k / factor**2
-
-
-def dim_for_bpp(channels: int, factor: int, log2k: int, bpp: float) -> int:
-    """The codebook dim m giving ``bpp`` bits per pixel with K = 2^log2k: the inverse of
-    :func:`bits_per_pixel`, ``m = C log2 K / (bpp f^2)``; an error unless m divides C."""
-    from gaussquant.errors import GaussquantError
-
-    m = channels * log2k / (bpp * factor**2) if bpp > 0 else 0.0
-    if m < 1 or abs(m - round(m)) > 1e-9 or channels % round(m):
-        reachable = [bits_per_pixel(channels, d, log2k, factor) for d in divisors(channels)]
-        raise GaussquantError(
-            f"--bpp {bpp:g}: not reachable with K = 2^{log2k} on C = {channels} channels at "
-            f"f = {factor}; allowed: {', '.join(f'{b:g}' for b in reachable)} (or give --dim)"
-        )
-    return round(m)
 
 
 def _percentiles(x: np.ndarray) -> dict[str, float]:

@@ -37,7 +37,7 @@ from gaussquant.metrics.networks import (  # noqa: F401 (re-exported)
     load_fidelity_inception,
     pool3_from_299,
 )
-from gaussquant.weights import weight_path
+from gaussquant.metrics.weights import weight_path
 
 
 class InceptionPool3(nn.Module):

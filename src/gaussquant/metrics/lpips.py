@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from gaussquant.metrics.networks import TRUNK_LAYOUT
-from gaussquant.weights import weight_path
+from gaussquant.metrics.weights import weight_path
 
 NETS = ("alex", "vgg")
 _SHIFT = (-0.030, -0.088, -0.188)  # lpips ScalingLayer: (x - shift) / scale

@@ -1,6 +1,6 @@
 """Metric network definitions (a leaf: imports nothing of the project, and torch only inside
 the functions): the LPIPS trunk layouts and the FID Inception's pool3 path. The weight fetcher
-(:mod:`gaussquant.weights`, which converts and checks the files) and the metrics
+(:mod:`gaussquant.metrics.weights`, which converts and checks the files) and the metrics
 (:mod:`gaussquant.metrics.lpips`, :mod:`gaussquant.metrics.fid`) both import it.
 """
 

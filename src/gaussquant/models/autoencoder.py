@@ -47,11 +47,15 @@ class Autoencoder(nn.Module):
         return weights[-1]
 
 
-def build_autoencoder(cfg: Config, method: str, arch: str, rate: str) -> Autoencoder:
-    """A freshly initialised autoencoder for (method, arch, rate) under ``cfg``."""
+def build_autoencoder(
+    cfg: Config, method: str, arch: str, rate: str, bottleneck: nn.Module | None = None
+) -> Autoencoder:
+    """A freshly initialised autoencoder for (method, arch, rate) under ``cfg``; ``bottleneck``
+    (a converted model's post-training quantizer) replaces the one ``method`` would build."""
     if method not in BUILDERS:
         raise GaussquantError(f"unknown method {method!r}; allowed: {', '.join(TRAINED_METHODS)}")
-    bottleneck = BUILDERS[method](cfg, cfg.rate(rate))
+    if bottleneck is None:
+        bottleneck = BUILDERS[method](cfg, cfg.rate(rate))
     arch_cfg = getattr(cfg.model, arch, None) if arch in ("unet", "vit") else None
     if arch_cfg is None:
         raise GaussquantError(f"unknown arch {arch!r}; allowed: unet, vit")

@@ -38,10 +38,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from gaussquant.config import Config, RateConfig
+from gaussquant.config import Config, RateConfig, config_from_dict, config_to_dict
 from gaussquant.errors import GaussquantError
+from gaussquant.methods import GAUSSIAN_METHODS
 from gaussquant.models.autoencoder import Autoencoder
-from gaussquant.posterior import LOGVAR_MAX, LOGVAR_MIN
+from gaussquant.posterior import LOGVAR_MAX, LOGVAR_MIN, dim_for_bpp
+from gaussquant.quantizers import BUILDERS
 
 DESCRIPTION_KIND = "diffusers-autoencoderkl/1"
 VAE_CLASS = "AutoencoderKL"
@@ -248,8 +250,6 @@ def byo_config(cfg: Config, vae_config: dict[str, Any], codebook_size: int, dim:
     same bits per pixel as GQ), so m must divide log2 K. Our backbones' sections only follow f
     so that the config validates; they build nothing here. Checked like params.yaml.
     """
-    from gaussquant.config import config_from_dict, config_to_dict
-
     c, f = int(vae_config["latent_channels"]), downsampling_factor(vae_config)
     log2k = codebook_size.bit_length() - 1
     where = f"VAE with C = {c} latent channels"
@@ -302,9 +302,7 @@ def codebook_dim(
     vae_config: dict[str, Any], codebook_size: int, dim: int | None, bpp: float | None
 ) -> int:
     """The codebook dim m: ``dim`` as given, or the one giving ``bpp`` bits per pixel with
-    K = ``codebook_size`` on this VAE (:func:`gaussquant.rate_analysis.dim_for_bpp`)."""
-    from gaussquant.rate_analysis import dim_for_bpp
-
+    K = ``codebook_size`` on this VAE (:func:`gaussquant.posterior.dim_for_bpp`)."""
     if (dim is None) == (bpp is None):
         raise GaussquantError("give the codebook dim: exactly one of --dim m or --bpp BPP")
     if dim is not None:
@@ -314,14 +312,14 @@ def codebook_dim(
 
 
 # ----------------------------------------------------------------------------- autoencoder
-def diffusers_autoencoder(vae, cfg: Config, method: str, rate: str = BYO_RATE) -> Autoencoder:
+def diffusers_autoencoder(
+    vae, cfg: Config, method: str, rate: str = BYO_RATE, bottleneck: nn.Module | None = None
+) -> Autoencoder:
     """:class:`Autoencoder` with ``vae``'s encoder and decoder (shared, not copied) and the
     bottleneck of ``method`` at ``rate`` built by :data:`gaussquant.quantizers.BUILDERS` from
     ``cfg`` (a :func:`byo_config`), as for our own models: ``gq`` TDC fine-tuning, ``vanilla``
-    the pretrained VAE as it is (its KL term's weight does not matter once trained)."""
-    from gaussquant.methods import GAUSSIAN_METHODS
-    from gaussquant.quantizers import BUILDERS
-
+    the pretrained VAE as it is (its KL term's weight does not matter once trained);
+    ``bottleneck`` (a converted model's quantizer) replaces the one ``method`` would build."""
     if method not in GAUSSIAN_METHODS:
         raise GaussquantError(
             f"method {method!r}: a diffusers VAE is a Gaussian VAE; allowed: "
@@ -333,7 +331,8 @@ def diffusers_autoencoder(vae, cfg: Config, method: str, rate: str = BYO_RATE) -
             f"the VAE has {c} latent channels, the config {cfg.model.latent_channels}; "
             "build the config with byo_config from this VAE"
         )
-    bottleneck = BUILDERS[method](cfg, cfg.rate(rate))
+    if bottleneck is None:
+        bottleneck = BUILDERS[method](cfg, cfg.rate(rate))
     return Autoencoder(DiffusersEncoder(vae), bottleneck, DiffusersDecoder(vae))
 
 
@@ -369,12 +368,16 @@ def pretrained_autoencoder(
 
 
 def autoencoder_from_description(
-    desc: dict[str, Any], cfg: Config, method: str, rate: str = BYO_RATE
+    desc: dict[str, Any],
+    cfg: Config,
+    method: str,
+    rate: str = BYO_RATE,
+    bottleneck: nn.Module | None = None,
 ) -> Autoencoder:
     """The architecture :func:`describe` recorded, randomly initialised, with ``method``'s
     bottleneck from ``cfg`` (the checkpoint's): no network, no files. The checkpoint loader
-    (:func:`gaussquant.checkpoint.load_autoencoder`) then swaps in a converted checkpoint's
-    quantizer and loads the weights, as for our own models."""
+    (:func:`gaussquant.checkpoint.load_autoencoder`) passes a converted checkpoint's
+    ``bottleneck`` and loads the weights, as for our own models."""
     if desc.get("kind") != DESCRIPTION_KIND:
         raise GaussquantError(
             f"diffusers description of kind {desc.get('kind')!r}; expected {DESCRIPTION_KIND}"
@@ -383,4 +386,4 @@ def autoencoder_from_description(
     if config.get("_class_name") != VAE_CLASS:
         raise GaussquantError(f"diffusers description of a {config.get('_class_name')!r}")
     vae = _diffusers().AutoencoderKL.from_config(config)
-    return diffusers_autoencoder(vae, cfg, method, rate)
+    return diffusers_autoencoder(vae, cfg, method, rate, bottleneck)

@@ -37,12 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from gaussquant import ablations as ab
+    from gaussquant.encoding import checkpoint_rates
     from gaussquant.errors import GaussquantError
-    from gaussquant.evaluate import posterior_rates
 
     cfg = load_stage_config(args)
     records = [json.loads(p.read_text()) for p in args.metrics]
-    rates = {p.parent.name: posterior_rates(p, args.data, cfg.eval.batch_size) for p in args.vae}
+    rates = {p.parent.name: checkpoint_rates(p, args.data, cfg.eval.batch_size) for p in args.vae}
     if args.kind == "codebook":
         if len(rates) != 1:
             raise GaussquantError("--kind codebook needs exactly one --vae (the converted TDC VAE)")

@@ -1,13 +1,19 @@
 """`gaussquant convert`: trained Gaussian VAE -> GQ (or TokenBridge) VQ-VAE, no training; or
-a pretrained diffusers AutoencoderKL (``--from-diffusers``) through the same conversion."""
+a pretrained diffusers AutoencoderKL (``--from-diffusers``) through the same conversion
+(:func:`gaussquant.conversion.convert_model`, on the model in memory; this stage reads and
+writes the checkpoints)."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 from gaussquant.stages.common import add_params_args, load_stage_config
+
+IMPORT_TARGET = "vae"  # convert --from-diffusers --to vae: the Gaussian VAE itself, unquantized
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--to",
-        choices=("gq", "tokenbridge", "vae"),
+        choices=("gq", "tokenbridge", IMPORT_TARGET),
         default="gq",
         help="vae (with --from-diffusers): the Gaussian VAE itself, for evaluate --continuous",
     )
@@ -44,7 +50,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from gaussquant.errors import ConfigError, GaussquantError
-    from gaussquant.quantizers.convert import convert_checkpoint
 
     cfg = load_stage_config(args)
     k = args.codebook_size
@@ -53,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             f"--codebook-size: {k} is not a power of two (allowed: 2, 4, ..., 65536, ...)"
         )
     if args.from_diffusers is None:
-        if args.to == "vae" or args.dim is not None or args.bpp is not None:
+        if args.to == IMPORT_TARGET or args.dim is not None or args.bpp is not None:
             raise GaussquantError("--to vae, --dim and --bpp go with --from-diffusers only")
         meta = convert_checkpoint(args.ckpt, args.to, args.out, gq_cfg=cfg.gq, codebook_size=k)
     else:
@@ -66,9 +71,66 @@ def run(args: argparse.Namespace) -> int:
 
 def _from_diffusers(args: argparse.Namespace, cfg, k: int):
     from gaussquant.models import diffusers_vae as dv
-    from gaussquant.quantizers.convert import convert_diffusers
 
     vae_config = dv.read_vae_config(args.from_diffusers, args.offline)
     m = dv.codebook_dim(vae_config, k, args.dim, args.bpp)
     print(f"convert {args.from_diffusers}: K = {k}, m = {m}, to {args.to}")
     return convert_diffusers(args.from_diffusers, args.to, args.out, cfg, k, m, args.offline)
+
+
+def convert_checkpoint(
+    src: str | Path, to: str, out: str | Path, gq_cfg=None, codebook_size: int | None = None
+) -> dict[str, Any]:
+    """Convert the trained Gaussian VAE checkpoint ``src`` into a VQ-VAE checkpoint ``out``
+    (``gq_cfg``, ``codebook_size``: see :func:`gaussquant.conversion.convert_model`); returns
+    the quantizer record written."""
+    from gaussquant.checkpoint import load_autoencoder, save_checkpoint
+    from gaussquant.config import config_from_dict
+    from gaussquant.conversion import convert_model
+    from gaussquant.errors import GaussquantError
+
+    model, payload = load_autoencoder(src)
+    extra = payload.get("extra", {})
+    if "quantizer" in extra:
+        raise GaussquantError(f"{src}: already converted ({extra['quantizer']['kind']})")
+    cfg = config_from_dict(payload["config"])
+    kept = {k: v for k, v in extra.items() if k == "diffusers"}  # what rebuilds the model
+    source = kept | {"source_checkpoint": str(src), "source_step": payload["step"]}
+    method, arch, rate = payload["method"], payload["arch"], payload["rate"]
+    try:
+        new = convert_model(model, cfg, method, rate, to, gq_cfg, codebook_size)
+    except GaussquantError as err:
+        raise GaussquantError(f"{src}: {err}") from None
+    if gq_cfg is not None:
+        cfg = dataclasses.replace(cfg, gq=gq_cfg)
+    save_checkpoint(out, model, cfg, to, arch, rate, payload["step"], new | source)
+    return new["quantizer"]
+
+
+def convert_diffusers(
+    spec: str,
+    to: str,
+    out: str | Path,
+    cfg,
+    codebook_size: int,
+    dim: int,
+    local_files_only: bool = False,
+) -> dict[str, Any] | None:
+    """A pretrained diffusers ``AutoencoderKL`` (``spec``: folder or hub id) as a Gaussian VAE
+    (method ``vanilla``) at codebook (K, m) under ``cfg``, converted to ``to`` like a trained
+    checkpoint; ``to == "vae"`` writes that Gaussian VAE itself (the continuous reference row,
+    or the source of ``convert --ckpt``). Returns the quantizer record (None for ``vae``)."""
+    from gaussquant.checkpoint import save_checkpoint
+    from gaussquant.conversion import convert_model
+    from gaussquant.models import diffusers_vae as dv
+
+    cfg = dv.byo_config(cfg, dv.read_vae_config(spec, local_files_only), codebook_size, dim)
+    model, extra = dv.pretrained_autoencoder(spec, cfg, "vanilla", dv.BYO_RATE, local_files_only)
+    where = (dv.BYO_ARCH, dv.BYO_RATE, 0)
+    if to == IMPORT_TARGET:
+        save_checkpoint(out, model, cfg, "vanilla", *where, extra)
+        return None
+    new = convert_model(model, cfg, "vanilla", dv.BYO_RATE, to)
+    source = extra | {"source_checkpoint": str(spec), "source_step": 0}
+    save_checkpoint(out, model, cfg, to, *where, new | source)
+    return new["quantizer"]

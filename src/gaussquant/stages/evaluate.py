@@ -37,36 +37,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def token_bits_summary(ckpt: Path, data: Path, cfg, payload: dict) -> dict:
-    """Per-token KL (bits) of a Gaussian VAE on the validation images, and for a TDC VAE
-    whether its mean lies within the tolerance of the target log2 K (SPEC 1)."""
-
-    import numpy as np
-
-    from gaussquant.evaluate import posterior_rates
-
-    n = cfg.eval.max_images or 10**9
-    rates = posterior_rates(ckpt, data, cfg.eval.batch_size, max_images=n)
-    bits = rates["token_bits"]
-    out = {
-        "tokens": int(bits.size),
-        "mean": float(bits.mean()),
-        "min": float(bits.min()),
-        "max": float(bits.max()),
-        "p01": float(np.percentile(bits, 1)),
-        "p99": float(np.percentile(bits, 99)),
-    }
-    tdc = payload["config"]["tdc"]
-    target = rates["target"]  # log2 K per m-dim token; TokenBridge's TDC: B bits per dimension
-    if target is not None:  # trained under TDC
-        out |= {
-            "target": target,
-            "tolerance": tdc["tolerance"],
-            "mean_within_tolerance": abs(out["mean"] - target) <= tdc["tolerance"],
-        }
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -133,8 +103,6 @@ def run(args: argparse.Namespace) -> int:
         "weights_sha256": fingerprint,
         "profile": cfg.profile,
     }
-    if gaussian:
-        record["token_bits"] = token_bits_summary(args.ckpt, args.data, cfg, payload)
     write_json(args.out, record)
     print(
         json.dumps(

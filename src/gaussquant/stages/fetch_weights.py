@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gaussquant.weights import fetch_weights
+    from gaussquant.metrics.weights import fetch_weights
 
     start = time.perf_counter()
     fetch_weights(args.out, source=args.source, cache_dir=args.cache, log=print)

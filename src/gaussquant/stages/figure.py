@@ -54,12 +54,12 @@ def run(args: argparse.Namespace) -> int:
     elif args.kind == "recon-grid":
         figures.stack_grids(args.inputs, args.out)
     else:
-        from gaussquant.evaluate import posterior_rates
+        from gaussquant.encoding import checkpoint_rates
 
         if args.data is None:
             raise GaussquantError("--data is required for --kind kl-hist")
         rates = {
-            p.parent.name: posterior_rates(p, args.data, cfg.eval.batch_size)["token_bits"]
+            p.parent.name: checkpoint_rates(p, args.data, cfg.eval.batch_size)["token_bits"]
             for p in args.inputs
         }
         ranges = figures.kl_histograms(rates, target, args.out)

@@ -95,7 +95,7 @@ def write_evaluable(imported: Path, out: Path, method: str, cfg) -> None:
 
     from gaussquant.io import atomic_path
     from gaussquant.methods import GAUSSIAN_METHODS
-    from gaussquant.quantizers.convert import convert_checkpoint
+    from gaussquant.stages.convert import convert_checkpoint
 
     if method in GAUSSIAN_METHODS:
         meta = convert_checkpoint(imported, "gq", out, gq_cfg=cfg.gq)

@@ -76,16 +76,17 @@ def run(args: argparse.Namespace) -> int:
 def encode_posteriors(encoder, dataset, args, device):
     """(mu, logvar) float32 on the CPU, each (N, C, h, w), of the first ``--max-images``."""
     import torch
-    from torch.utils.data import DataLoader, Subset
-    from tqdm.auto import tqdm
 
-    n = len(dataset) if args.max_images == 0 else min(args.max_images, len(dataset))
-    loader = DataLoader(Subset(dataset, range(n)), batch_size=args.batch_size, shuffle=False)
+    from gaussquant.encoding import encoded_batches
+
+    desc = None if args.no_progress else "rate: encode"
     mus, logvars = [], []
-    with torch.no_grad():
-        for x in tqdm(loader, desc="rate: encode", disable=args.no_progress, dynamic_ncols=True):
-            mu, logvar = encoder(x.to(device)).float().chunk(2, dim=1)
-            mus.append(mu.cpu())
-            logvars.append(logvar.cpu())
+    for _x, z in encoded_batches(
+        encoder, dataset, args.batch_size, args.max_images, device, desc=desc
+    ):
+        mu, logvar = z.float().chunk(2, dim=1)
+        mus.append(mu.cpu())
+        logvars.append(logvar.cpu())
+    n = sum(len(m) for m in mus)
     print(f"rate: encoded {n} images with {type(encoder).__name__} on {device}")
     return torch.cat(mus), torch.cat(logvars)

@@ -1,0 +1,62 @@
+"""The shared encoding pass and the token-rate summary (gaussquant.encoding)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gaussquant.encoding import RateStats, encoded_batches, rate_summary, shard
+
+
+def test_rate_summary_on_hand_made_rates():
+    # 20 tokens: 2 below 7.5, 15 within 8 +- 0.5, 3 above 8.5
+    bits = np.array([6.0, 7.0] + [8.0] * 15 + [9.0, 9.5, 10.5])
+    s = rate_summary(bits, 8.0, 0.5)
+    assert s["tokens"] == 20 and s["min"] == 6.0 and s["max"] == 10.5
+    assert s["below_tolerance"] == pytest.approx(2 / 20)
+    assert s["within_tolerance"] == pytest.approx(15 / 20)
+    assert s["above_tolerance"] == pytest.approx(3 / 20)
+    assert s["p05"] == pytest.approx(np.percentile(bits, 5)) and s["p95"] <= 10.0
+    assert s["holds"]  # p05-p95 inside 6-10 and 75 % >= 70 % within
+    assert rate_summary(bits, 8.0, 0.25)["within_tolerance"] == pytest.approx(15 / 20)
+
+
+@pytest.mark.parametrize(
+    "bits, holds",
+    [
+        (np.r_[np.full(69, 8.0), np.full(31, 7.0)], False),  # 69 % within: too few
+        (np.r_[np.full(70, 8.0), np.full(30, 7.0)], True),  # exactly 70 %
+        (np.r_[np.full(90, 8.0), np.full(10, 11.0)], False),  # p95 = 11 > 8 + 2
+        (np.r_[np.full(90, 8.0), np.full(10, 5.5)], False),  # p05 = 5.5 < 8 - 2
+    ],
+)
+def test_tdc_holds_is_the_band_and_the_share_within(bits, holds):
+    assert rate_summary(bits, 8.0, 0.5)["holds"] is holds
+
+
+def test_rate_summary_without_a_target_has_no_verdict():
+    s = rate_summary(np.arange(10.0), None, 0.5)
+    assert "holds" not in s and s["mean"] == 4.5
+
+
+def test_rate_stats_are_the_closed_form_kl_in_bits():
+    # C = 2, m = 2: one token per position; KL of N(mu, e^lv) vs N(0, 1) summed over its 2 dims
+    mu = torch.tensor([1.0, 2.0]).view(1, 2, 1, 1)
+    lv = torch.tensor([0.0, math.log(4.0)]).view(1, 2, 1, 1)
+    stats = RateStats(dim=2)
+    stats.update(torch.cat([mu, lv], 1))
+    kl = 0.5 * (1.0 + 0) + 0.5 * (4.0 + 4.0 - 1 - math.log(4.0))
+    r = stats.result()
+    assert r["token_bits"] == pytest.approx([kl / math.log(2)])
+    assert r["channel_bits"] == pytest.approx([0.5 / math.log(2), (kl - 0.5) / math.log(2)])
+
+
+def test_encoded_batches_cover_each_image_once_across_processes():
+    data = [torch.full((3, 2, 2), float(i)) for i in range(7)]
+    seen = []
+    for rank in range(2):
+        for x, z in encoded_batches(lambda t: 2 * t, data, 3, max_images=5, rank=rank, world=2):
+            assert torch.equal(z, 2 * x)
+            seen += x[:, 0, 0, 0].tolist()
+    assert sorted(seen) == [0, 1, 2, 3, 4] and shard(data, 5, 1, 2)[1] == 5

@@ -30,7 +30,7 @@ CITATION = re.compile(rf"docs/method\.md\s*({SECTION}(?:(?:\s*[,/\-–]\s*|\s+an
 NUMBER = re.compile(r"\d+(?:\.\d+)?")
 IN_DOC = re.compile(r"§(\d+(?:\.\d+)?)")
 # The two names of the design-time documents the project no longer ships, built so that this
-# file does not match itself. "SPEC" in quotes is an argparse metavar, not a document.
+# file does not match itself. The first name alone in quotes is an argparse metavar, not a document.
 OLD = "SP" + "EC"
 OLD_REFERENCE = re.compile(rf"\b{OLD}\b|\bDES" + r"IGN\b")
 METAVAR = re.compile(rf"""(["']){OLD}\1""")

@@ -123,7 +123,7 @@ def test_published_table_matches_code():
 
 
 def test_pinned_weight_hashes_match_code():
-    from gaussquant.weights import PINNED
+    from gaussquant.metrics.weights import PINNED
 
     stated = dict(re.findall(r"\| `(\S+?)` .*?\| `([0-9a-f]{64})` \|", DOC.read_text()))
     assert stated == {p.filename: p.sha256 for p in PINNED.values()}

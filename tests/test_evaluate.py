@@ -106,8 +106,8 @@ def _tiny_checkpoint(tiny_cfg, tmp_path):
     from gaussquant.models.autoencoder import build_autoencoder
 
     torch.manual_seed(0)
-    model = build_autoencoder(tiny_cfg, "fsq", "unet", "0.125")
-    save_checkpoint(tmp_path / "fsq.pt", model, tiny_cfg, "fsq", "unet", "0.125", 0)
+    model = build_autoencoder(tiny_cfg, "fsq", "unet", "8")
+    save_checkpoint(tmp_path / "fsq.pt", model, tiny_cfg, "fsq", "unet", "8", 0)
     return tmp_path / "fsq.pt"
 
 

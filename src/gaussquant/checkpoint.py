@@ -16,9 +16,16 @@ import torch
 from torch import nn
 
 from gaussquant import __version__
-from gaussquant.config import Config, config_from_dict, config_to_dict, with_added_keys
+from gaussquant.config import (
+    Config,
+    config_from_dict,
+    config_to_dict,
+    migrate_rates,
+    with_added_keys,
+)
 from gaussquant.errors import GaussquantError
 from gaussquant.io import atomic_path
+from gaussquant.methods import gq_dim, tokenbridge_bits
 from gaussquant.models.autoencoder import Autoencoder, build_autoencoder
 
 CHECKPOINT_FORMAT = "gaussquant-autoencoder/1"
@@ -67,6 +74,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise GaussquantError(
             f"{path}: not a gaussquant checkpoint (expected format {CHECKPOINT_FORMAT})"
         )
+    payload["config"], payload["rate"] = migrate_rates(payload["config"], payload["rate"])
     payload["config"] = with_added_keys(payload["config"])
     return payload
 
@@ -100,16 +108,17 @@ def load_autoencoder(
 
 def post_quantizer_meta(cfg: Config, rate: str, to: str) -> dict[str, Any]:
     """What defines the post-training quantizer of ``to`` at ``rate`` (stored in the checkpoint)."""
-    r = cfg.rate(rate)
+    bits = cfg.rate(rate).bits
     if to == "gq":
+        m = gq_dim(cfg, bits)
         return gq_meta(
-            cfg.model.latent_channels, cfg.tdc.codebook_size, r.gq_dim, cfg.gq.seed, cfg.gq.beta
+            cfg.model.latent_channels, cfg.tdc.codebook_size, m, cfg.gq.seed, cfg.gq.beta
         )
     if to == "tokenbridge":
         return {
             "kind": "tokenbridge",
             "latent_channels": cfg.model.latent_channels,
-            "bits": r.tokenbridge_bits,
+            "bits": tokenbridge_bits(cfg, bits),
         }
     raise GaussquantError(f"convert --to {to!r}: allowed {', '.join(POST_QUANTIZERS)}")
 

@@ -171,13 +171,10 @@ def test_profile_override_merges_only_given_keys():
     quick = load_config(ROOT / "params.yaml", "quick")
     paper = load_config(ROOT / "params.yaml", "paper")
     assert quick.model.unet.ch != paper.model.unet.ch
-    # quick overrides only tdc.factor and tdc.codebook_size
+    # quick overrides only tdc.factor: the paper's K = 2^16 tokens
     assert quick.tdc.factor != paper.tdc.factor
-    assert quick.tdc.codebook_size != paper.tdc.codebook_size
-    same = dataclasses.replace(
-        quick.tdc, factor=paper.tdc.factor, codebook_size=paper.tdc.codebook_size
-    )
-    assert same == paper.tdc
+    assert dataclasses.replace(quick.tdc, factor=paper.tdc.factor) == paper.tdc
+    assert quick.rates == paper.rates and quick.experiment.rates == [16]
     assert quick.model.vit.mlp_ratio == paper.model.vit.mlp_ratio
 
 

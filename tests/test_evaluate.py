@@ -165,5 +165,5 @@ def test_two_processes_agree_with_one(
     a, b = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
     assert a["n_images"] == b["n_images"] == 16
     assert (a["processes"], b["processes"]) == (1, 2)
-    for key in ("psnr", "ssim", "lpips", "rfid", "codebook_usage", "perplexity"):
+    for key in ("psnr", "ssim", "lpips", "rfid", "codebook_usage", "perplexity", "code_bits"):
         assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key

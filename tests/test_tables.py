@@ -33,7 +33,7 @@ def _records(per_seed: dict[str, list[float]], rfid=True, lpips=None):
                     "lpips": (lpips or {}).get(name, [0.2] * len(values))[seed],
                     "rfid": 300.0 + seed if rfid else None,
                     "codebook_usage": 0.01,
-                    "perplexity": 200.0,
+                    "code_bits": 7.6,
                     "per_image": {"psnr": [psnr - 1, psnr + 1, psnr, psnr]},
                 }
             )
@@ -136,3 +136,15 @@ def test_figure_points_are_seed_means_with_t_intervals_and_say_how_many_seeds():
     one = seed_summary(df[df["seed"] == 0], ["psnr"])
     assert one.iloc[0]["psnr_ci"] == 0.0
     assert _seeds_caption(one) == "one training seed per point: no error bars"
+
+
+def test_usage_is_never_bold_code_bits_are():
+    """Usage depends on the alphabet (bounded by tokens / K): never bold, even when one row is
+    clearly higher on every seed; code bits per position compare across token shapes."""
+    runs = _records({"fsq": [15.0, 15.2, 15.1], "gq": [16.0, 16.3, 16.2]})
+    gq = runs["name"] == "gq"
+    runs.loc[gq, "codebook_usage"] = [0.50, 0.51, 0.52]
+    runs.loc[gq, "code_bits"] = [9.0, 9.2, 9.1]
+    table = build_table(runs)
+    assert not table["codebook_usage_best"].any()
+    assert table.loc[table["name"] == "gq", "code_bits_best"].item()

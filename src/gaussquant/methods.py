@@ -7,13 +7,13 @@ rerun triggers, the training's resume record, the tables and the figures all rea
 dicts; the bottleneck classes are chosen by the same names in
 :data:`gaussquant.quantizers.BUILDERS`.
 
-Adding a quantizer (tried with a trivial one: 7 files, ~25 lines besides its own module):
-its file in ``quantizers/`` (with a ``from_config`` classmethod) and one line in
-``quantizers.BUILDERS``; one :class:`Method` here; its rate field (and section, if any) in
-``sections.py``, with the bit-count check in ``config._validate_rate``; the same keys in
-``params.yaml`` (every ``rates`` entry, profiles' own rates included; ``train.lr`` /
-``batch_size`` of each profile unless ``hp`` borrows another method's) and in
-``workflow/schemas/params.schema.json``; a section of its own is also a ``dvc.yaml`` param.
+Adding a quantizer (tried with a trivial sign quantizer on a scratch branch: 3 files, plus
+``experiment.methods`` in params.yaml): its file in ``quantizers/`` (with a ``from_config(cfg,
+shape)`` classmethod) and one line in ``quantizers.BUILDERS``; one :class:`Method` here, whose
+``shape`` derives its bottleneck from the rate's bits (a function below, or an existing one);
+``hp`` borrows another method's ``train.lr`` / ``batch_size`` (else give its own in every
+profile of params.yaml). Hyperparameters of its own also need a section dataclass in
+``sections.py`` (and a ``dvc.yaml`` param); the JSON schema is regenerated.
 """
 
 from __future__ import annotations

@@ -27,7 +27,12 @@ from gaussquant.errors import GaussquantError
 from gaussquant.io import write_json, write_text
 from gaussquant.methods import ROWS, display_name
 from gaussquant.published import published
-from gaussquant.records import METRICS, PAPER_METRICS, load_metrics  # noqa: F401 (re-exported)
+from gaussquant.records import (  # noqa: F401 (load_metrics re-exported)
+    METRICS,
+    NOT_COMPARABLE,
+    PAPER_METRICS,
+    load_metrics,
+)
 
 ARROW = {True: "\u2191", False: "\u2193"}
 LEVEL = 0.95
@@ -92,7 +97,7 @@ def _mark_best(table: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
     """``m_best``: the quantized row that is significantly best of its (arch, rate), paired by seed."""
     for key, (_, higher) in METRICS.items():
         table[f"{key}_best"] = False
-        if key not in df:
+        if key not in df or key in NOT_COMPARABLE:
             continue
         for (arch, bits), g in df[df["quantized"].astype(bool)].groupby(["arch", "bits"]):
             cells = {
@@ -129,7 +134,7 @@ def format_table(
     for key, (title, higher) in METRICS.items():
         if pd.to_numeric(table[key]).isna().all():  # not computed (e.g. eval.fid: false)
             continue
-        d = decimals.get(key, 3 if key not in ("perplexity",) else 1)
+        d = decimals.get(key, 3 if key != "code_bits" else 2)
         cells = []
         for i in table.index:
             text = _cell(table.at[i, key], table.at[i, f"{key}_ci95"], d)

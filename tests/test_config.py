@@ -274,3 +274,18 @@ def test_profile_gives_its_own_official_checkpoints():
     cfg = config_from_dict(resolve_params(raw, "tiny"))
     assert cfg.official.checkpoints == {"sd3unet_gq_0.25": "w/a.ckpt"}
     assert config_from_dict(resolve_params(raw, "quick")).official.checkpoints == {}
+
+
+def test_checkpoint_config_with_per_bpp_rate_blocks_migrates():
+    """A config saved when rates were bpp-named blocks of shapes reads as bits per position."""
+    from gaussquant.config import config_to_dict, migrate_rates
+
+    data = config_to_dict(load_config(ROOT / "params.yaml", "tiny"))
+    old = {"bpp": 0.125, "gq_dim": 8, "vq_tokens": 1, "fsq_levels": [4, 4, 4, 4]}
+    data |= {"rates": {"0.125": old}, "ablation": data["ablation"] | {"rate": "0.125"}}
+    data["experiment"] |= {"rates": ["0.125"], "figure1_rates": ["0.125"]}
+    del data["fsq"]
+    new, rate = migrate_rates(data, "0.125")
+    assert rate == "8" and new["rates"] == [8] and new["fsq"] == {"level": 4}
+    assert config_from_dict(new) == load_config(ROOT / "params.yaml", "tiny")
+    assert migrate_rates(new, "8") == (new, "8")  # today's layout passes unchanged

@@ -1,6 +1,6 @@
 """Evaluation throughput and memory: streaming `evaluate_model` vs a keep-everything evaluator.
 
-Model: an untrained ``build_autoencoder(cfg, "fsq", "unet", "0.25")`` of the ``quick`` profile
+Model: an untrained ``build_autoencoder(cfg, "fsq", "unet", "4")`` of the ``quick`` profile
 (32 px) on prepared bundled-photo crops; rFID against the originals (``fid_reference=None``:
 both Inception passes run). Each configuration runs in a fresh child process, which reports
 its own peak RSS (``ru_maxrss`` is a per-process high-water mark) and wall and CPU seconds.
@@ -86,7 +86,7 @@ def _setup(args):
         cfg, eval=dataclasses.replace(cfg.eval, max_images=args.images, batch_size=batch)
     )
     torch.manual_seed(0)
-    model = build_autoencoder(cfg, args.method, "unet", "0.25").eval()
+    model = build_autoencoder(cfg, args.method, "unet", str(cfg.experiment.rates[0])).eval()
     continuous = args.method == "gq"  # fallback Gaussian VAE: posterior-mean reconstruction
     label = f"{args.method}-unet" + (" (mean)" if continuous else "")
     return cfg, model, PreparedDataset(args.data, "val"), continuous, label

@@ -55,14 +55,17 @@ def _posterior(vae_dir, x):
 def test_byo_config_follows_the_vae(tiny_cfg):
     sd = {"latent_channels": 4, "block_out_channels": [128, 256, 512, 512]}  # SD 1.x: f8
     cfg = dv.byo_config(tiny_cfg, sd, 2**16, 4)
-    r = cfg.rate(dv.BYO_RATE)
+    r = cfg.rate(dv.byo_rate(cfg))
     assert (cfg.model.latent_channels, cfg.model.downsample, cfg.tdc.codebook_size) == (4, 8, 2**16)
-    assert (r.bpp, r.gq_dim, r.tokenbridge_bits) == (0.25, 4, 4)  # 16 bits per f8 position
-    assert cfg.derived()["rates"][dv.BYO_RATE]["gq_tokens_per_position"] == 1
+    assert (r.name, r.bpp) == ("16", 0.25)  # 1 token x 16 bits per f8 position
+    shapes = cfg.derived()["rates"]["16"]["shapes"]
+    assert (shapes["gq"], shapes["tbtdc"]) == (4, 4)  # m = 4, 4 bits per channel
     sd3 = {"latent_channels": 16, "block_out_channels": [128, 256, 512, 512]}
     for m, bpp, tb in ((16, 0.25, 1), (8, 0.5, 2), (4, 1.0, 4)):  # the paper's rates (SPEC 2)
-        r = dv.byo_config(tiny_cfg, sd3, 2**16, m).rate(dv.BYO_RATE)
-        assert (r.bpp, r.tokenbridge_bits) == (bpp, tb)
+        cfg = dv.byo_config(tiny_cfg, sd3, 2**16, m)
+        r = cfg.rate(dv.byo_rate(cfg))
+        shapes = cfg.derived()["rates"][r.name]["shapes"]
+        assert (r.bpp, shapes["gq"], shapes["tbtdc"]) == (bpp, m, tb)
         assert dim_for_bpp(16, 8, 16, bpp) == m
     assert dim_for_bpp(4, 8, 16, 0.25) == 4 and dim_for_bpp(4, 2, 8, 2.0) == 4
     with pytest.raises(GaussquantError, match=r"--bpp 0.3: not reachable .* allowed: 8, 4, 2 "):
@@ -89,7 +92,7 @@ def test_convert_from_diffusers_is_our_checkpoint(vae_dir, tiny_data, tmp_path):
     post = torch.cat([dist.mean, dist.logvar], 1)
     _convert(vae_dir, tmp_path / "gq.pt", "--to", "gq", "--bpp", "2")  # K = 2^8: m = 4
     model, payload = load_autoencoder(tmp_path / "gq.pt")  # our loader, nothing else
-    assert (payload["method"], payload["arch"], payload["rate"]) == ("gq", "diffusers", "byo")
+    assert (payload["method"], payload["arch"], payload["rate"]) == ("gq", "diffusers", "8")
     assert payload["extra"]["quantizer"]["dim"] == 4 and payload["extra"]["source_method"] == (
         "vanilla"
     )
@@ -161,7 +164,7 @@ def test_evaluate_measures_it_like_ours(vae_dir, tiny_data, weights_dir, tmp_pat
         mse = ((x.double() - expected[name].double()) * 127.5).pow(2).flatten(1).mean(1)
         psnr = (10 * torch.log10(255.0**2 / mse)).mean().item()
         assert r["n_images"] == 16 and r["psnr"] == pytest.approx(psnr, rel=1e-5)
-        assert (r["arch"], r["rate"], r["bpp"]) == ("diffusers", "byo", 2.0)
+        assert (r["arch"], r["rate"], r["bpp"]) == ("diffusers", "8", 2.0)
         lpips = r["lpips"]
         assert r["rfid"] is None and math.isfinite(lpips) and 0 < lpips < 1
     assert r["quantized"] is False and r["token_bits"]["tokens"] == 16 * 16 * 16
@@ -188,14 +191,14 @@ def test_initial_model_is_the_pretrained_vae(vae_dir, tiny_cfg):
 
     vae = dv.load_vae(str(vae_dir))
     cfg = dv.byo_config(tiny_cfg, dv.plain_config(vae), 2**8, 4)
-    model, extra = initial_model(cfg, "gq", "diffusers", "byo", str(vae_dir))
+    model, extra = initial_model(cfg, "gq", "diffusers", dv.byo_rate(cfg), str(vae_dir))
     ours = {k.split(".", 1)[1]: v for k, v in model.state_dict().items() if "bottleneck" not in k}
     assert ours.keys() == vae.state_dict().keys()
     assert all(torch.equal(v, vae.state_dict()[k]) for k, v in ours.items())
     assert extra["diffusers"]["weights_sha256"] == dv.weights_sha256(vae)
     assert model.bottleneck.tdc.target == 8 and model.bottleneck.dim == 4
     with pytest.raises(GaussquantError, match="trains arch 'diffusers', not 'unet'"):
-        initial_model(cfg, "gq", "unet", "byo", str(vae_dir))
+        initial_model(cfg, "gq", "unet", dv.byo_rate(cfg), str(vae_dir))
 
 
 @pytest.mark.slow

@@ -43,6 +43,8 @@ def test_per_group_and_pooled():
     assert s["usage_per_group"] == [0.5, 0.25]
     assert math.isclose(s["perplexity_per_group"][0], 2.0) and s["perplexity_per_group"][1] == 1.0
     assert s["usage"] == 0.375 and math.isclose(s["perplexity"], 1.5)
+    # code entropy per position: log2 2 + log2 1 bits (group 0 one fair bit, group 1 none)
+    assert math.isclose(s["code_bits"], 1.0)
     pooled = [1 / 4, 3 / 4]  # code 0 once, code 1 three times
     assert s["usage_pooled"] == 0.5
     assert math.isclose(s["perplexity_pooled"], math.exp(-sum(q * math.log(q) for q in pooled)))

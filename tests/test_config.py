@@ -86,18 +86,21 @@ def test_paper_profile_is_spec():
         "vq": 8,
     }
     assert list(cfg.train.betas) == [0.9, 0.999] and cfg.train.mixed_precision == "fp32"
-    assert [cfg.rates[r].gq_dim for r in ("0.25", "0.5", "1.0")] == [16, 8, 4]
-    assert cfg.rates["0.25"].fsq_levels == [16] * 4 and cfg.rates["1.0"].fsq_levels == [16] * 16
+    assert cfg.rates == [16, 32, 64] and [cfg.rate(b).bpp for b in cfg.rates] == [0.25, 0.5, 1.0]
     assert cfg.experiment.methods == ["vq", "fsq", "lfq", "bsq", "gq"]
-    assert cfg.experiment.archs == ["unet", "vit"] and cfg.experiment.rates == [
-        "0.25",
-        "0.5",
-        "1.0",
-    ]
+    assert cfg.experiment.archs == ["unet", "vit"] and cfg.experiment.rates == [16, 32, 64]
     assert cfg.eval.max_images == 0
     der = cfg.derived()
     assert der["latent_shape"] == [16, 32, 32]
-    assert [der["rates"][r]["bits_per_position"] for r in ("0.25", "0.5", "1.0")] == [16, 32, 64]
+    # the paper's per-position shapes at 0.25 / 0.5 / 1.0 bpp (SPEC 2, 4), derived from the bits
+    shapes = [der["rates"][str(b)]["shapes"] for b in (16, 32, 64)]
+    assert [s["gq"] for s in shapes] == [16, 8, 4] and [s["vq"] for s in shapes] == [1, 2, 4]
+    assert [s["fsq"] for s in shapes] == [[16] * 4, [16] * 8, [16] * 16]
+    assert [(s["lfq"], s["bsq"], s["tbtdc"]) for s in shapes] == [
+        (16, 16, 1),
+        (32, 32, 2),
+        (64, 64, 4),
+    ]
 
 
 BAD = [
@@ -105,11 +108,16 @@ BAD = [
     ({"profile": "huge"}, ["profile", "tiny, quick, paper"]),
     ({"tdc__codebook_size": 1000}, ["tdc.codebook_size", "1000", "power of two"]),
     ({"vq__codebook_size": 3}, ["vq.codebook_size", "power of two"]),
-    ({"rates__0.25__gq_dim": 5}, ["rates.0.25.gq_dim", "m=5", "divide", "16"]),
-    ({"rates__0.25__gq_dim": 8}, ["rates.0.25.gq_dim", "32 bits", "needs 16"]),
-    ({"rates__0.25__fsq_levels": [8, 8, 8]}, ["rates.0.25.fsq_levels", "9 bits", "needs 16"]),
-    ({"rates__0.5__lfq_bits": 16}, ["rates.0.5.lfq_bits", "needs 32"]),
-    ({"rates__1.0__tokenbridge_bits": 2}, ["rates.1.0.tokenbridge_bits", "32 bits", "needs 64"]),
+    (
+        {"rates": [16, 24]},
+        ["rates: 24 bits", "vq: tokens = bits / log2 vq.codebook_size = 24 / 16"],
+    ),
+    ({"rates": [16, 16]}, ["rates: need distinct", "[16, 16]"]),
+    ({"tdc__codebook_size": 8}, ["rates: 16 bits", "gq: m = 3 does not divide C = 16"]),
+    ({"fsq__level": 8}, ["rates: 16 bits", "fsq: dims = bits / log2 fsq.level = 16 / 3"]),
+    ({"fsq__level": 6}, ["fsq.level", "power of two"]),
+    ({"lfq__sub_codebook_bits": 3}, ["rates: 16 bits", "lfq: sub-codebooks", "16 / 3"]),
+    ({"model__latent_channels": 32}, ["rates: 16 bits", "tbtdc: bits per channel = bits / C"]),
     ({"train__steps": -5}, ["train.steps", ">= 1", "-5"]),
     ({"train__save_every": 0}, ["train.save_every", ">= 1"]),
     ({"train__steps": 1.5}, ["train.steps", "expected an integer"]),
@@ -121,7 +129,7 @@ BAD = [
     ({"vq__legacy_loss": "yes"}, ["vq.legacy_loss", "true or false"]),
     ({"experiment__methods": ["gq", "rq"]}, ["experiment.methods", "rq", "vq, fsq, lfq, bsq, gq"]),
     ({"experiment__archs": ["cnn"]}, ["experiment.archs", "unet, vit"]),
-    ({"experiment__rates": ["2.0"]}, ["experiment.rates", "2.0"]),
+    ({"experiment__rates": [8]}, ["experiment.rates", "8", "allowed: 16, 32, 64"]),
     ({"model__downsample": 16}, ["model.unet.ch_mult", "16"]),
     ({"tdc__tolerance": -0.5}, ["tdc.tolerance", ">= 0"]),
     ({"data__resolution": 100}, ["data.resolution", "multiple of"]),
@@ -163,13 +171,10 @@ def test_profile_override_merges_only_given_keys():
     quick = load_config(ROOT / "params.yaml", "quick")
     paper = load_config(ROOT / "params.yaml", "paper")
     assert quick.model.unet.ch != paper.model.unet.ch
-    # quick overrides only tdc.factor and tdc.codebook_size
+    # quick overrides only tdc.factor: the paper's K = 2^16 tokens
     assert quick.tdc.factor != paper.tdc.factor
-    assert quick.tdc.codebook_size != paper.tdc.codebook_size
-    same = dataclasses.replace(
-        quick.tdc, factor=paper.tdc.factor, codebook_size=paper.tdc.codebook_size
-    )
-    assert same == paper.tdc
+    assert dataclasses.replace(quick.tdc, factor=paper.tdc.factor) == paper.tdc
+    assert quick.rates == paper.rates and quick.experiment.rates == [16]
     assert quick.model.vit.mlp_ratio == paper.model.vit.mlp_ratio
 
 
@@ -250,9 +255,9 @@ def test_checkpoint_written_before_new_keys_still_loads(tmp_path, tiny_cfg):
     with pytest.raises(ConfigError, match="eval.clamp_output, official: missing"):
         config_from_dict(old)
     assert config_from_dict(with_added_keys(old)) == tiny_cfg  # the defaults are these values
-    model = build_autoencoder(tiny_cfg, "fsq", "unet", "0.125")
+    model = build_autoencoder(tiny_cfg, "fsq", "unet", "8")
     path = tmp_path / "old.pt"
-    save_checkpoint(path, model, tiny_cfg, "fsq", "unet", "0.125", step=1)
+    save_checkpoint(path, model, tiny_cfg, "fsq", "unet", "8", step=1)
     payload = torch.load(path, weights_only=False)
     payload["config"] = old
     torch.save(payload, path)
@@ -269,3 +274,18 @@ def test_profile_gives_its_own_official_checkpoints():
     cfg = config_from_dict(resolve_params(raw, "tiny"))
     assert cfg.official.checkpoints == {"sd3unet_gq_0.25": "w/a.ckpt"}
     assert config_from_dict(resolve_params(raw, "quick")).official.checkpoints == {}
+
+
+def test_checkpoint_config_with_per_bpp_rate_blocks_migrates():
+    """A config saved when rates were bpp-named blocks of shapes reads as bits per position."""
+    from gaussquant.config import config_to_dict, migrate_rates
+
+    data = config_to_dict(load_config(ROOT / "params.yaml", "tiny"))
+    old = {"bpp": 0.125, "gq_dim": 8, "vq_tokens": 1, "fsq_levels": [4, 4, 4, 4]}
+    data |= {"rates": {"0.125": old}, "ablation": data["ablation"] | {"rate": "0.125"}}
+    data["experiment"] |= {"rates": ["0.125"], "figure1_rates": ["0.125"]}
+    del data["fsq"]
+    new, rate = migrate_rates(data, "0.125")
+    assert rate == "8" and new["rates"] == [8] and new["fsq"] == {"level": 4}
+    assert config_from_dict(new) == load_config(ROOT / "params.yaml", "tiny")
+    assert migrate_rates(new, "8") == (new, "8")  # today's layout passes unchanged

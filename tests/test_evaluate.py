@@ -106,8 +106,8 @@ def _tiny_checkpoint(tiny_cfg, tmp_path):
     from gaussquant.models.autoencoder import build_autoencoder
 
     torch.manual_seed(0)
-    model = build_autoencoder(tiny_cfg, "fsq", "unet", "0.125")
-    save_checkpoint(tmp_path / "fsq.pt", model, tiny_cfg, "fsq", "unet", "0.125", 0)
+    model = build_autoencoder(tiny_cfg, "fsq", "unet", "8")
+    save_checkpoint(tmp_path / "fsq.pt", model, tiny_cfg, "fsq", "unet", "8", 0)
     return tmp_path / "fsq.pt"
 
 
@@ -165,5 +165,5 @@ def test_two_processes_agree_with_one(
     a, b = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
     assert a["n_images"] == b["n_images"] == 16
     assert (a["processes"], b["processes"]) == (1, 2)
-    for key in ("psnr", "ssim", "lpips", "rfid", "codebook_usage", "perplexity"):
+    for key in ("psnr", "ssim", "lpips", "rfid", "codebook_usage", "perplexity", "code_bits"):
         assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key

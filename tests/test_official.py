@@ -21,7 +21,7 @@ PAPER_KEYS = REFERENCE / "official_paper_keys.json"
 TOL = 1e-5  # float32 rounding scale of these networks (json float64_vs_float32: up to 1.08e-5)
 FIXTURES = {"unet": "unet_small", "vit": "vit_small"}
 VIT_HEADS = 2  # vit_small's heads (a checkpoint does not store them)
-RATE = "0.125"  # the tiny profile's rate: m = 8 = the fixtures' z_channels, K = 256
+RATE = "8"  # the tiny profile's rate (bits per position): m = 8 = the fixtures' z_channels, K = 256
 
 
 @pytest.fixture(scope="module")
@@ -351,7 +351,7 @@ def test_paper_checkpoint_layout_is_recognised_and_loads(paper_keys, name):
     shapes = _official_shapes(paper_keys[name], ("encoder_keys", "decoder_keys", "loss_keys"))
     state = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
     r = recognise(state, base, config=name)
-    assert (r["method"], r["rate"], r["config"]) == ("gq", "0.25", name)
+    assert (r["method"], r["rate"], r["config"]) == ("gq", "16", name)
     assert r["cfg"].model == base.model  # the paper's model sections, read off the shapes
     with torch.device("meta"):
         model = build_autoencoder(r["cfg"], "gq", r["arch"], r["rate"])
@@ -387,17 +387,6 @@ def test_comparison_table_puts_ours_next_to_spec7(tmp_path):
     assert pd.read_csv(csv)["diff_lpips"].round(3).tolist() == [-0.009, -0.004]
 
 
-TINY_025 = {  # a 0.25 bpp rate for the tiny profile (C = 8, K = 256): GQ m = 4, 2 tokens x 8 bits
-    "bpp": 0.25,
-    "gq_dim": 4,
-    "vq_tokens": 2,
-    "fsq_levels": [4] * 8,
-    "lfq_bits": 16,
-    "bsq_bits": 16,
-    "tokenbridge_bits": 2,
-}
-
-
 def _workflow_copy(dst, weights, checkpoints: dict) -> None:
     """The workflow in ``dst`` on the tiny profile with ``official.checkpoints`` set and a
     0.25 bpp rate, so the fixture UNet stands in for sd3unet_gq_0.25."""
@@ -414,7 +403,8 @@ def _workflow_copy(dst, weights, checkpoints: dict) -> None:
     params = yaml.safe_load(PARAMS.read_text())
     params["profile"] = "tiny"
     params["official"]["checkpoints"] = {k: str(v) for k, v in checkpoints.items()}
-    params["profiles"]["tiny"]["rates"]["0.25"] = TINY_025
+    # 16 bits per position (0.25 bpp at f8; C = 8, K = 256): GQ m = 4, 2 tokens x 8 bits
+    params["profiles"]["tiny"]["rates"] = [8, 16]
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (dst / "weights").symlink_to(weights)
 

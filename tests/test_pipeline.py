@@ -85,13 +85,13 @@ def test_dvc_repro_tiny_produces_sane_tables_and_figures(tiny_repo):
     tb = pd.read_csv(res / "tables" / "tokenbridge.csv")
     assert {"TokenBridge, vanilla VAE", "TokenBridge, TDC VAE", "GQ (ours)"} <= set(tb["method"])
     # the continuous reference rows carry the validation per-token KL of the TDC VAE
-    cont = json.loads((res / "eval" / "gq-continuous-unet-0.125-s0" / "metrics.json").read_text())
+    cont = json.loads((res / "eval" / "gq-continuous-unet-8-s0" / "metrics.json").read_text())
     assert len(cont["per_image"]["psnr"]) == 16 and cont["seed"] == 0
     tb_bits = cont["token_bits"]
     assert tb_bits["min"] <= tb_bits["p01"] <= tb_bits["mean"] <= tb_bits["p99"] <= tb_bits["max"]
     assert tb_bits["target"] == 8.0 and tb_bits["tokens"] == 16 * 16  # 16 images x 4x4 x 1 token
     assert tb_bits["tolerance"] == 0.5 and 0 <= tb_bits["within_tolerance"] <= 1
-    summary = json.loads((res / "train" / "gq-unet-0.125-s1" / "summary.json").read_text())
+    summary = json.loads((res / "train" / "gq-unet-8-s1" / "summary.json").read_text())
     check = summary["tdc"]
     assert check["target_bits"] == 8.0 and check["val_p05"] <= check["val_p95"]
     shares = [check[f"val_{k}_tolerance"] for k in ("below", "within", "above")]
@@ -261,8 +261,8 @@ def test_paper_dry_run_with_slurm_renders_multi_gpu_launch(tmp_path):
         in text
     )
     assert "-m gaussquant.cli train" in text
-    for rate in ("0.25", "0.5", "1.0"):
-        assert f"--rate {rate}" in text
+    for rate in (16, 32, 64):  # bits per latent position: the paper's 0.25 / 0.5 / 1.0 bpp
+        assert f"--rate {rate} " in text
 
 
 def test_dvc_outs_cover_every_results_folder():

@@ -138,32 +138,32 @@ def test_format_ci():
 def _runs():
     rows = []
 
-    def add(arch, bpp, name, **metric_values):
+    def add(arch, bits, name, **metric_values):
         for seed in range(3):
-            row = {"arch": arch, "bpp": bpp, "name": name, "seed": seed, "rfid": math.nan}
+            row = {"arch": arch, "bits": bits, "name": name, "seed": seed, "rfid": math.nan}
             rows.append(row | {k: v[seed] for k, v in metric_values.items()})
 
-    add("unet", 0.25, "gq", psnr=[27.6, 27.7, 27.5], lpips=[0.08, 0.09, 0.10])
-    add("unet", 0.25, "fsq", psnr=[26.3, 26.5, 26.4], lpips=[0.07, 0.075, 0.08])
-    add("unet", 0.25, "gq-vanilla", psnr=[25.0, 25.1, 25.2], lpips=[0.08, 0.09, 0.10])
-    add("vit", 1.0, "gq", ssim=[0.900, 0.901, 0.902], psnr=[math.nan] * 3)
-    add("vit", 1.0, "bsq", ssim=[0.912, 0.914, 0.916], psnr=[math.nan] * 3)
+    add("unet", 16, "gq", psnr=[27.6, 27.7, 27.5], lpips=[0.08, 0.09, 0.10])
+    add("unet", 16, "fsq", psnr=[26.3, 26.5, 26.4], lpips=[0.07, 0.075, 0.08])
+    add("unet", 16, "gq-vanilla", psnr=[25.0, 25.1, 25.2], lpips=[0.08, 0.09, 0.10])
+    add("vit", 64, "gq", ssim=[0.900, 0.901, 0.902], psnr=[math.nan] * 3)
+    add("vit", 64, "bsq", ssim=[0.912, 0.914, 0.916], psnr=[math.nan] * 3)
     return pd.DataFrame(rows)
 
 
 def test_verdict_table_against_the_published_ordering():
-    # the published values this relies on (SPEC 7)
-    assert published("unet", "gq", 0.25)["psnr"] == 27.61
-    assert published("unet", "fsq", 0.25)["psnr"] == 26.34
-    assert (published("unet", "gq", 0.25)["lpips"], published("unet", "fsq", 0.25)["lpips"]) == (
+    # the published values this relies on (SPEC 7), by bits per latent position (0.25 bpp at f8 = 16)
+    assert published("unet", "gq", 16)["psnr"] == 27.61
+    assert published("unet", "fsq", 16)["psnr"] == 26.34
+    assert (published("unet", "gq", 16)["lpips"], published("unet", "fsq", 16)["lpips"]) == (
         0.059,
         0.075,
     )
-    assert (published("vit", "gq", 1.0)["ssim"], published("vit", "bsq", 1.0)["ssim"]) == (
+    assert (published("vit", "gq", 64)["ssim"], published("vit", "bsq", 64)["ssim"]) == (
         0.903,
         0.914,
     )
-    assert published("unet", "gq-vanilla", 0.25) is None
+    assert published("unet", "gq-vanilla", 16) is None and published("unet", "gq", 4) is None
 
     table = S.verdict_table(_runs(), ["psnr", "ssim", "lpips", "rfid"])
     assert list(table.columns) == S.VERDICT_COLUMNS
@@ -215,7 +215,9 @@ def test_verdict_table_n_s_and_errors():
         S.verdict_table(runs, ["fid"])
     unpaired = runs.copy()
     unpaired.loc[(unpaired["name"] == "fsq"), "seed"] = [0, 1, 7]
-    with pytest.raises(GaussquantError, match=r"unet 0.25 bpp, gq vs fsq, psnr: .*\[2, 7\]"):
+    with pytest.raises(
+        GaussquantError, match=r"unet 16 bits per position, gq vs fsq, psnr: .*\[2, 7\]"
+    ):
         S.verdict_table(unpaired, ["psnr"])
     twice = pd.concat([runs, runs.iloc[[0]]])
     with pytest.raises(GaussquantError, match=r"seeds \[0\] appear more than once"):

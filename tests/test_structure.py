@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from gaussquant import codedeps
-from gaussquant.config import Config, RateConfig, config_from_dict, resolve_params
+from gaussquant.config import Config, config_from_dict, resolve_params
 from gaussquant.errors import ConfigError
 from gaussquant.methods import (
     CONVERSIONS,
@@ -200,10 +200,9 @@ def test_registry_is_complete_and_consistent():
 
     assert set(BUILDERS) == set(METHODS)
     config_sections = {f.name for f in dataclasses.fields(Config)}
-    rate_fields = {f.name for f in dataclasses.fields(RateConfig)}
     for m in METHODS.values():
         assert m.section is None or m.section in config_sections, m
-        assert m.rate_field in rate_fields, m
+        assert callable(m.shape), m
         assert m.hyper in HYPER_METHODS, m
     for row in ROWS.values():
         assert row.source in METHODS
@@ -220,13 +219,15 @@ def test_each_method_builds_its_bottleneck_from_its_section(tiny_cfg):
     from gaussquant.models.autoencoder import build_autoencoder
 
     cfg = dataclasses.replace(tiny_cfg, vq=dataclasses.replace(tiny_cfg.vq, beta=0.5))
-    assert build_autoencoder(cfg, "vq", "vit", "0.125").bottleneck.beta == 0.5
-    lfq = build_autoencoder(tiny_cfg, "lfq", "vit", "0.125").bottleneck
-    assert lfq.bits == tiny_cfg.rates["0.125"].lfq_bits
-    tb = build_autoencoder(tiny_cfg, "tbtdc", "vit", "0.125").bottleneck
-    assert tb.dim == 1 and tb.tdc.target == tiny_cfg.rates["0.125"].tokenbridge_bits
-    gq = build_autoencoder(tiny_cfg, "gq", "vit", "0.125").bottleneck
-    assert gq.dim == tiny_cfg.rates["0.125"].gq_dim and gq.tdc.cfg == tiny_cfg.tdc
+    assert build_autoencoder(cfg, "vq", "vit", "8").bottleneck.beta == 0.5
+    lfq = build_autoencoder(tiny_cfg, "lfq", "vit", "8").bottleneck
+    assert lfq.bits == 8  # the tiny rate: 8 bits per latent position, one sign bit each
+    tb = build_autoencoder(tiny_cfg, "tbtdc", "vit", "8").bottleneck
+    assert tb.dim == 1 and tb.tdc.target == 1  # 8 bits / C = 8 channels
+    gq = build_autoencoder(tiny_cfg, "gq", "vit", "8").bottleneck
+    assert gq.dim == 8 and gq.tdc.cfg == tiny_cfg.tdc  # m = C log2 K / bits = 8 x 8 / 8
+    cfg = dataclasses.replace(tiny_cfg, fsq=dataclasses.replace(tiny_cfg.fsq, level=16))
+    assert build_autoencoder(cfg, "fsq", "vit", "8").bottleneck.levels == [16, 16]
 
 
 def test_dvc_stage_tracks_every_params_section():
@@ -242,11 +243,11 @@ def test_missing_key_in_params_is_an_error_naming_it():
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     data = resolve_params(copy.deepcopy(raw), "paper")
     del data["train"]["save_every"], data["model"]["vit"]["clamp"]
-    del data["rates"]["0.5"]["bsq_bits"]
+    del data["fsq"]["level"]
     with pytest.raises(ConfigError) as err:
         config_from_dict(data)
     assert str(err.value).startswith(
-        "model.vit.clamp, rates.0.5.bsq_bits, train.save_every: missing from params.yaml"
+        "model.vit.clamp, fsq.level, train.save_every: missing from params.yaml"
     )
 
 

@@ -22,6 +22,7 @@ def _records(per_seed: dict[str, list[float]], rfid=True, lpips=None):
                 {
                     "name": name,
                     "arch": "unet",
+                    "bits": 16,
                     "bpp": 0.25,
                     "seed": seed,
                     "tokens_per_image": 64,
@@ -32,7 +33,7 @@ def _records(per_seed: dict[str, list[float]], rfid=True, lpips=None):
                     "lpips": (lpips or {}).get(name, [0.2] * len(values))[seed],
                     "rfid": 300.0 + seed if rfid else None,
                     "codebook_usage": 0.01,
-                    "perplexity": 200.0,
+                    "code_bits": 7.6,
                     "per_image": {"psnr": [psnr - 1, psnr + 1, psnr, psnr]},
                 }
             )
@@ -93,7 +94,7 @@ def test_written_csv_and_json_keep_per_seed_values(tmp_path):
     table = build_table(_records({"fsq": [15.0, 15.2, 15.1], "gq": [16.0, 16.3, 16.2]}))
     paths = write_tables(table, tmp_path / "t1", DECIMALS, "caption")
     nested = json.loads(paths[3].read_text())
-    cell = nested["UNet"]["0.25bpp"]["GQ (ours)"]["psnr"]
+    cell = nested["UNet"]["16bits"]["GQ (ours)"]["psnr"]
     assert cell["per_seed"] == {"0": 16.0, "1": 16.3, "2": 16.2}
     assert cell["mean"] == pytest.approx(16.1666667) and cell["ci95"] > 0
     assert "Mean ± 95 % CI (Student t) over 3 training seeds" in paths[1].read_text()
@@ -113,7 +114,7 @@ def test_verdicts_need_two_seeds_and_follow_the_paired_differences(tmp_path):
     assert v.at["ssim", "verdict"] == "no significant difference"  # identical on every seed
     assert v.at["rfid", "verdict"] == "no significant difference"  # same per-seed values
     md = write_verdicts(v.reset_index(), tmp_path / "verdicts", DECIMALS)[1].read_text()
-    assert "| UNet   |  0.25 | FSQ        | PSNR ↑   | +1.07 [+0.92, +1.21]" in md
+    assert "| UNet   |     16 | FSQ        | PSNR ↑   | +1.07 [+0.92, +1.21]" in md
     assert "Verdicts: 1 GQ better, 3 no significant difference." in md
 
 
@@ -123,7 +124,8 @@ def test_figure_points_are_seed_means_with_t_intervals_and_say_how_many_seeds():
     from gaussquant.figures import _seeds_caption, seed_summary
 
     df = pd.DataFrame(
-        {"arch": "unet", "bpp": 0.25, "name": "gq", "seed": [0, 1, 2], "psnr": [16.0, 17.0, 18.0]}
+        {"arch": "unet", "bits": 16, "bpp": 0.25, "name": "gq", "seed": [0, 1, 2]}
+        | {"psnr": [16.0, 17.0, 18.0]}
     )
     got = seed_summary(df, ["psnr"]).iloc[0]
     assert got["psnr"] == 17.0 and got["n_seeds"] == 3
@@ -134,3 +136,15 @@ def test_figure_points_are_seed_means_with_t_intervals_and_say_how_many_seeds():
     one = seed_summary(df[df["seed"] == 0], ["psnr"])
     assert one.iloc[0]["psnr_ci"] == 0.0
     assert _seeds_caption(one) == "one training seed per point: no error bars"
+
+
+def test_usage_is_never_bold_code_bits_are():
+    """Usage depends on the alphabet (bounded by tokens / K): never bold, even when one row is
+    clearly higher on every seed; code bits per position compare across token shapes."""
+    runs = _records({"fsq": [15.0, 15.2, 15.1], "gq": [16.0, 16.3, 16.2]})
+    gq = runs["name"] == "gq"
+    runs.loc[gq, "codebook_usage"] = [0.50, 0.51, 0.52]
+    runs.loc[gq, "code_bits"] = [9.0, 9.2, 9.1]
+    table = build_table(runs)
+    assert not table["codebook_usage_best"].any()
+    assert table.loc[table["name"] == "gq", "code_bits_best"].item()

@@ -31,7 +31,7 @@ def _train(method, arch, data, out, weights, *extra, kill_at=None):
         "--arch",
         arch,
         "--rate",
-        "0.125",
+        "8",
         "--data",
         str(data),
         "--out",
@@ -97,7 +97,7 @@ def test_every_method_trains(method, arch, tiny_cfg, tiny_data, weights_dir, tmp
     from gaussquant.checkpoint import load_autoencoder
     from gaussquant.train import train
 
-    ckpt = train(tiny_cfg, method, arch, "0.125", tiny_data, tmp_path, weights_dir, progress=False)
+    ckpt = train(tiny_cfg, method, arch, "8", tiny_data, tmp_path, weights_dir, progress=False)
     model, payload = load_autoencoder(ckpt)
     assert payload["method"] == method and payload["step"] == tiny_cfg.train.steps
     log = pd.read_csv(tmp_path / "metrics.csv")
@@ -126,7 +126,7 @@ def test_two_processes_train_like_one_large_batch(
             else [sys.executable, "-m", "gaussquant.cli"]
         )
         args = ["train", "--params", str(ROOT / "params.yaml"), "--profile", "tiny", *sets]
-        args += ["--method", "gq", "--arch", "unet", "--rate", "0.125", "--data", str(tiny_data)]
+        args += ["--method", "gq", "--arch", "unet", "--rate", "8", "--data", str(tiny_data)]
         args += ["--out", str(out), "--weights", str(weights_dir), "--no-progress"]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
         proc = subprocess.run([*cmd, *args], capture_output=True, text=True, env=env, cwd=ROOT)
@@ -154,7 +154,7 @@ def test_nan_loss_names_step_and_term(tiny_cfg, tiny_data, weights_dir, tmp_path
 
     monkeypatch.setattr(losses.ReconstructionNLL, "forward", poisoned)
     with pytest.raises(GaussquantError, match=r"non-finite loss at step 0: term 'nll'"):
-        train(tiny_cfg, "gq", "unet", "0.125", tiny_data, tmp_path, weights_dir, progress=False)
+        train(tiny_cfg, "gq", "unet", "8", tiny_data, tmp_path, weights_dir, progress=False)
 
 
 def test_missing_lpips_weights_names_fetch_command(tiny_cfg, tiny_data, tmp_path):
@@ -165,7 +165,7 @@ def test_missing_lpips_weights_names_fetch_command(tiny_cfg, tiny_data, tmp_path
             tiny_cfg,
             "gq",
             "unet",
-            "0.125",
+            "8",
             tiny_data,
             tmp_path / "run",
             tmp_path / "no-weights",

@@ -20,7 +20,7 @@ import pandas as pd  # noqa: E402
 
 from gaussquant.io import atomic_path, write_text  # noqa: E402
 
-METRIC_COLS = ["psnr", "ssim", "lpips", "rfid", "codebook_usage", "perplexity"]
+METRIC_COLS = ["psnr", "ssim", "lpips", "rfid", "codebook_usage", "code_bits"]
 PAPER_KL = {"vanilla": (0.26, 27.29), "tdc": (2.93, 5.63)}  # bits per dimension (SPEC 7)
 
 

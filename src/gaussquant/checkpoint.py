@@ -15,7 +15,13 @@ from typing import Any
 import torch
 
 from gaussquant import __version__
-from gaussquant.config import Config, config_from_dict, config_to_dict, with_added_keys
+from gaussquant.config import (
+    Config,
+    config_from_dict,
+    config_to_dict,
+    migrate_rates,
+    with_added_keys,
+)
 from gaussquant.conversion import rebuild_post_quantizer
 from gaussquant.errors import GaussquantError
 from gaussquant.io import atomic_path
@@ -67,6 +73,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise GaussquantError(
             f"{path}: not a gaussquant checkpoint (expected format {CHECKPOINT_FORMAT})"
         )
+    payload["config"], payload["rate"] = migrate_rates(payload["config"], payload["rate"])
     payload["config"] = with_added_keys(payload["config"])
     return payload
 

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from gaussquant.errors import ConfigError
-from gaussquant.methods import HYPER_METHODS, TABLE1_METHODS
+from gaussquant.methods import HYPER_METHODS, TABLE1_METHODS, rate_shapes
 from gaussquant.sections import (  # noqa: F401 (re-exported: import every section from here)
     ARCHS,
     BSQ_ENTROPY_RULES,
@@ -41,12 +41,13 @@ from gaussquant.sections import (  # noqa: F401 (re-exported: import every secti
     DiscriminatorConfig,
     EvalConfig,
     ExperimentConfig,
+    FSQConfig,
     GQConfig,
     LFQConfig,
     LossConfig,
     ModelConfig,
     OfficialConfig,
-    RateConfig,
+    Rate,
     TableConfig,
     TDCConfig,
     TheoryConfig,
@@ -89,9 +90,9 @@ def resolve_params(raw: dict[str, Any], profile: str | None = None) -> dict[str,
     return _merge(raw, profiles.get(profile) or {}, f"profiles.{profile}")
 
 
-# dicts keyed by names the user chooses (rate names, official configuration names): a profile
-# gives the whole dict instead of merging into the top level's keys
-NAMED_DICTS = ("rates", "checkpoints")
+# dicts keyed by names the user chooses (official configuration names): a profile gives the
+# whole dict instead of merging into the top level's keys
+NAMED_DICTS = ("checkpoints",)
 
 
 def _merge(base: dict, override: dict, where: str) -> dict:
@@ -273,7 +274,8 @@ def _allowed(key: str, value: Any, allowed: tuple) -> None:
 
 
 def validate(cfg: Config) -> None:
-    """Impossible values raise :class:`ConfigError` naming the key and what is allowed."""
+    """Impossible values raise :class:`ConfigError` naming the key and what is allowed; every
+    method's shape at every rate is derived here once (:func:`gaussquant.methods.rate_shapes`)."""
     _allowed("profile", cfg.profile, PROFILES)
     m, t = cfg.model, cfg.train
     c, f = m.latent_channels, m.downsample
@@ -303,6 +305,7 @@ def validate(cfg: Config) -> None:
     for key, k in (
         ("tdc.codebook_size", cfg.tdc.codebook_size),
         ("vq.codebook_size", cfg.vq.codebook_size),
+        ("fsq.level", cfg.fsq.level),
     ):
         _check(
             _is_pow2(k) and k >= 2,
@@ -344,11 +347,18 @@ def validate(cfg: Config) -> None:
         _allowed("experiment.methods", method, TABLE1_METHODS)
     for arch in cfg.experiment.archs:
         _allowed("experiment.archs", arch, ARCHS)
+    _check(
+        bool(cfg.rates) and len(set(cfg.rates)) == len(cfg.rates) and min(cfg.rates) >= 1,
+        f"rates: need distinct bits per latent position >= 1, got {cfg.rates}",
+    )
+    for bits in cfg.rates:
+        try:
+            rate_shapes(cfg, bits)
+        except ValueError as err:
+            raise ConfigError(f"rates: {bits} bits per latent position do not fit {err}") from None
     for key in ("rates", "figure1_rates"):
-        for name in getattr(cfg.experiment, key):
-            _allowed(f"experiment.{key}", name, tuple(cfg.rates))
-    for name, r in cfg.rates.items():
-        _validate_rate(cfg, name, r)
+        for bits in getattr(cfg.experiment, key):
+            _allowed(f"experiment.{key}", bits, tuple(cfg.rates))
     a = cfg.ablation
     _allowed("ablation.arch", a.arch, ARCHS)
     _allowed("ablation.rate", a.rate, tuple(cfg.rates))
@@ -367,52 +377,24 @@ def validate(cfg: Config) -> None:
     )
 
 
-def _validate_rate(cfg: Config, name: str, r: RateConfig) -> None:
-    c, f = cfg.model.latent_channels, cfg.model.downsample
-    key = f"rates.{name}"
-    bits = r.bpp * f * f
-    _check(
-        r.bpp > 0 and bits == int(bits),
-        f"{key}.bpp: {r.bpp} x {f}x{f} pixels is not a whole number of bits per position",
+def migrate_rates(data: dict[str, Any], rate: str) -> tuple[dict[str, Any], str]:
+    """A saved config (checkpoint) from when rates were named by bits per pixel with a block of
+    quantizer shapes each (``rates: {"0.25": {bpp: 0.25, gq_dim: 16, ...}}``), in today's terms:
+    ``rates`` as bits per latent position, the experiment's and ablation's rates likewise, FSQ's
+    level from its level list; returns it with ``rate``'s new name. Today's layout passes."""
+    old = data.get("rates")
+    if not isinstance(old, dict):
+        return data, rate
+    f = data["model"]["downsample"]
+    bits = {name: round(r["bpp"] * f * f) for name, r in old.items()}
+    exp, abl = data["experiment"], data["ablation"]
+    out = dict(data, rates=list(bits.values()))
+    out["experiment"] = dict(
+        exp, **{k: [bits[n] for n in exp[k]] for k in ("rates", "figure1_rates")}
     )
-    bits = int(bits)
-    _check(
-        r.gq_dim >= 1 and c % r.gq_dim == 0,
-        f"{key}.gq_dim: m={r.gq_dim} must divide model.latent_channels={c}",
-    )
-    log2k = int(math.log2(cfg.tdc.codebook_size))
-    per_method = {
-        "gq_dim": ((c // r.gq_dim) * log2k, f"{c}/{r.gq_dim} tokens x {log2k} bits"),
-        "vq_tokens": (
-            r.vq_tokens * int(math.log2(cfg.vq.codebook_size)),
-            f"{r.vq_tokens} tokens x log2 vq.codebook_size",
-        ),
-        "fsq_levels": (
-            math.log2(math.prod(r.fsq_levels)) if r.fsq_levels else 0,
-            f"log2 of the product of {r.fsq_levels}",
-        ),
-        "lfq_bits": (r.lfq_bits, f"{r.lfq_bits} sign bits"),
-        "bsq_bits": (r.bsq_bits, f"{r.bsq_bits} sign bits"),
-        "tokenbridge_bits": (c * r.tokenbridge_bits, f"{c} channels x {r.tokenbridge_bits} bits"),
-    }
-    for field_name, (got, how) in per_method.items():
-        _check(
-            got == bits,
-            f"{key}.{field_name}: gives {got:g} bits per position ({how}) but bpp={r.bpp} needs {bits}",
-        )
-    _check(
-        r.vq_tokens >= 1 and c % r.vq_tokens == 0,
-        f"{key}.vq_tokens: {r.vq_tokens} must divide model.latent_channels={c}",
-    )
-    _check(
-        all(lv >= 2 for lv in r.fsq_levels),
-        f"{key}.fsq_levels: every level must be >= 2, got {r.fsq_levels}",
-    )
-    sub = cfg.lfq.sub_codebook_bits
-    _check(
-        r.lfq_bits % sub == 0,
-        f"{key}.lfq_bits: {r.lfq_bits} must be a multiple of lfq.sub_codebook_bits={sub}",
-    )
+    out["ablation"] = dict(abl, rate=bits[abl["rate"]])
+    out.setdefault("fsq", {"level": next(iter(old.values()))["fsq_levels"][0]})
+    return out, str(bits[rate])
 
 
 def with_added_keys(data: dict[str, Any], defaults: Any = None) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from torch import nn
 
 from gaussquant.config import Config
 from gaussquant.errors import GaussquantError
-from gaussquant.methods import GAUSSIAN_METHODS
+from gaussquant.methods import GAUSSIAN_METHODS, gq_dim, tokenbridge_bits
 from gaussquant.quantizers.gaussian_quant import GaussianQuant, codebook_sha256
 from gaussquant.quantizers.tokenbridge import TokenBridge
 
@@ -69,7 +69,7 @@ def _gq_settings(cfg: Config, rate: str) -> dict[str, Any]:
     return {
         "latent_channels": cfg.model.latent_channels,
         "codebook_size": cfg.tdc.codebook_size,
-        "dim": cfg.rate(rate).gq_dim,
+        "dim": gq_dim(cfg, cfg.rate(rate).bits),
         "seed": cfg.gq.seed,
         "beta": cfg.gq.beta,
     }
@@ -82,7 +82,8 @@ def _gq_build(s: dict[str, Any]) -> GaussianQuant:
 
 
 def _tokenbridge_settings(cfg: Config, rate: str) -> dict[str, Any]:
-    return {"latent_channels": cfg.model.latent_channels, "bits": cfg.rate(rate).tokenbridge_bits}
+    bits = tokenbridge_bits(cfg, cfg.rate(rate).bits)
+    return {"latent_channels": cfg.model.latent_channels, "bits": bits}
 
 
 POST_QUANTIZERS: dict[str, PostQuantizer] = {

@@ -5,7 +5,8 @@ Reconstruction goes through the quantized path (GQ in eval mode: codewords, no n
 ViT's output is scored unclamped, as the official eval.py (``eval.clamp_output``). Per
 image: PSNR on [0, 255] (no clamp, no rounding), SSIM (and MS-SSIM at >= 256 px), LPIPS
 AlexNet v0.1; set level: rFID between originals and reconstructions, codebook usage and
-perplexity. Every image is evaluated (the official script drops the last partial batch).
+perplexity, code entropy in bits per latent position. Every image is evaluated (the official
+script drops the last partial batch).
 
 Memory does not grow with the number of images: per-image metrics are summed, Inception
 features are accumulated as float64 sums and outer products, networks are built once. Under
@@ -161,6 +162,7 @@ def evaluate_model(
             summary.pop("usage"),
             summary.pop("perplexity"),
         )
+        result["code_bits"] = summary.pop("code_bits")  # bits per latent position
         result["codebook"] = summary  # per token group and pooled
     if rates is not None:
         target = tdc_target(bottleneck)

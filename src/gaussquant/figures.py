@@ -30,12 +30,13 @@ def _save(fig: plt.Figure, path: str | Path, pdf: str | Path | None = None) -> N
 
 
 def seed_summary(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
-    """Mean and 95 % half width over training seeds (0 with one seed) per (arch, bpp, name)."""
+    """Mean and 95 % half width over training seeds (0 with one seed) per (arch, rate, name);
+    the rate is ``bits`` per latent position and its ``bpp``."""
     from gaussquant.stats import mean_ci
 
     rows = []
-    for (arch, bpp, name), g in df.groupby(["arch", "bpp", "name"]):
-        row = {"arch": arch, "bpp": float(bpp), "name": name}
+    for (arch, bits, bpp, name), g in df.groupby(["arch", "bits", "bpp", "name"]):
+        row = {"arch": arch, "bits": int(bits), "bpp": float(bpp), "name": name}
         for key in keys:
             v = pd.to_numeric(g[key], errors="coerce").dropna().to_numpy()
             row[key] = float(v.mean()) if v.size else np.nan
@@ -87,7 +88,11 @@ def rate_distortion(
                     color=color(name), label=display_name(name),
                 )  # fmt: skip
                 if with_published:
-                    pts = [(b, (published(arch, name, b) or {}).get(key)) for b in g["bpp"]]
+                    # the paper's point of the same bits per latent position (its f8 token)
+                    pts = [
+                        (b, (published(arch, name, n) or {}).get(key))
+                        for b, n in zip(g["bpp"], g["bits"])
+                    ]
                     pts = [(b, v) for b, v in pts if v is not None]
                     if pts:
                         ax.plot(*zip(*pts), "--", marker="s", mfc="none", color=color(name),

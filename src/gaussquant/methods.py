@@ -7,18 +7,79 @@ rerun triggers, the training's resume record, the tables and the figures all rea
 dicts; the bottleneck classes are chosen by the same names in
 :data:`gaussquant.quantizers.BUILDERS`.
 
-Adding a quantizer (tried with a trivial one: 7 files, ~25 lines besides its own module):
-its file in ``quantizers/`` (with a ``from_config`` classmethod) and one line in
-``quantizers.BUILDERS``; one :class:`Method` here; its rate field (and section, if any) in
-``sections.py``, with the bit-count check in ``config._validate_rate``; the same keys in
-``params.yaml`` (every ``rates`` entry, profiles' own rates included; ``train.lr`` /
-``batch_size`` of each profile unless ``hp`` borrows another method's) and in
-``workflow/schemas/params.schema.json``; a section of its own is also a ``dvc.yaml`` param.
+Adding a quantizer (tried with a trivial sign quantizer on a scratch branch: 3 files, plus
+``experiment.methods`` in params.yaml): its file in ``quantizers/`` (with a ``from_config(cfg,
+shape)`` classmethod) and one line in ``quantizers.BUILDERS``; one :class:`Method` here, whose
+``shape`` derives its bottleneck from the rate's bits (a function below, or an existing one);
+``hp`` borrows another method's ``train.lr`` / ``batch_size`` (else give its own in every
+profile of params.yaml). Hyperparameters of its own also need a section dataclass in
+``sections.py`` (and a ``dvc.yaml`` param); the JSON schema is regenerated.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+# ----------------------------------------------------------------------------- shapes at a rate
+# A trained method's bottleneck shape at ``bits`` per latent position, derived from the bits
+# and the method's own section (docs/method.md §2, §4); ``cfg`` is a loaded Config. A ValueError
+# says why the rate does not fit the method.
+
+
+def _whole(num: int, den: int, what: str) -> int:
+    if den < 1 or num < den or num % den:
+        raise ValueError(f"{what} = {num} / {den} is not a whole number >= 1")
+    return num // den
+
+
+def _log2(n: int) -> int:
+    return n.bit_length() - 1  # powers of two only (config validation)
+
+
+def gq_dim(cfg: Any, bits: int) -> int:
+    """GQ's codebook dim m = C log2 K / bits: C/m tokens of log2 K bits (K = tdc.codebook_size)."""
+    c, log2k = cfg.model.latent_channels, _log2(cfg.tdc.codebook_size)
+    m = _whole(c * log2k, bits, f"m = C log2 K / bits = {c} x {log2k} / {bits}")
+    if c % m:
+        raise ValueError(f"m = {m} does not divide C = {c} (model.latent_channels)")
+    return m
+
+
+def vq_tokens(cfg: Any, bits: int) -> int:
+    """VQ tokens per position, each of log2 vq.codebook_size bits and C / tokens dims."""
+    log2k = _log2(cfg.vq.codebook_size)
+    n = _whole(bits, log2k, f"tokens = bits / log2 vq.codebook_size = {bits} / {log2k}")
+    c = cfg.model.latent_channels
+    if c % n:
+        raise ValueError(f"{n} tokens per position do not divide C = {c}")
+    return n
+
+
+def fsq_levels(cfg: Any, bits: int) -> list[int]:
+    """FSQ levels: bits / log2 fsq.level dimensions of fsq.level levels each."""
+    level = cfg.fsq.level
+    return [level] * _whole(
+        bits, _log2(level), f"dims = bits / log2 fsq.level = {bits} / {_log2(level)}"
+    )
+
+
+def sign_bits(cfg: Any, bits: int) -> int:
+    """BSQ: one sign channel per bit."""
+    return bits
+
+
+def lfq_bits(cfg: Any, bits: int) -> int:
+    """LFQ: one sign channel per bit, in sub-codebooks of lfq.sub_codebook_bits."""
+    _whole(bits, cfg.lfq.sub_codebook_bits, "sub-codebooks = bits / lfq.sub_codebook_bits")
+    return bits
+
+
+def tokenbridge_bits(cfg: Any, bits: int) -> int:
+    """TokenBridge: B = bits / C bits per channel (m = 1)."""
+    c = cfg.model.latent_channels
+    return _whole(bits, c, f"bits per channel = bits / C = {bits} / {c}")
 
 
 @dataclass(frozen=True)
@@ -27,7 +88,7 @@ class Method:
 
     section:    the params.yaml section with its own hyperparameters (rerun triggers, resume
                 record); None when it has none beyond the rate's shape.
-    rate_field: the ``rates.<r>`` field that shapes its bottleneck at a rate.
+    shape:      its bottleneck's shape at a rate, ``shape(cfg, bits per latent position)``.
     gaussian:   a Gaussian VAE (continuous; GQ/TokenBridge convert it after training).
     hp:         whose ``train.lr`` / ``train.batch_size`` entry it uses.
     table1:     a column of Table 1 (allowed in ``experiment.methods``).
@@ -37,7 +98,7 @@ class Method:
     display: str
     color: str
     section: str | None
-    rate_field: str
+    shape: Callable[[Any, int], Any]
     gaussian: bool = False
     hp: str = ""
     table1: bool = True
@@ -62,14 +123,14 @@ class Row:
 
 
 _METHODS = (
-    Method("vq", "VQGAN", "tab:blue", "vq", "vq_tokens"),
-    Method("fsq", "FSQ", "tab:orange", None, "fsq_levels"),
-    Method("lfq", "LFQ", "tab:green", "lfq", "lfq_bits"),
-    Method("bsq", "BSQ", "tab:purple", "bsq", "bsq_bits"),
-    Method("gq", "GQ (ours)", "tab:red", "tdc", "gq_dim", gaussian=True),
-    Method("vanilla", "vanilla VAE", "tab:gray", "vanilla", "gq_dim", gaussian=True, table1=False),
-    # TokenBridge protocol: TDC at m = 1, target B bits per dimension (SPEC 4); trains like gq
-    Method("tbtdc", "TDC VAE, m = 1", "tab:pink", "tdc", "tokenbridge_bits", True, "gq", False),
+    Method("vq", "VQGAN", "tab:blue", "vq", vq_tokens),
+    Method("fsq", "FSQ", "tab:orange", "fsq", fsq_levels),
+    Method("lfq", "LFQ", "tab:green", "lfq", lfq_bits),
+    Method("bsq", "BSQ", "tab:purple", "bsq", sign_bits),
+    Method("gq", "GQ (ours)", "tab:red", "tdc", gq_dim, gaussian=True),
+    Method("vanilla", "vanilla VAE", "tab:gray", "vanilla", gq_dim, gaussian=True, table1=False),
+    # TokenBridge protocol: TDC at m = 1, target B bits per dimension (docs/method.md §4); trains like gq
+    Method("tbtdc", "TDC VAE, m = 1", "tab:pink", "tdc", tokenbridge_bits, True, "gq", False),
 )
 METHODS: dict[str, Method] = {m.name: m for m in _METHODS}
 
@@ -91,6 +152,22 @@ HYPER_METHODS = tuple(
 )  # keys of train.lr / batch_size
 CONVERSIONS = {r.name: (r.source, r.quantizer) for r in _ROWS if r.quantizer}
 TOKENBRIDGE_ROWS = ("tb-vanilla", "tb-tdc", "gq")
+
+
+def shape(method: str, cfg: Any, bits: int) -> Any:
+    """``method``'s bottleneck shape at ``bits`` per latent position."""
+    return METHODS[method].shape(cfg, bits)
+
+
+def rate_shapes(cfg: Any, bits: int) -> dict[str, Any]:
+    """Every trained method's shape at ``bits`` per latent position (ValueError names the method)."""
+    out = {}
+    for name, m in METHODS.items():
+        try:
+            out[name] = m.shape(cfg, bits)
+        except ValueError as err:
+            raise ValueError(f"{name}: {err}") from None
+    return out
 
 
 def table1_rows(methods: list[str]) -> list[str]:

@@ -43,8 +43,9 @@ from gaussquant.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, save_check
 from gaussquant.config import Config, config_from_dict, config_to_dict
 from gaussquant.errors import GaussquantError
 from gaussquant.io import atomic_path, sha256_file, write_text
+from gaussquant.methods import gq_dim, shape
 from gaussquant.models.autoencoder import build_autoencoder
-from gaussquant.published import published
+from gaussquant.published import PAPER_DOWNSAMPLE, published
 from gaussquant.records import METRICS, PAPER_METRICS
 from gaussquant.sections import RELEASED_WEIGHTS
 
@@ -62,27 +63,28 @@ class OfficialSpec:
 
     arch: str
     method: str
-    rate: str
+    rate: str  # bits per latent position at f8 (16 / 32 / 64 = 0.25 / 0.5 / 1.0 bpp)
     heads: int | None = None
 
 
 # Every configuration of the paper's rate-distortion figure that we can rebuild; the GQ regularizer
-# has no persistent tensors, so its rate (m) comes from the name (default 0.25 bpp, m = 16).
+# has no persistent tensors, so its rate (m) comes from the name (default 0.25 bpp = 16 bits per
+# latent position, m = 16).
 OFFICIAL_CONFIGS = {
-    "sd3unet_gq_0.25": OfficialSpec("unet", "gq", "0.25"),
-    "sd3unet_gq_0.50": OfficialSpec("unet", "gq", "0.5"),
-    "sd3unet_gq_1.00": OfficialSpec("unet", "gq", "1.0"),
-    "bsqvit_gq_0.25": OfficialSpec("vit", "gq", "0.25", heads=12),
-    "bsqvit_gq_0.50": OfficialSpec("vit", "gq", "0.5", heads=12),
-    "bsqvit_gq_1.00": OfficialSpec("vit", "gq", "1.0", heads=12),
-    "sd3unet_vq_16": OfficialSpec("unet", "vq", "0.25"),
-    "sd3unet_fsq_16": OfficialSpec("unet", "fsq", "0.25"),
-    "sd3unet_lfq_16": OfficialSpec("unet", "lfq", "0.25"),
-    "sd3unet_bsq_16": OfficialSpec("unet", "bsq", "0.25"),
-    "sd3unet_fsq_32": OfficialSpec("unet", "fsq", "0.5"),
-    "sd3unet_fsq_64": OfficialSpec("unet", "fsq", "1.0"),
-    "sd3unet_bsq_32": OfficialSpec("unet", "bsq", "0.5"),
-    "sd3unet_bsq_64": OfficialSpec("unet", "bsq", "1.0"),
+    "sd3unet_gq_0.25": OfficialSpec("unet", "gq", "16"),
+    "sd3unet_gq_0.50": OfficialSpec("unet", "gq", "32"),
+    "sd3unet_gq_1.00": OfficialSpec("unet", "gq", "64"),
+    "bsqvit_gq_0.25": OfficialSpec("vit", "gq", "16", heads=12),
+    "bsqvit_gq_0.50": OfficialSpec("vit", "gq", "32", heads=12),
+    "bsqvit_gq_1.00": OfficialSpec("vit", "gq", "64", heads=12),
+    "sd3unet_vq_16": OfficialSpec("unet", "vq", "16"),
+    "sd3unet_fsq_16": OfficialSpec("unet", "fsq", "16"),
+    "sd3unet_lfq_16": OfficialSpec("unet", "lfq", "16"),
+    "sd3unet_bsq_16": OfficialSpec("unet", "bsq", "16"),
+    "sd3unet_fsq_32": OfficialSpec("unet", "fsq", "32"),
+    "sd3unet_fsq_64": OfficialSpec("unet", "fsq", "64"),
+    "sd3unet_bsq_32": OfficialSpec("unet", "bsq", "32"),
+    "sd3unet_bsq_64": OfficialSpec("unet", "bsq", "64"),
 }
 ALIASES = {  # the file names in the official configs/ folder
     "sd3unet_fsq_16_16x4": "sd3unet_fsq_16",
@@ -92,7 +94,7 @@ ALIASES = {  # the file names in the official configs/ folder
     "sd3unet_lfq_r_128_16": "sd3unet_lfq_16",
     "sd3unet_bsq_r_128_16": "sd3unet_bsq_16",
 }
-DEFAULT_GQ_RATE = "0.25"  # m = 16: what the released sd3unet_gq_0.25.ckpt uses
+DEFAULT_GQ_RATE = "16"  # bits per position, m = 16: what the released sd3unet_gq_0.25.ckpt uses
 
 # Our bottleneck tensors with no official counterpart, and why they may stay at their initial value.
 UNSAVED_BY_OFFICIAL = {
@@ -275,11 +277,13 @@ def _latent_io(state: dict, arch: str) -> tuple[int, int]:
     return enc.shape[0], dec.shape[1]
 
 
-def _rate_where(cfg: Config, field: str, value: Any, what: str) -> str:
-    names = [n for n, r in cfg.rates.items() if getattr(r, field) == value]
+def _rate_where(cfg: Config, method: str, value: Any, what: str) -> str:
+    """The first rate of params.yaml at which ``method``'s derived shape is ``value``."""
+    names = [str(b) for b in cfg.rates if shape(method, cfg, b) == value]
     if not names:
         raise GaussquantError(
-            f"{what}: no rate in params.yaml 'rates' has {field} = {value} (rates: {sorted(cfg.rates)})"
+            f"{what}: no rate in params.yaml 'rates' (bits per latent position: {cfg.rates}) "
+            f"gives {method} the shape {value}"
         )
     return names[0]
 
@@ -298,16 +302,16 @@ def _method_and_rate(
     enc_out, dec_in = _latent_io(state, arch)
     if VQ_CODEBOOK[1] in state:
         tokens = dec_in // state[VQ_CODEBOOK[1]].shape[1]
-        return "vq", rate or _rate_where(base, "vq_tokens", tokens, "VQ codebook"), None, None
+        return "vq", rate or _rate_where(base, "vq", tokens, "VQ codebook"), None, None
     if FSQ_LEVELS in state:
         levels = [int(v) for v in state[FSQ_LEVELS].tolist()]
-        return "fsq", rate or _rate_where(base, "fsq_levels", levels, "FSQ levels"), None, None
+        return "fsq", rate or _rate_where(base, "fsq", levels, "FSQ levels"), None, None
     if enc_out == 2 * dec_in:  # double_z: mu and logvar
         if rate is None:
             rate = DEFAULT_GQ_RATE
             notes.append(
-                f"GQ rate not stored in the checkpoint (no regularizer tensors): assumed {rate} bpp, "
-                f"m = {base.rate(rate).gq_dim}; pass --config (e.g. sd3unet_gq_0.50) for another"
+                f"GQ rate not stored in the checkpoint (no regularizer tensors): assumed {rate} bits "
+                f"per position, m = {gq_dim(base, int(rate))}; pass --config (e.g. sd3unet_gq_0.50) for another"
             )
         return "gq", rate, None, None
     raise GaussquantError(
@@ -403,7 +407,7 @@ def official_to_ours(
     if method == "fsq":
         got, want = [int(v) for v in state[FSQ_LEVELS].tolist()], model.bottleneck.levels
         if got != want:
-            raise GaussquantError(f"{FSQ_LEVELS} = {got}, rate {rate} has fsq_levels {want}")
+            raise GaussquantError(f"{FSQ_LEVELS} = {got}, rate {rate} gives fsq levels {want}")
     out, bad = dict(ours), []
     for link in plan:
         parts = [state[k] for k in link.official]
@@ -432,7 +436,8 @@ def ours_to_official(
         for key, part in zip(link.official, parts):
             out[key] = part.clone().contiguous()
     if method == "fsq":
-        out[FSQ_LEVELS] = torch.tensor(cfg.rate(rate).fsq_levels, dtype=torch.int32)
+        levels = shape("fsq", cfg, cfg.rate(rate).bits)
+        out[FSQ_LEVELS] = torch.tensor(levels, dtype=torch.int32)
     return out
 
 
@@ -514,8 +519,8 @@ def paper_presets(base: Config) -> dict[str, dict[str, tuple[int, ...]]]:
     out = {}
     for name, arch in (("sd3unet_gq_0.25", "unet"), ("bsqvit_gq_0.25", "vit")):
         with torch.device("meta"):
-            model = build_autoencoder(base, "gq", arch, "0.25")
-        state = ours_to_official(model.state_dict(), arch, base, "gq", "0.25")
+            model = build_autoencoder(base, "gq", arch, DEFAULT_GQ_RATE)
+        state = ours_to_official(model.state_dict(), arch, base, "gq", DEFAULT_GQ_RATE)
         out[name] = {k: tuple(v.shape) for k, v in state.items()}
     return out
 
@@ -530,8 +535,9 @@ def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, run in runs.iterrows():
         name, spec = official_config(run["name"])
-        paper = published(spec.arch, spec.method, float(spec.rate)) or {}
-        row = {"config": name, "arch": spec.arch, "method": spec.method, "bpp": float(spec.rate)}
+        paper = published(spec.arch, spec.method, int(spec.rate)) or {}
+        row = {"config": name, "arch": spec.arch, "method": spec.method, "bits": int(spec.rate)}
+        row["bpp"] = row["bits"] / PAPER_DOWNSAMPLE**2
         row |= {"bits_per_pixel": run["bits_per_pixel"], "images": run["n_images"]}
         for key in PAPER_METRICS:
             ours = math.nan if run.get(key) is None else float(run[key])
@@ -548,7 +554,7 @@ def write_comparison(
     prefix = Path(prefix)
     csv, md = prefix.with_suffix(".csv"), prefix.with_suffix(".md")
     write_text(csv, table.to_csv(index=False, float_format="%.6g"))
-    shown = table[["config", "arch", "method", "bpp", "images"]].copy()
+    shown = table[["config", "arch", "method", "bits", "bpp", "images"]].copy()
     for key in PAPER_METRICS:
         d = decimals.get(key, 3)
         for col, title in ((key, "ours"), (f"paper_{key}", "paper"), (f"diff_{key}", "diff")):

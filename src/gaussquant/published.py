@@ -2,7 +2,9 @@
 from the authors' plotting data. They go in separate `paper` columns of our tables, never into
 our results.
 
-``PUBLISHED[(arch, method, bpp)] = (psnr, lpips, ssim, rfid)``.
+``PUBLISHED[(arch, method, bits)] = (psnr, lpips, ssim, rfid)``, keyed by the rate's bits per
+latent position: the paper's 0.25 / 0.5 / 1.0 bpp at f8 are 16 / 32 / 64 bits per position, so a
+run at another downsampling (the quick profile's f4) meets the paper's token of the same bits.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ vit  bsq  26.52 0.083 0.793 1.64  28.44 0.051 0.852 0.700 31.60 0.027 0.914 0.37
 vit  gq   27.88 0.061 0.823 0.932 30.42 0.037 0.882 0.592 31.71 0.024 0.903 0.349
 """
 
-BPPS = (0.25, 0.5, 1.0)
+PAPER_DOWNSAMPLE = 8  # f8 (docs/method.md §5)
+BPPS = (0.25, 0.5, 1.0)  # the columns of _ROWS
+BITS = tuple(int(b * PAPER_DOWNSAMPLE**2) for b in BPPS)  # 16, 32, 64 bits per latent position
 
 
 def _parse() -> dict[tuple[str, str, float], tuple[float, float, float, float]]:
@@ -28,17 +32,18 @@ def _parse() -> dict[tuple[str, str, float], tuple[float, float, float, float]]:
     for line in _ROWS.strip().splitlines():
         arch, method, *vals = line.split()
         nums = [float(v) for v in vals]
-        for i, bpp in enumerate(BPPS):
-            table[(arch, method, bpp)] = tuple(nums[4 * i : 4 * i + 4])
+        for i, bits in enumerate(BITS):
+            table[(arch, method, bits)] = tuple(nums[4 * i : 4 * i + 4])
     return table
 
 
 PUBLISHED = _parse()
 
 
-def published(arch: str, method: str, bpp: float) -> dict[str, float] | None:
-    """Published PSNR / LPIPS / SSIM / rFID for (arch, method, bpp), or None if not reported."""
-    row = PUBLISHED.get((arch, method, float(bpp)))
+def published(arch: str, method: str, bits: int) -> dict[str, float] | None:
+    """Published PSNR / LPIPS / SSIM / rFID for (arch, method) at ``bits`` per latent position,
+    or None if not reported."""
+    row = PUBLISHED.get((arch, method, int(bits)))
     if row is None:
         return None
     return dict(zip(("psnr", "lpips", "ssim", "rfid"), row))

@@ -19,8 +19,11 @@ METRICS = {
     "lpips": ("LPIPS", False),
     "rfid": ("rFID", False),
     "codebook_usage": ("Usage", True),
-    "perplexity": ("Perplexity", True),
+    "code_bits": ("Code bits/position", True),  # log2 perplexity x tokens per position
 }
+# Shown but never bold: the share of codes used is bounded by tokens / K, so it compares only
+# methods with the same alphabet (one 16-bit token vs two 8-bit sub-codes, say)
+NOT_COMPARABLE = ("codebook_usage",)
 PAPER_METRICS = ("psnr", "ssim", "lpips", "rfid")  # what SPEC 7 reports
 
 

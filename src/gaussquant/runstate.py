@@ -21,7 +21,7 @@ import torch
 
 from gaussquant.config import NON_TRAJECTORY_KEYS, Config, config_to_dict
 from gaussquant.io import write_json
-from gaussquant.methods import METHODS
+from gaussquant.methods import METHODS, shape
 
 COMPLETE = "COMPLETE"  # marker written after a state directory is fully saved
 LOG_FILE = "metrics.csv"
@@ -85,7 +85,7 @@ def run_settings(
         "method": method,
         "arch": arch,
         "rate": rate,
-        "rate_config": d["rates"][rate],
+        "shape": shape(method, cfg, cfg.rate(rate).bits),  # the bottleneck at this rate
         "train": train,
         "data_sha256": data_sha256,
         **{k: d[k] for k in sorted(sections)},

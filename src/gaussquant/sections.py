@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gaussquant.errors import ConfigError
-from gaussquant.methods import TABLE1_METHODS
+from gaussquant.methods import TABLE1_METHODS, rate_shapes
 
 # ----------------------------------------------------------------------------- data
 
@@ -417,17 +417,30 @@ class BSQConfig:
 
 
 @dataclass
-class RateConfig:
-    """Quantizer shapes of each method at one rate (SPEC 2, 4). Bits per latent position of
-    every method must equal ``bpp * downsample**2``."""
+class FSQConfig:
+    """FSQ (SPEC 4): ``bits / log2 level`` levels of ``level`` each per latent position."""
 
-    bpp: float = 0.25
-    gq_dim: int = 16  # m; C/m tokens of log2 K bits
-    vq_tokens: int = 1  # tokens per position, each of dim C/vq_tokens
-    fsq_levels: list[int] = field(default_factory=lambda: [16, 16, 16, 16])
-    lfq_bits: int = 16
-    bsq_bits: int = 16
-    tokenbridge_bits: int = 1  # B bits per channel, m = 1
+    level: int = 16  # the paper's levels of 16 (4 bits each); a power of two >= 2
+
+
+@dataclass(frozen=True)
+class Rate:
+    """One rate of the experiment: ``bits`` per latent position (params.yaml ``rates``), the one
+    number every quantizer's shape is derived from (:func:`gaussquant.methods.shape`); the bits
+    per pixel follow from the downsampling f (docs/method.md §2: 16 / 32 / 64 bits per position
+    are the paper's 0.25 / 0.5 / 1.0 bpp at f8)."""
+
+    bits: int
+    downsample: int
+
+    @property
+    def name(self) -> str:
+        """The rate's name in paths, wildcards and tables: its bits per position."""
+        return str(self.bits)
+
+    @property
+    def bpp(self) -> float:
+        return self.bits / self.downsample**2
 
 
 @dataclass
@@ -452,9 +465,9 @@ class ExperimentConfig:
 
     methods: list[str] = field(default_factory=lambda: list(TABLE1_METHODS))
     archs: list[str] = field(default_factory=lambda: list(ARCHS))
-    rates: list[str] = field(default_factory=lambda: ["0.25", "0.5", "1.0"])  # Table 1
+    rates: list[int] = field(default_factory=lambda: [16, 32, 64])  # Table 1, bits per position
     seeds: list[int] = field(default_factory=lambda: [0])  # training seeds: init, data order, noise
-    figure1_rates: list[str] = field(default_factory=lambda: ["0.25", "0.5", "1.0"])  # SPEC 7
+    figure1_rates: list[int] = field(default_factory=lambda: [16, 32, 64])  # SPEC 7
 
     def __post_init__(self) -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
@@ -490,7 +503,7 @@ class AblationConfig:
     """Ablations of SPEC 3/7 on one (arch, rate) of the TDC VAE."""
 
     arch: str = "unet"
-    rate: str = "0.25"
+    rate: int = 16  # bits per position
     codebook_log2_offsets: list[int] = field(
         default_factory=lambda: [-2, -1, 0, 1, 2]
     )  # K = 2^(b + o)
@@ -539,7 +552,8 @@ class Config:
     vq: VQConfig = field(default_factory=VQConfig)
     lfq: LFQConfig = field(default_factory=LFQConfig)
     bsq: BSQConfig = field(default_factory=BSQConfig)
-    rates: dict[str, RateConfig] = field(default_factory=dict)
+    fsq: FSQConfig = field(default_factory=FSQConfig)
+    rates: list[int] = field(default_factory=lambda: [16, 32, 64])  # bits per latent position
     train: TrainConfig = field(default_factory=TrainConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -549,12 +563,14 @@ class Config:
     official: OfficialConfig = field(default_factory=OfficialConfig)
     byo: ByoConfig = field(default_factory=ByoConfig)
 
-    def rate(self, name: str) -> RateConfig:
-        if name not in self.rates:
+    def rate(self, name: str | int) -> Rate:
+        """The rate named by its bits per latent position (``"16"`` or 16)."""
+        bits = int(name) if str(name).isdigit() else None
+        if bits not in self.rates:
             raise ConfigError(
-                f"rate {name!r} is not defined in params.yaml 'rates' (defined: {sorted(self.rates)})"
+                f"rate {name!r} is not in params.yaml 'rates' (bits per latent position: {self.rates})"
             )
-        return self.rates[name]
+        return Rate(bits, self.model.downsample)
 
     def derived(self) -> dict[str, Any]:
         """Values computed from the parameters, logged at the start of every stage."""
@@ -565,11 +581,11 @@ class Config:
             "positions_per_image": (res // f) ** 2,
             "target_bits_per_token": math.log2(self.tdc.codebook_size),
             "rates": {
-                name: {
-                    "bits_per_position": r.bpp * f * f,
-                    "gq_tokens_per_position": c // r.gq_dim,
-                    "tokens_per_image": (c // r.gq_dim) * (res // f) ** 2,
+                str(bits): {
+                    "bits_per_position": bits,
+                    "bpp": self.rate(bits).bpp,
+                    "shapes": rate_shapes(self, bits),
                 }
-                for name, r in self.rates.items()
+                for bits in self.rates
             },
         }

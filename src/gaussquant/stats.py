@@ -202,19 +202,20 @@ def _seed_values(group: pd.DataFrame, name: str, metric: str) -> dict[object, fl
     rows = group[group["name"] == name]
     dup = rows["seed"][rows["seed"].duplicated()].tolist()
     if dup:
-        raise GaussquantError(f"{name!r}: seeds {dup} appear more than once in one (arch, bpp)")
+        raise GaussquantError(f"{name!r}: seeds {dup} appear more than once in one (arch, rate)")
     return dict(zip(rows["seed"], rows[metric].astype(float)))
 
 
-def _paper_diff(published, arch, bpp, reference, baseline, metric) -> float:
-    ref, base = published(arch, reference, bpp), published(arch, baseline, bpp)
+def _paper_diff(published, arch, bits, reference, baseline, metric) -> float:
+    """The published difference at the same bits per latent position (docs/method.md §7)."""
+    ref, base = published(arch, reference, bits), published(arch, baseline, bits)
     if not ref or not base or metric not in ref or metric not in base:
         return math.nan
     return ref[metric] - base[metric]
 
 
 VERDICT_COLUMNS = [
-    "arch", "bpp", "baseline", "metric", "diff", "low", "high", "n", "verdict", "paper_diff",
+    "arch", "bits", "baseline", "metric", "diff", "low", "high", "n", "verdict", "paper_diff",
     "paper_agrees",
 ]  # fmt: skip
 
@@ -223,16 +224,17 @@ def verdict_table(
     df: pd.DataFrame,
     metrics: Sequence[str],
     reference: str = "gq",
-    published: Callable[[str, str, float], dict[str, float] | None] = _published,
+    published: Callable[[str, str, int], dict[str, float] | None] = _published,
     level: float = 0.95,
 ) -> pd.DataFrame:
-    """Paired verdicts of ``reference`` against every other method, per (arch, bpp, metric).
+    """Paired verdicts of ``reference`` against every other method, per (arch, rate, metric).
 
-    ``df``: long frame, one row per run, columns ``arch``, ``bpp``, ``name``, ``seed`` and the
-    ``metrics`` (keys of :data:`HIGHER_IS_BETTER`). Output: one row per (arch, bpp, baseline,
+    ``df``: long frame, one row per run, columns ``arch``, ``bits`` (the rate: bits per latent
+    position), ``name``, ``seed`` and the ``metrics`` (keys of :data:`HIGHER_IS_BETTER`).
+    Output: one row per (arch, bits, baseline,
     metric) with ``diff`` = mean of reference - baseline over seeds, its interval ``low``/``high``,
     ``n`` seeds, ``verdict``, ``paper_diff`` (the same difference in SPEC 7's numbers, NaN when
-    not published) and ``paper_agrees``: "yes" when our significant ordering matches the
+    not published at these bits per position) and ``paper_agrees``: "yes" when our significant ordering matches the
     paper's, "no" when it is the opposite (or the paper has a tie), "n/s" when ours is not
     significant, "-" when there is no published value. A metric missing or all NaN for either
     method of a pair is left out; seeds must match exactly (else an error naming them).
@@ -242,20 +244,20 @@ def verdict_table(
         raise GaussquantError(f"unknown metrics {unknown}; known: {sorted(HIGHER_IS_BETTER)}")
     metrics = [m for m in metrics if m in df]
     rows = []
-    for (arch, bpp), group in df.groupby(["arch", "bpp"], sort=True):
+    for (arch, bits), group in df.groupby(["arch", "bits"], sort=True):
         if reference not in set(group["name"]):
             continue
         for baseline in sorted(set(group["name"]) - {reference}):
             for m in metrics:
                 row = _verdict_row(group, reference, baseline, m, published, level)
                 if row is not None:
-                    rows.append([arch, bpp, baseline, m, *row])
+                    rows.append([arch, bits, baseline, m, *row])
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
 
 
 def _verdict_row(group, reference, baseline, metric, published, level) -> list | None:
     """diff, low, high, n, verdict, paper_diff, paper_agrees for one pair; None if not computed."""
-    arch, bpp = group["arch"].iloc[0], float(group["bpp"].iloc[0])
+    arch, bits = group["arch"].iloc[0], int(group["bits"].iloc[0])
     ref = _seed_values(group, reference, metric)
     base = _seed_values(group, baseline, metric)
     if all(map(math.isnan, ref.values())) or all(map(math.isnan, base.values())):
@@ -264,10 +266,10 @@ def _verdict_row(group, reference, baseline, metric, published, level) -> list |
         ci = paired_difference(ref, base, level)
     except GaussquantError as e:
         raise GaussquantError(
-            f"{arch} {bpp:g} bpp, {reference} vs {baseline}, {metric}: {e}"
+            f"{arch} {bits} bits per position, {reference} vs {baseline}, {metric}: {e}"
         ) from e
     v = verdict(ci, HIGHER_IS_BETTER[metric])
-    paper = _paper_diff(published, arch, bpp, reference, baseline, metric)
+    paper = _paper_diff(published, arch, bits, reference, baseline, metric)
     return [
         ci.mean,
         ci.low,

@@ -27,7 +27,12 @@ from gaussquant.errors import GaussquantError
 from gaussquant.io import write_json, write_text
 from gaussquant.methods import ROWS, display_name
 from gaussquant.published import published
-from gaussquant.records import METRICS, PAPER_METRICS, load_metrics  # noqa: F401 (re-exported)
+from gaussquant.records import (  # noqa: F401 (load_metrics re-exported)
+    METRICS,
+    NOT_COMPARABLE,
+    PAPER_METRICS,
+    load_metrics,
+)
 
 ARROW = {True: "\u2191", False: "\u2193"}
 LEVEL = 0.95
@@ -44,30 +49,32 @@ def build_table(df: pd.DataFrame, with_published: bool = False) -> pd.DataFrame:
     and whether it is significantly best (``m_best``)."""
     order = {name: i for i, name in enumerate(ROWS)}
     df = df.assign(seed=df["seed"].fillna(0).astype(int))
-    dup = df[df.duplicated(["arch", "bpp", "name", "seed"])]
+    dup = df[df.duplicated(["arch", "bits", "name", "seed"])]
     if len(dup):
         raise GaussquantError(
-            f"metrics of one run given twice: {dup[['arch', 'bpp', 'name', 'seed']].values.tolist()}"
+            f"metrics of one run given twice: {dup[['arch', 'bits', 'name', 'seed']].values.tolist()}"
         )
     rows = []
-    for (arch, bpp, name), g in df.groupby(["arch", "bpp", "name"], sort=False):
+    for (arch, bits, name), g in df.groupby(["arch", "bits", "name"], sort=False):
         g = g.sort_values("seed")
         row = {
             "arch": _arch_title(arch),
-            "bpp": bpp,
+            "bits": int(bits),  # the rate: bits per latent position
+            "bpp": float(g["bpp"].iloc[0]),
             "method": display_name(name),
             "name": name,
             "tokens": g["tokens_per_image"].iloc[0],
             "images": g["n_images"].iloc[0],
             "seeds": len(g),
             "quantized": bool(g["quantized"].iloc[0]),
-            "_order": (arch, bpp, order.get(name, len(order))),
+            "_order": (arch, bits, order.get(name, len(order))),
         }
         for key in METRICS:
             row.update(_metric_cells(g, key))
         if with_published:
             for key in PAPER_METRICS:
-                row[f"paper_{key}"] = (published(arch, name, bpp) or {}).get(key, math.nan)
+                # the paper's value at the same bits per latent position (its f8 token)
+                row[f"paper_{key}"] = (published(arch, name, bits) or {}).get(key, math.nan)
         rows.append(row)
     out = pd.DataFrame(rows).sort_values("_order").drop(columns="_order").reset_index(drop=True)
     return _mark_best(out, df)
@@ -87,12 +94,12 @@ def _metric_cells(g: pd.DataFrame, key: str) -> dict:
 
 
 def _mark_best(table: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
-    """``m_best``: the quantized row that is significantly best of its (arch, bpp), paired by seed."""
+    """``m_best``: the quantized row that is significantly best of its (arch, rate), paired by seed."""
     for key, (_, higher) in METRICS.items():
         table[f"{key}_best"] = False
-        if key not in df:
+        if key not in df or key in NOT_COMPARABLE:
             continue
-        for (arch, bpp), g in df[df["quantized"].astype(bool)].groupby(["arch", "bpp"]):
+        for (arch, bits), g in df[df["quantized"].astype(bool)].groupby(["arch", "bits"]):
             cells = {
                 name: dict(zip(r["seed"], pd.to_numeric(r[key], errors="coerce")))
                 for name, r in g.groupby("name")
@@ -101,7 +108,7 @@ def _mark_best(table: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
                 continue
             best = stats.significantly_best(cells, higher, LEVEL)
             if best is not None:
-                hit = (table["arch"] == _arch_title(arch)) & (table["bpp"] == bpp)
+                hit = (table["arch"] == _arch_title(arch)) & (table["bits"] == bits)
                 table.loc[hit & (table["name"] == best), f"{key}_best"] = True
     return table
 
@@ -119,14 +126,15 @@ def format_table(
     values wrapped in ``bold``, arrows in headers."""
     shown = pd.DataFrame(index=table.index)
     shown["Arch"] = table["arch"]
-    shown["bpp"] = table["bpp"].map(lambda v: f"{v:g}")
+    shown["Bits"] = table["bits"].map(str)  # per latent position: the rate
+    shown["bpp"] = table["bpp"].map(lambda v: f"{v:g}")  # bits / f^2
     shown["Method"] = table["method"]
     shown["Tokens"] = table["tokens"].map(lambda v: f"{int(v)}" if v else "-")  # 0: continuous row
     shown["Seeds"] = table["seeds"].map(str)
     for key, (title, higher) in METRICS.items():
         if pd.to_numeric(table[key]).isna().all():  # not computed (e.g. eval.fid: false)
             continue
-        d = decimals.get(key, 3 if key not in ("perplexity",) else 1)
+        d = decimals.get(key, 3 if key != "code_bits" else 2)
         cells = []
         for i in table.index:
             text = _cell(table.at[i, key], table.at[i, f"{key}_ci95"], d)
@@ -163,7 +171,7 @@ def write_tables(
     table: pd.DataFrame, prefix: str | Path, decimals: dict[str, int], caption: str
 ) -> list[Path]:
     """Write ``prefix``.csv (raw), .md and .tex (formatted) and .json (DVC metrics, nested
-    arch -> bpp -> method -> metric -> mean, ci95, boot95, per_seed). Returns the paths."""
+    arch -> bits per latent position -> method -> metric -> mean, ci95, boot95, per_seed). Returns the paths."""
     prefix = Path(prefix)
     paths = [prefix.with_suffix(s) for s in (".csv", ".md", ".tex", ".json")]
     write_text(paths[0], table.to_csv(index=False, float_format="%.6g"))
@@ -184,7 +192,7 @@ def write_tables(
 def _nested(table: pd.DataFrame) -> dict:
     nested: dict = {}
     for _, row in table.iterrows():
-        cell = nested.setdefault(row["arch"], {}).setdefault(f"{row['bpp']:g}bpp", {})
+        cell = nested.setdefault(row["arch"], {}).setdefault(f"{row['bits']}bits", {})
         cell[row["method"]] = {
             k: {
                 "mean": _finite(row[k]),
@@ -208,14 +216,14 @@ def _finite(v) -> float | None:
 
 
 def verdicts(df: pd.DataFrame, baselines: Sequence[str]) -> pd.DataFrame:
-    """GQ minus each of ``baselines`` per (arch, bpp, metric), paired by seed (needs >= 2
+    """GQ minus each of ``baselines`` per (arch, rate, metric), paired by seed (needs >= 2
     seeds: with fewer, every row says so instead of a verdict)."""
     metrics = [m for m in PAPER_METRICS if m in df and pd.to_numeric(df[m]).notna().any()]
     keep = df[df["name"].isin(["gq", *baselines])].assign(seed=lambda d: d["seed"].astype(int))
-    if keep.groupby(["arch", "bpp", "name"])["seed"].nunique().min() < 2:
+    if keep.groupby(["arch", "bits", "name"])["seed"].nunique().min() < 2:
         rows = [
             [a, b, n, m, *[math.nan] * 3, 1, "needs >= 2 seeds", math.nan, "-"]
-            for (a, b), g in keep.groupby(["arch", "bpp"])
+            for (a, b), g in keep.groupby(["arch", "bits"])
             for n in baselines
             if n in set(g["name"])
             for m in metrics
@@ -231,7 +239,7 @@ def write_verdicts(v: pd.DataFrame, prefix: str | Path, decimals: dict[str, int]
     shown = pd.DataFrame(
         {
             "Arch": v["arch"].map(_arch_title),
-            "bpp": v["bpp"].map(lambda b: f"{b:g}"),
+            "Bits": v["bits"].map(str),
             "Baseline": v["baseline"].map(display_name),
             "Metric": v["metric"].map(lambda m: f"{METRICS[m][0]} {ARROW[METRICS[m][1]]}"),
             "GQ − baseline [95 % CI]": [
@@ -254,7 +262,8 @@ def write_verdicts(v: pd.DataFrame, prefix: str | Path, decimals: dict[str, int]
         "Paired comparison of GQ with each baseline (difference of means over training seeds, "
         "95 % Student-t interval of the per-seed differences). `GQ better` / `GQ worse` only "
         "where the interval excludes 0. `Paper agrees`: our significant ordering against the "
-        "published one (SPEC 7) at the same architecture and rate (`n/s`: ours not "
+        "published one (SPEC 7) at the same architecture and bits per latent position (the "
+        "paper's f8 token of those bits; `n/s`: ours not "
         "significant; `-`: no published value at this rate).\n\n"
         f"{shown.to_markdown(index=False)}\n\nVerdicts: {summary}.\n"
     )

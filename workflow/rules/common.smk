@@ -9,7 +9,7 @@ from dataclasses import fields
 
 from gaussquant.codedeps import stage_code
 from gaussquant.config import NON_TRAJECTORY_KEYS, config_from_dict, resolve_params
-from gaussquant.methods import CONVERSIONS, METHODS, ROWS, TOKENBRIDGE_ROWS, table1_rows
+from gaussquant.methods import CONVERSIONS, METHODS, ROWS, TOKENBRIDGE_ROWS, shape, table1_rows
 from gaussquant.sections import RELEASED_WEIGHTS
 
 # Rules call `gaussquant`/`accelerate` from the environment that runs Snakemake, activated or not.
@@ -32,7 +32,7 @@ TABLE1_ROWS = table1_rows(CFG.experiment.methods)
 wildcard_constraints:
     method="|".join(METHODS),
     arch="unet|vit",
-    rate="[0-9.]+",
+    rate="[0-9]+",  # bits per latent position
     tseed="[0-9]+",
     row="|".join(ROWS),
 
@@ -112,7 +112,7 @@ def train_params_for(method, arch, rate, seed):
         "model": str((m.latent_channels, m.downsample, getattr(m, arch), m.discriminator)),
         "loss": str(CFG.loss),
         "train": str(train),
-        "rate": str(CFG.rate(rate)),
+        "rate": str(shape(method, CFG, CFG.rate(rate).bits)),  # its bottleneck's shape
         "method": str(getattr(CFG, spec.section)) if spec.section else "",
     }
 

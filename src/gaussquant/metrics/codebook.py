@@ -2,8 +2,11 @@
 
 usage      = fraction of the K codes used at least once;
 perplexity = exp(entropy in nats of the code histogram) (K for a uniform histogram, 1 when
-             a single code is used).
-Both per token group (GQ: the T = C/m tokens of a position each have their own histogram)
+             a single code is used);
+code bits  = sum over the T token groups of log2 perplexity: the code entropy in bits per
+             latent position, comparable across token shapes (one 16-bit token, two 8-bit
+             sub-codes, 16 one-bit channels) and bounded by the rate's bits per position.
+Usage and perplexity per token group (GQ: the T = C/m tokens of a position each have their own histogram)
 and pooled over groups. Counts are plain int64 tensors, so several processes can sum their
 :meth:`CodebookStats.state` (e.g. ``all_reduce``) and :meth:`CodebookStats.merge` the result.
 """
@@ -87,4 +90,5 @@ class CodebookStats:
             "perplexity": sum(p for _, p in per_group) / self.groups,
             "usage_pooled": pooled[0],
             "perplexity_pooled": pooled[1],
+            "code_bits": sum(math.log2(p) for _, p in per_group),
         }

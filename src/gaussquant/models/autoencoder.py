@@ -14,7 +14,7 @@ from torch import nn
 
 from gaussquant.config import Config
 from gaussquant.errors import GaussquantError
-from gaussquant.methods import TRAINED_METHODS
+from gaussquant.methods import TRAINED_METHODS, shape
 from gaussquant.models import build_backbone
 from gaussquant.quantizers import BUILDERS
 from gaussquant.quantizers.base import QuantizerOutput
@@ -55,7 +55,7 @@ def build_autoencoder(
     if method not in BUILDERS:
         raise GaussquantError(f"unknown method {method!r}; allowed: {', '.join(TRAINED_METHODS)}")
     if bottleneck is None:
-        bottleneck = BUILDERS[method](cfg, cfg.rate(rate))
+        bottleneck = BUILDERS[method](cfg, shape(method, cfg, cfg.rate(rate).bits))
     arch_cfg = getattr(cfg.model, arch, None) if arch in ("unet", "vit") else None
     if arch_cfg is None:
         raise GaussquantError(f"unknown arch {arch!r}; allowed: unet, vit")

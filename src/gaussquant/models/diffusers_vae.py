@@ -38,9 +38,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from gaussquant.config import Config, RateConfig, config_from_dict, config_to_dict
+from gaussquant.config import Config, config_from_dict, config_to_dict
 from gaussquant.errors import GaussquantError
-from gaussquant.methods import GAUSSIAN_METHODS
+from gaussquant.methods import GAUSSIAN_METHODS, shape
 from gaussquant.models.autoencoder import Autoencoder
 from gaussquant.posterior import LOGVAR_MAX, LOGVAR_MIN, dim_for_bpp
 from gaussquant.quantizers import BUILDERS
@@ -237,12 +237,11 @@ class DiffusersDecoder(nn.Module):
 
 # ----------------------------------------------------------------------------- byo config
 BYO_ARCH = "diffusers"  # a checkpoint's arch: rebuilt from its extra["diffusers"] description
-BYO_RATE = "byo"  # the one rate of a byo config
 
 
 def byo_config(cfg: Config, vae_config: dict[str, Any], codebook_size: int, dim: int) -> Config:
     """``cfg`` (params.yaml) for a diffusers VAE: its latent shape (C, f), codebook size K and
-    one rate :data:`BYO_RATE` at codebook dim m, ``(C/m) log2 K / f^2`` bits per pixel.
+    one rate (:func:`byo_rate`) at codebook dim m: ``(C/m) log2 K`` bits per latent position.
 
     Everything downstream - the bottlenecks of :data:`gaussquant.quantizers.BUILDERS`, TDC, GQ
     and TokenBridge conversion, evaluation's bits per pixel, the training loop - reads these
@@ -267,15 +266,6 @@ def byo_config(cfg: Config, vae_config: dict[str, Any], codebook_size: int, dim:
             f"downsampling factor f = {f}; prepare the data at a multiple of it"
         )
     bits = c // dim * log2k  # per latent position, every method alike
-    rate = RateConfig(
-        bpp=bits / f**2,
-        gq_dim=dim,
-        vq_tokens=c // dim,
-        fsq_levels=[2] * bits,
-        lfq_bits=bits,
-        bsq_bits=bits,
-        tokenbridge_bits=log2k // dim,
-    )
     m = cfg.model
     model = replace(
         m,
@@ -290,12 +280,18 @@ def byo_config(cfg: Config, vae_config: dict[str, Any], codebook_size: int, dim:
         model=model,
         tdc=replace(cfg.tdc, codebook_size=codebook_size),
         vq=replace(cfg.vq, codebook_size=codebook_size),
+        fsq=replace(cfg.fsq, level=2),  # fits any bits (the byo target trains no FSQ)
         lfq=replace(cfg.lfq, sub_codebook_bits=math.gcd(bits, cfg.lfq.sub_codebook_bits)),
-        rates={BYO_RATE: rate},
-        experiment=replace(cfg.experiment, rates=[BYO_RATE], figure1_rates=[BYO_RATE]),
-        ablation=replace(cfg.ablation, rate=BYO_RATE, codebook_log2_offsets=offsets),
+        rates=[bits],
+        experiment=replace(cfg.experiment, rates=[bits], figure1_rates=[bits]),
+        ablation=replace(cfg.ablation, rate=bits, codebook_log2_offsets=offsets),
     )
     return config_from_dict(config_to_dict(out))  # what loading the checkpoint will build
+
+
+def byo_rate(cfg: Config) -> str:
+    """The name of a :func:`byo_config`'s one rate."""
+    return cfg.rate(cfg.rates[0]).name
 
 
 def codebook_dim(
@@ -313,13 +309,14 @@ def codebook_dim(
 
 # ----------------------------------------------------------------------------- autoencoder
 def diffusers_autoencoder(
-    vae, cfg: Config, method: str, rate: str = BYO_RATE, bottleneck: nn.Module | None = None
+    vae, cfg: Config, method: str, rate: str | None = None, bottleneck: nn.Module | None = None
 ) -> Autoencoder:
     """:class:`Autoencoder` with ``vae``'s encoder and decoder (shared, not copied) and the
-    bottleneck of ``method`` at ``rate`` built by :data:`gaussquant.quantizers.BUILDERS` from
-    ``cfg`` (a :func:`byo_config`), as for our own models: ``gq`` TDC fine-tuning, ``vanilla``
-    the pretrained VAE as it is (its KL term's weight does not matter once trained);
-    ``bottleneck`` (a converted model's quantizer) replaces the one ``method`` would build."""
+    bottleneck of ``method`` at ``rate`` (default :func:`byo_rate`) built by
+    :data:`gaussquant.quantizers.BUILDERS` from ``cfg`` (a :func:`byo_config`), as for our own
+    models: ``gq`` TDC fine-tuning, ``vanilla`` the pretrained VAE as it is (its KL term's weight
+    does not matter once trained); ``bottleneck`` (a converted model's quantizer) replaces the
+    one ``method`` would build."""
     if method not in GAUSSIAN_METHODS:
         raise GaussquantError(
             f"method {method!r}: a diffusers VAE is a Gaussian VAE; allowed: "
@@ -332,7 +329,8 @@ def diffusers_autoencoder(
             "build the config with byo_config from this VAE"
         )
     if bottleneck is None:
-        bottleneck = BUILDERS[method](cfg, cfg.rate(rate))
+        bits = cfg.rate(rate or byo_rate(cfg)).bits
+        bottleneck = BUILDERS[method](cfg, shape(method, cfg, bits))
     return Autoencoder(DiffusersEncoder(vae), bottleneck, DiffusersDecoder(vae))
 
 
@@ -359,7 +357,7 @@ def describe(vae, spec: str) -> dict[str, Any]:
 
 
 def pretrained_autoencoder(
-    spec: str, cfg: Config, method: str, rate: str = BYO_RATE, local_files_only: bool = False
+    spec: str, cfg: Config, method: str, rate: str | None = None, local_files_only: bool = False
 ) -> tuple[Autoencoder, dict[str, Any]]:
     """The pretrained VAE of ``spec`` with ``method``'s bottleneck (:func:`diffusers_autoencoder`)
     and the checkpoint ``extra`` that describes it: ``{"diffusers": describe(...)}``."""
@@ -371,7 +369,7 @@ def autoencoder_from_description(
     desc: dict[str, Any],
     cfg: Config,
     method: str,
-    rate: str = BYO_RATE,
+    rate: str | None = None,
     bottleneck: nn.Module | None = None,
 ) -> Autoencoder:
     """The architecture :func:`describe` recorded, randomly initialised, with ``method``'s

@@ -20,7 +20,7 @@ from gaussquant.quantizers.tdc import GaussianBottleneck
 from gaussquant.quantizers.tokenbridge import TokenBridge
 from gaussquant.quantizers.vq import VectorQuantizer
 
-BUILDERS = {  # method name -> (cfg: Config, rate: RateConfig) -> bottleneck module
+BUILDERS = {  # method name -> (cfg: Config, shape at a rate: methods.shape) -> bottleneck module
     "vq": VectorQuantizer.from_config,
     "fsq": FSQ.from_config,
     "lfq": LFQ.from_config,

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gaussquant.config import Config, RateConfig
+from gaussquant.config import Config
 from gaussquant.errors import GaussquantError
 from gaussquant.quantizers.base import QuantizerOutput
 from gaussquant.quantizers.lfq import check_bits, indices_to_sign_bits, sign_bits_to_indices
@@ -66,13 +66,13 @@ class BSQ(nn.Module):
     """
 
     @classmethod
-    def from_config(cls, cfg: Config, rate: RateConfig) -> BSQ:
-        """The ``bsq`` section at ``rate``: ``rate.bsq_bits`` sign channels."""
+    def from_config(cls, cfg: Config, bits: int) -> BSQ:
+        """The ``bsq`` section with ``bits`` sign channels (the rate's bits per position)."""
         return cls(
-            rate.bsq_bits,
+            bits,
             entropy_weight=cfg.bsq.entropy_weight,
             entropy_rule=cfg.bsq.entropy_rule,
-            token_bits=min(rate.bsq_bits, 16),
+            token_bits=min(bits, 16),
         )
 
     def __init__(

@@ -27,7 +27,7 @@ import math
 import torch
 from torch import nn
 
-from gaussquant.config import Config, RateConfig
+from gaussquant.config import Config
 from gaussquant.errors import GaussquantError
 from gaussquant.quantizers.base import QuantizerOutput
 
@@ -44,9 +44,9 @@ class FSQ(nn.Module):
     """
 
     @classmethod
-    def from_config(cls, cfg: Config, rate: RateConfig) -> FSQ:
-        """``rate.fsq_levels`` (FSQ has no section of its own)."""
-        return cls(rate.fsq_levels)
+    def from_config(cls, cfg: Config, levels: list[int]) -> FSQ:
+        """``levels`` from :func:`gaussquant.methods.fsq_levels` (the ``fsq`` section at a rate)."""
+        return cls(levels)
 
     def __init__(self, levels: list[int], channels_per_token: int | None = None):
         super().__init__()

@@ -28,7 +28,7 @@ import math
 import torch
 from torch import nn
 
-from gaussquant.config import Config, RateConfig
+from gaussquant.config import Config
 from gaussquant.errors import GaussquantError
 from gaussquant.quantizers.base import QuantizerOutput
 
@@ -75,16 +75,16 @@ class LFQ(nn.Module):
     """
 
     @classmethod
-    def from_config(cls, cfg: Config, rate: RateConfig) -> LFQ:
-        """The ``lfq`` section at ``rate``: ``rate.lfq_bits`` sign channels."""
+    def from_config(cls, cfg: Config, bits: int) -> LFQ:
+        """The ``lfq`` section with ``bits`` sign channels (the rate's bits per position)."""
         lf = cfg.lfq
         return cls(
-            rate.lfq_bits,
+            bits,
             sub_codebook_bits=lf.sub_codebook_bits,
             entropy_weight=lf.entropy_weight,
             commit_weight=lf.commit_weight,
             temperature=lf.temperature,
-            token_bits=min(rate.lfq_bits, 16),  # one index per 16 bits (tiny profile: 8)
+            token_bits=min(bits, 16),  # one index per 16 bits (tiny profile: 8)
         )
 
     def __init__(

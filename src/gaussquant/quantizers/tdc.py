@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from gaussquant.config import Config, RateConfig, TDCConfig
+from gaussquant.config import Config, TDCConfig
 from gaussquant.errors import ConfigError
 from gaussquant.posterior import kl_nats, nats_to_bits, split_posterior, token_rates
 from gaussquant.quantizers.base import QuantizerOutput
@@ -124,19 +124,20 @@ class GaussianBottleneck(nn.Module):
         self.reduce_fn: ReduceFn = _local_reduce  # set by the training loop for multi-process runs
 
     @classmethod
-    def tdc_from_config(cls, cfg: Config, rate: RateConfig) -> GaussianBottleneck:
-        """``gq``: TDC at the rate's codebook dimension m and the ``tdc`` section's K."""
-        return cls(cfg.model.latent_channels, rate.gq_dim, "tdc", cfg.tdc)
+    def tdc_from_config(cls, cfg: Config, dim: int) -> GaussianBottleneck:
+        """``gq``: TDC at codebook dimension m = ``dim`` and the ``tdc`` section's K."""
+        return cls(cfg.model.latent_channels, dim, "tdc", cfg.tdc)
 
     @classmethod
-    def vanilla_from_config(cls, cfg: Config, rate: RateConfig) -> GaussianBottleneck:
+    def vanilla_from_config(cls, cfg: Config, dim: int) -> GaussianBottleneck:
         """``vanilla``: summed KL with the ``vanilla`` section's weight (m only for statistics)."""
-        return cls(cfg.model.latent_channels, rate.gq_dim, "kl", kl_weight=cfg.vanilla.kl_weight)
+        return cls(cfg.model.latent_channels, dim, "kl", kl_weight=cfg.vanilla.kl_weight)
 
     @classmethod
-    def tokenbridge_tdc_from_config(cls, cfg: Config, rate: RateConfig) -> GaussianBottleneck:
-        """``tbtdc``, the TokenBridge protocol: TDC per dimension (m = 1), target B bits (SPEC 4)."""
-        tdc = dataclasses.replace(cfg.tdc, codebook_size=2**rate.tokenbridge_bits)
+    def tokenbridge_tdc_from_config(cls, cfg: Config, bits: int) -> GaussianBottleneck:
+        """``tbtdc``, the TokenBridge protocol: TDC per dimension (m = 1), target ``bits`` = B
+        bits per channel (docs/method.md §4)."""
+        tdc = dataclasses.replace(cfg.tdc, codebook_size=2**bits)
         return cls(cfg.model.latent_channels, 1, "tdc", tdc)
 
     def forward(self, z: torch.Tensor, sample: bool | None = None) -> QuantizerOutput:

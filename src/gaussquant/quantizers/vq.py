@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from gaussquant.config import Config, RateConfig
+from gaussquant.config import Config
 from gaussquant.errors import GaussquantError
 from gaussquant.posterior import from_tokens, to_tokens
 from gaussquant.quantizers.base import QuantizerOutput
@@ -39,13 +39,13 @@ class VectorQuantizer(nn.Module):
     """
 
     @classmethod
-    def from_config(cls, cfg: Config, rate: RateConfig) -> VectorQuantizer:
-        """The ``vq`` section at ``rate``: ``rate.vq_tokens`` tokens per position."""
+    def from_config(cls, cfg: Config, tokens: int) -> VectorQuantizer:
+        """The ``vq`` section with ``tokens`` per position (:func:`gaussquant.methods.vq_tokens`)."""
         v = cfg.vq
         return cls(
             cfg.model.latent_channels,
             v.codebook_size,
-            rate.vq_tokens,
+            tokens,
             beta=v.beta,
             legacy_loss=v.legacy_loss,
             weight=v.weight,

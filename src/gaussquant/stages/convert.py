@@ -125,12 +125,13 @@ def convert_diffusers(
     from gaussquant.models import diffusers_vae as dv
 
     cfg = dv.byo_config(cfg, dv.read_vae_config(spec, local_files_only), codebook_size, dim)
-    model, extra = dv.pretrained_autoencoder(spec, cfg, "vanilla", dv.BYO_RATE, local_files_only)
-    where = (dv.BYO_ARCH, dv.BYO_RATE, 0)
+    model, extra = dv.pretrained_autoencoder(spec, cfg, "vanilla", None, local_files_only)
+    rate = dv.byo_rate(cfg)
+    where = (dv.BYO_ARCH, rate, 0)
     if to == IMPORT_TARGET:
         save_checkpoint(out, model, cfg, "vanilla", *where, extra)
         return None
-    new = convert_model(model, cfg, "vanilla", dv.BYO_RATE, to)
+    new = convert_model(model, cfg, "vanilla", rate, to)
     source = extra | {"source_checkpoint": str(spec), "source_step": 0}
     save_checkpoint(out, model, cfg, to, *where, new | source)
     return new["quantizer"]

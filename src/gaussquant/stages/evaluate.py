@@ -85,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
         "method": payload["method"],
         "arch": payload["arch"],
         "rate": payload["rate"],
-        "bpp": tcfg["rates"][payload["rate"]]["bpp"],
+        "bits": int(payload["rate"]),  # the rate: bits per latent position
+        "bpp": int(payload["rate"]) / f**2,
         "seed": tcfg["train"]["seed"],  # the training seed (an experiment axis)
         "quantized": not args.continuous,
         "bits_per_pixel": None if args.continuous else bits / f**2,

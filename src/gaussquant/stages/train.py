@@ -86,6 +86,6 @@ def _byo_config(args: argparse.Namespace, cfg):
     k = args.codebook_size or cfg.tdc.codebook_size
     vae_config = dv.read_vae_config(args.init_from_diffusers)
     cfg = dv.byo_config(cfg, vae_config, k, dv.codebook_dim(vae_config, k, args.dim, args.bpp))
-    args.arch, args.rate = dv.BYO_ARCH, dv.BYO_RATE
+    args.arch, args.rate = dv.BYO_ARCH, dv.byo_rate(cfg)
     print(f"{args.init_from_diffusers}: derived {json.dumps(cfg.derived())}")
     return cfg

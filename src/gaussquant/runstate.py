@@ -89,7 +89,8 @@ def run_settings(
     count. Saved states are resumed only by a run with equal settings (see
     :func:`discard_stale_states` for another process count)."""
     d = config_to_dict(cfg)
-    skip = (*NON_TRAJECTORY_KEYS, "batch_size")  # batch_size: as the global batch below
+    # batch size and process count: as the global batch and the actual count, below
+    skip = (*NON_TRAJECTORY_KEYS, "batch_size", "processes")
     train = {k: v for k, v in d["train"].items() if k not in skip}
     sections = {"data", "model", "loss"} | {m.section for m in METHODS.values() if m.section}
     run = {

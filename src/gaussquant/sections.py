@@ -460,10 +460,13 @@ class TrainConfig:
     activation_checkpointing: bool = False  # recompute block activations in the backward
     compile: str = "none"  # none | a torch.compile backend (inductor, aot_eager, ...)
     dist_timeout_s: int = 1800  # process-group timeout (collectives, barriers)
+    processes: int = 0  # GPUs (one process each) the workflow gives a training/evaluation; 0 = CPU
 
     def __post_init__(self) -> None:
         if self.grad_accum < 1:
             raise ConfigError(f"train.grad_accum: need >= 1, got {self.grad_accum}")
+        if self.processes < 0:
+            raise ConfigError(f"train.processes: need >= 0, got {self.processes}")
         if self.dist_timeout_s < 1:
             raise ConfigError(f"train.dist_timeout_s: need >= 1, got {self.dist_timeout_s}")
         for method, batch in self.batch_size.items():

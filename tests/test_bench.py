@@ -1,8 +1,14 @@
 """Benchmark report assembly: a partial rerun (`gaussquant bench --only ...`) keeps the rest."""
 
+import json
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from gaussquant.stages.bench import SUITES, _sections
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_sections_are_split_by_suite_name():
@@ -102,3 +108,25 @@ def test_train_floor_counts_at_least_the_lpips_loss_in_closed_form(
     assert got["seconds_per_step"] == pytest.approx(
         got["gflop_per_step"] / got["gemm_gflop_per_s"], rel=1e-9
     )
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_writes_its_section(tmp_path):
+    """benchmarks/gpu_check.sh --dry: the GPU check's code on the CPU (tiny sizes); its README
+    section is written between the markers, the search agrees with the CPU, the models too."""
+    out = tmp_path / "README.md"
+    out.write_text("# Benchmarks\n\nkept\n")
+    proc = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry", "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    assert text.startswith("# Benchmarks\n\nkept\n") and text.count("<!-- gpu-check:start -->") == 1
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert {(r["arch"], r["precision"]) for r in report["train"]} == {
+        (a, p) for a in ("unet", "vit") for p in ("fp32", "tf32", "bf16")
+    }
+    assert report["gq"]["identical_to_cpu"] and report["gq"]["official_agreement"] > 0.99
+    assert all(r["max_abs_diff"] == 0 for r in report["forward"])  # the CPU against itself

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from gaussquant.errors import GaussquantError
-from gaussquant.runstate import KILL_ENV
+from gaussquant.runstate import KILL_ENV, SIGNAL_ENV, latest_state
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _train(method, arch, data, out, weights, *extra, kill_at=None):
+def _train(method, arch, data, out, weights, *extra, kill_at=None, signal_at=None):
     cmd = [
         sys.executable,
         "-m",
@@ -45,6 +45,9 @@ def _train(method, arch, data, out, weights, *extra, kill_at=None):
     env.pop(KILL_ENV, None)
     if kill_at is not None:  # the training's test hook: SIGKILL after that step
         env[KILL_ENV] = str(kill_at)
+    env.pop(SIGNAL_ENV, None)
+    if signal_at is not None:  # "STEP:NAME": the signal after that step
+        env[SIGNAL_ENV] = signal_at
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
 
 
@@ -79,6 +82,29 @@ def test_sigkill_resume_is_bitwise_identical(tiny_data, weights_dir, tmp_path):
     assert float(a["model"]["bottleneck.tdc.lam"]) != 1.0
     log_a = pd.read_csv(tmp_path / "full" / "metrics.csv")
     log_b = pd.read_csv(tmp_path / "resumed" / "metrics.csv")
+    pd.testing.assert_frame_equal(log_a.drop(columns="time_s"), log_b.drop(columns="time_s"))
+
+
+@pytest.mark.slow
+def test_sigterm_saves_exits_and_rerun_matches_uninterrupted(tiny_data, weights_dir, tmp_path):
+    """SIGTERM (SLURM preemption) after step 4, between the saved states of steps 3 and 6: the
+    handler saves step 4 and exits 143; the re-run resumes there and ends with the same
+    checkpoint and log as an uninterrupted run, GAN steps included."""
+    full = _train("gq", "unet", tiny_data, tmp_path / "full", weights_dir)
+    assert full.returncode == 0, full.stderr[-3000:]
+    stopped = _train("gq", "unet", tiny_data, tmp_path / "run", weights_dir, signal_at="4:TERM")
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    assert "state saved at step 4" in stopped.stdout + stopped.stderr
+    assert latest_state(tmp_path / "run" / "state").name == "step-00000004"
+    assert not (tmp_path / "run" / "model.pt").exists()
+    resumed = _train("gq", "unet", tiny_data, tmp_path / "run", weights_dir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout + resumed.stderr
+    a, b = _state(tmp_path / "full" / "model.pt"), _state(tmp_path / "run" / "model.pt")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    log_a = pd.read_csv(tmp_path / "full" / "metrics.csv")
+    log_b = pd.read_csv(tmp_path / "run" / "metrics.csv")
     pd.testing.assert_frame_equal(log_a.drop(columns="time_s"), log_b.drop(columns="time_s"))
 
 

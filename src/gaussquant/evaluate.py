@@ -189,14 +189,24 @@ def _gather_per_image(parts, rank, world, accelerator, k) -> dict[str, list[floa
     for the evaluation-sample bootstrap of the tables."""
     local = torch.cat(parts) if parts else torch.zeros(0, k, dtype=torch.float64)
     if world > 1:
-        n = torch.tensor([local.shape[0]], device=accelerator.device)
-        most = int(accelerator.gather(n).max())
-        padded = torch.full((most, k), math.nan, dtype=torch.float64, device=accelerator.device)
-        padded[: local.shape[0]] = local.to(accelerator.device)
-        everything = accelerator.gather(padded[None]).reshape(world, most, k).cpu()
-        local = everything.transpose(0, 1).reshape(-1, k)  # image i is row i
-        local = local[~torch.isnan(local).all(1)]
+        local = gather_rows(local.to(accelerator.device), accelerator).cpu()
     return {name: local[:, j].tolist() for j, name in enumerate(PER_IMAGE)}
+
+
+def gather_rows(local: torch.Tensor, accelerator) -> torch.Tensor:
+    """Float64 rows of every process in image order, on every process: process r holds the
+    rows of images r, r + world, ... (a process may hold one row fewer)."""
+    world = accelerator.num_processes if accelerator is not None else 1
+    if world == 1:
+        return local
+    n = torch.tensor([local.shape[0]], device=local.device)
+    most = int(accelerator.gather(n).max())
+    k = int(accelerator.gather(torch.tensor([local.shape[1]], device=local.device)).max())
+    padded = torch.full((most, k), math.nan, dtype=torch.float64, device=local.device)
+    padded[: local.shape[0], : local.shape[1]] = local
+    everything = accelerator.gather(padded[None]).reshape(world, most, k)
+    rows = everything.transpose(0, 1).reshape(-1, k)  # image i is row i
+    return rows[~torch.isnan(rows).all(1)]
 
 
 def save_grid(pairs, path: Path) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from gaussquant.config import NON_TRAJECTORY_KEYS, Config, config_to_dict
+from gaussquant.errors import GaussquantError
 from gaussquant.io import write_json
 from gaussquant.methods import METHODS, shape
 
@@ -46,6 +47,8 @@ LOG_KEYS = (
     "time_s",
 )
 KILL_ENV = "GAUSSQUANT_TEST_KILL_AT_STEP"  # tests: SIGKILL the run after this step
+SIGNAL_ENV = "GAUSSQUANT_TEST_SIGNAL_AT_STEP"  # tests: "STEP:NAME" sends SIGNAME after STEP
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # SLURM preemption / `sbatch --signal`
 
 
 @dataclass
@@ -74,12 +77,21 @@ def prepared_sha256(data_dir: Path) -> str | None:
 
 
 def run_settings(
-    cfg: Config, method: str, arch: str, rate: str, data_sha256: str | None = None
+    cfg: Config,
+    method: str,
+    arch: str,
+    rate: str,
+    data_sha256: str | None = None,
+    processes: int = 1,
 ) -> dict:
-    """Everything that determines a training's trajectory, as plain data: the settings and
-    the prepared data's hash. Saved states are resumed only by a run with equal settings."""
+    """Everything that determines a training's trajectory, as plain data: the settings, the
+    global batch (per-process batch x processes), the prepared data's hash; and the process
+    count. Saved states are resumed only by a run with equal settings (see
+    :func:`discard_stale_states` for another process count)."""
     d = config_to_dict(cfg)
-    train = {k: v for k, v in d["train"].items() if k not in NON_TRAJECTORY_KEYS}
+    # batch size and process count: as the global batch and the actual count, below
+    skip = (*NON_TRAJECTORY_KEYS, "batch_size", "processes")
+    train = {k: v for k, v in d["train"].items() if k not in skip}
     sections = {"data", "model", "loss"} | {m.section for m in METHODS.values() if m.section}
     run = {
         "method": method,
@@ -87,6 +99,8 @@ def run_settings(
         "rate": rate,
         "shape": shape(method, cfg, cfg.rate(rate).bits),  # the bottleneck at this rate
         "train": train,
+        "global_batch": cfg.train.batch_size[METHODS[method].hyper] * processes,
+        "processes": processes,
         "data_sha256": data_sha256,
         **{k: d[k] for k in sorted(sections)},
     }
@@ -98,6 +112,9 @@ def discard_stale_states(state_dir: Path, run: dict) -> None:
     so that a re-run never continues a different training; record the current settings."""
     record = state_dir / RUN_FILE
     saved = json.loads(record.read_text()) if record.exists() else None
+    if saved and any(state_dir.glob("step-*")):
+        _check_process_count(saved, run, state_dir)
+        saved = {**saved, "processes": run["processes"]}  # same global batch: resumable
     if saved != run and any(state_dir.glob("step-*")):
         changed = sorted(
             k for k in set(run) | set(saved or {}) if (saved or {}).get(k) != run.get(k)
@@ -110,6 +127,49 @@ def discard_stale_states(state_dir: Path, run: dict) -> None:
             shutil.rmtree(old, ignore_errors=True)
     state_dir.mkdir(parents=True, exist_ok=True)
     write_json(record, run)
+
+
+def _check_process_count(saved: dict, run: dict, state_dir: Path) -> None:
+    """Resuming on another process count keeps the global batch, or stops here: a silent
+    change of the global batch would change the training (docs/method.md §5)."""
+    if saved.get("processes", run["processes"]) == run["processes"]:
+        return
+    if saved.get("global_batch") == run["global_batch"]:
+        return
+    p, g = saved.get("processes"), saved.get("global_batch")
+    raise GaussquantError(
+        f"{state_dir}: the saved states were written by {p} processes with global batch {g}; "
+        f"this launch has {run['processes']} processes, global batch {run['global_batch']}. "
+        f"Relaunch with {p} processes, or keep the global batch: per-process train.batch_size "
+        f"{g} / {run['processes']} (with train.grad_accum splitting it to fit memory)"
+    )
+
+
+class StopSignals:
+    """SIGTERM / SIGUSR1 (SLURM preemption, ``sbatch --signal``) set a flag instead of ending
+    the process; the training loop asks :meth:`requested` after each step, saves a state and
+    exits (:data:`PREEMPTED_EXIT` + signal number), and the re-run resumes from that step."""
+
+    def __init__(self):
+        self.signum = 0
+        self.previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+
+    def requested(self, accelerator) -> int:
+        """The signal any process received (0 if none): every process stops at the same step."""
+        if accelerator.num_processes == 1:
+            return self.signum
+        flag = torch.tensor([self.signum], device=accelerator.device)
+        return int(accelerator.reduce(flag, reduction="max").item())
+
+    def restore(self) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+PREEMPTED_EXIT = 128  # exit status base, as a shell reports a signal: 143 for SIGTERM
 
 
 def resume(accelerator, out: Path, run: dict) -> None:
@@ -154,6 +214,9 @@ def kill_if_asked(step: int) -> None:
     says so; the resume tests use it."""
     if os.environ.get(KILL_ENV) == str(step):
         os.kill(os.getpid(), signal.SIGKILL)
+    at, _, name = os.environ.get(SIGNAL_ENV, "").partition(":")
+    if at == str(step):
+        os.kill(os.getpid(), getattr(signal, f"SIG{name}"))
 
 
 # ----------------------------------------------------------------------------- metrics log

@@ -344,7 +344,16 @@ PROFILES = ("tiny", "quick", "paper")
 ARCHS = ("unet", "vit")
 MIXED_PRECISION = ("fp32", "fp16", "bf16")
 # train.* keys that do not change a training's result (everything else in `train` does)
-NON_TRAJECTORY_KEYS = ("log_every", "save_every", "num_workers")
+NON_TRAJECTORY_KEYS = (
+    "log_every",
+    "save_every",
+    "num_workers",
+    "grad_accum",
+    "cudnn_benchmark",
+    "activation_checkpointing",
+    "compile",
+    "dist_timeout_s",
+)
 LPIPS_PRECISION = ("fp32", "bf16", "auto")  # auto: bf16 where the device computes it natively
 BSQ_ENTROPY_RULES = ("repo", "faithful")
 
@@ -457,6 +466,28 @@ class TrainConfig:
     save_every: int = 2000
     num_workers: int = 4
     mixed_precision: str = "fp32"  # the paper's (SPEC 5)
+    # Speed settings (docs/method.md §5): none changes the math of a step beyond float rounding
+    grad_accum: int = 1  # micro-batches per step: batch_size / grad_accum images per forward
+    tf32: bool = True  # CUDA: TF32 matmuls/convolutions (fp32 range, 10-bit mantissa)
+    cudnn_benchmark: bool = True  # CUDA: cuDNN picks the fastest convolution per shape
+    activation_checkpointing: bool = False  # recompute block activations in the backward
+    compile: str = "none"  # none | a torch.compile backend (inductor, aot_eager, ...)
+    dist_timeout_s: int = 1800  # process-group timeout (collectives, barriers)
+    processes: int = 0  # GPUs (one process each) the workflow gives a training/evaluation; 0 = CPU
+
+    def __post_init__(self) -> None:
+        if self.grad_accum < 1:
+            raise ConfigError(f"train.grad_accum: need >= 1, got {self.grad_accum}")
+        if self.processes < 0:
+            raise ConfigError(f"train.processes: need >= 0, got {self.processes}")
+        if self.dist_timeout_s < 1:
+            raise ConfigError(f"train.dist_timeout_s: need >= 1, got {self.dist_timeout_s}")
+        for method, batch in self.batch_size.items():
+            if batch % self.grad_accum:
+                raise ConfigError(
+                    f"train.batch_size.{method}={batch} is not a multiple of "
+                    f"train.grad_accum={self.grad_accum}"
+                )
 
 
 @dataclass

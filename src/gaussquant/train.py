@@ -17,14 +17,16 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import InitProcessGroupKwargs, set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -51,7 +53,10 @@ class NonFiniteLoss(GaussquantError):
 @dataclass
 class TrainParts:
     """What one training step updates. ``backward`` is ``accelerator.backward`` (or plain
-    ``Tensor.backward``); ``last_layer`` gives the decoder's output weight (adaptive GAN weight)."""
+    ``Tensor.backward``); ``last_layer`` gives the decoder's output weight (adaptive GAN weight);
+    ``raw_disc`` the discriminator outside any DDP wrapper (the generator step's pass through
+    it, which must not all-reduce its gradients); ``no_sync`` a context that skips the gradient
+    all-reduce of a module (all but the last micro-batch of a step)."""
 
     model: nn.Module
     disc: nn.Module
@@ -62,16 +67,62 @@ class TrainParts:
     loss: LossConfig
     backward: Callable[[torch.Tensor], None]
     last_layer: Callable[[], torch.Tensor]
+    raw_disc: nn.Module | None = None
+    tdc: nn.Module | None = None  # the TDC regulariser, whose multipliers move once per step
+    grad_accum: int = 1
+    no_sync: Callable[[nn.Module], AbstractContextManager] = lambda module: nullcontext()
 
 
 def train_step(p: TrainParts, x: torch.Tensor, step: int, lr: float) -> dict:
     """One update of the autoencoder, then (from ``loss.disc_start``) of the discriminator,
-    reusing the same reconstruction (one autoencoder forward per update). Returns the terms."""
+    reusing the same reconstruction (one autoencoder forward per update). Returns the terms.
+
+    With ``grad_accum`` = a, the batch runs as a equal micro-batches whose losses are summed
+    with weight 1/a (every loss is a batch mean, so the gradient is the batch's), the TDC
+    multipliers move once from the whole batch's statistics, each optimiser steps once: the
+    update equals the one of the whole batch up to float rounding. The adaptive GAN weight is
+    computed per micro-batch from its own gradients (as per process under DDP), ActNorm
+    initialises from the first micro-batch (of every process)."""
     lc = p.loss
     use_gan = step >= lc.disc_start and lc.disc_factor > 0
     p.model.train()
+    for opt in (p.opt_g, p.opt_d):
+        for group in opt.param_groups:
+            group["lr"] = lr
+    micro = x.chunk(p.grad_accum)
 
     # ---- generator step
+    p.opt_g.zero_grad(set_to_none=True)
+    parts, recs = [], []
+    for i, xm in enumerate(micro):
+        with p.no_sync(p.model) if i < len(micro) - 1 else nullcontext():
+            terms, x_rec = _generator_terms(p, xm, step, use_gan)
+            p.backward(terms["loss"] / len(micro))
+        parts.append(terms)
+        recs.append(x_rec.detach())
+    if p.tdc is not None:
+        p.tdc.update_from(parts)
+    p.opt_g.step()
+
+    # ---- discriminator step
+    d_loss = None
+    if use_gan:
+        p.opt_d.zero_grad(set_to_none=True)
+        d_parts = []
+        for i, (xm, x_rec) in enumerate(zip(micro, recs)):
+            with p.no_sync(p.disc) if i < len(micro) - 1 else nullcontext():
+                d = lc.disc_factor * hinge_d_loss(p.disc(xm), p.disc(x_rec))
+                _check_finite({"d_loss": d}, step)
+                p.backward(d / len(micro))
+            d_parts.append(d.detach())
+        d_loss = torch.stack(d_parts).mean()
+        p.opt_d.step()
+    return _merge_terms(parts) | {"d_loss": d_loss}
+
+
+def _generator_terms(p: TrainParts, x: torch.Tensor, step: int, use_gan: bool):
+    """The generator loss of one (micro-)batch and its terms; the reconstruction."""
+    lc = p.loss
     x_rec, q = p.model(x)
     perceptual = p.perceptual(x, x_rec) if p.perceptual is not None else None
     nll, rec_stats = p.nll_loss(x, x_rec, perceptual)
@@ -79,30 +130,46 @@ def train_step(p: TrainParts, x: torch.Tensor, step: int, lr: float) -> dict:
     terms = {"nll": nll, "aux": q.loss}
     g_loss = d_weight = None
     if use_gan:
-        g_loss = generator_adv_loss(p.disc(x_rec))
+        disc = p.raw_disc if p.raw_disc is not None else p.disc
+        with _frozen(disc):  # gradients reach x_rec only: none for the discriminator's weights
+            g_loss = generator_adv_loss(disc(x_rec))
         d_weight = lc.disc_weight * adaptive_weight(
             nll, g_loss, p.last_layer(), lc.adaptive_weight_max
         )
         loss = loss + d_weight * lc.disc_factor * g_loss
         terms["g_loss"] = g_loss
     _check_finite({**terms, "loss": loss, **q.losses}, step)
-    for opt in (p.opt_g, p.opt_d):
-        for group in opt.param_groups:
-            group["lr"] = lr
-    p.opt_g.zero_grad(set_to_none=True)
-    p.backward(loss)
-    p.opt_g.step()
+    out = {"loss": loss, "g_loss": g_loss, "d_weight": d_weight, **terms}
+    return out | rec_stats | q.stats, x_rec
 
-    # ---- discriminator step
-    d_loss = None
-    if use_gan:
-        d_loss = lc.disc_factor * hinge_d_loss(p.disc(x.detach()), p.disc(x_rec.detach()))
-        _check_finite({"d_loss": d_loss}, step)
-        p.opt_d.zero_grad(set_to_none=True)
-        p.backward(d_loss)
-        p.opt_d.step()
-    out = {"loss": loss, "g_loss": g_loss, "d_weight": d_weight, "d_loss": d_loss, **terms}
-    return out | rec_stats | q.stats
+
+@contextmanager
+def _frozen(module: nn.Module):
+    params = [q for q in module.parameters() if q.requires_grad]
+    for q in params:
+        q.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for q in params:
+            q.requires_grad_(True)
+
+
+_PICK = {"bits_min": torch.min, "bits_max": torch.max}  # else the micro-batches' mean
+
+
+def _merge_terms(parts: list[dict]) -> dict:
+    """A step's logged terms from its micro-batches' (one micro-batch: unchanged)."""
+    if len(parts) == 1:
+        return parts[0]
+    out = {}
+    for key, value in parts[0].items():
+        if value is None or not torch.is_tensor(value):
+            out[key] = value
+            continue
+        stacked = torch.stack([part[key].detach().float().mean() for part in parts])
+        out[key] = _PICK.get(key, torch.mean)(stacked)
+    return out
 
 
 def train(
@@ -129,8 +196,10 @@ def train(
     # params.yaml says fp32, not Accelerate's "no": DVC rewrites params.yaml without the quotes
     # (`dvc exp run -S`), and YAML 1.1 (PyYAML, Snakemake) reads a bare no as False
     accelerator = Accelerator(
-        mixed_precision={"fp32": "no"}.get(tc.mixed_precision, tc.mixed_precision)
+        mixed_precision={"fp32": "no"}.get(tc.mixed_precision, tc.mixed_precision),
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=tc.dist_timeout_s))],
     )
+    backend_settings(tc)
     set_seed(tc.seed)  # the same on every process: identical initial weights
     model, init = initial_model(cfg, method, arch, rate, init_from_diffusers)
     parts, lpips_dtype, channels_last = _build_parts(
@@ -140,7 +209,9 @@ def train(
     lr, batch = tc.lr[hp], tc.batch_size[hp]
     loop = runstate.LoopState()
     accelerator.register_for_checkpointing(loop)
-    run = runstate.run_settings(cfg, method, arch, rate, runstate.prepared_sha256(data_dir))
+    run = runstate.run_settings(
+        cfg, method, arch, rate, runstate.prepared_sha256(data_dir), accelerator.num_processes
+    )
     run["lpips_dtype"] = str(lpips_dtype)  # `auto` resolves per machine: resume only the same
     if init:  # a pretrained start: resume only a run that started from the same weights
         run["init"] = {k: init["diffusers"][k] for k in ("config", "weights_sha256")}
@@ -151,12 +222,14 @@ def train(
     raw_model = accelerator.unwrap_model(parts.model)
     accelerator.print(
         f"train {method}/{arch}/{rate}: {sum(p.numel() for p in raw_model.parameters()):,} "
-        f"params, lr {lr}, batch {batch} x {accelerator.num_processes} processes, "
+        f"params, lr {lr}, batch {batch} x {accelerator.num_processes} processes "
+        f"(micro-batch {batch // tc.grad_accum}), "
         f"steps {tc.steps}, LPIPS loss in {str(lpips_dtype).removeprefix('torch.')}, "
         f"derived {cfg.derived()['rates'].get(rate)}"
     )
     bar = _Progress(tc.steps, loop.step, f"{method}/{arch}", progress, accelerator)
     t0 = time.perf_counter()
+    stop = runstate.StopSignals()
     for x in loader:
         x = x.to(accelerator.device, non_blocking=True)
         if channels_last:
@@ -178,12 +251,15 @@ def train(
         if loop.step % tc.save_every == 0 and loop.step < tc.steps:
             runstate.save_state(accelerator, out, loop.step)
         runstate.kill_if_asked(loop.step)
+        if (signum := stop.requested(accelerator)) and loop.step < tc.steps:
+            _stop_for_requeue(accelerator, out, loop.step, signum, tc.save_every)
+    stop.restore()
     bar.close()
 
     ckpt = out / "model.pt"
     val = PreparedDataset(data_dir, "val")
-    check = tdc_check(
-        cfg, method, raw_model.eval(), val, out / runstate.LOG_FILE, loop.step, accelerator
+    check = end_of_training_tdc(
+        cfg, method, raw_model, val, out / runstate.LOG_FILE, loop.step, accelerator
     )
     if accelerator.is_main_process:
         logvar = accelerator.unwrap_model(parts.nll_loss).logvar.item()
@@ -196,6 +272,8 @@ def train(
             "steps": loop.step,
             "processes": accelerator.num_processes,
             "batch_per_process": batch,
+            "grad_accum": tc.grad_accum,
+            "global_batch": batch * accelerator.num_processes,
             "train_images": len(dataset),
             "lpips_dtype": str(lpips_dtype).removeprefix("torch."),  # auto resolves per machine
             "final_window": runstate.final_window(out / runstate.LOG_FILE, loop.step),
@@ -207,18 +285,54 @@ def train(
     return ckpt
 
 
-def tdc_check(cfg, method, model, dataset, log, steps, accelerator=None) -> dict | None:
-    """Does TDC hold at the end of training? Judged by the rate distribution alone
-    (:func:`gaussquant.encoding.rate_summary`) of the first 512 validation images, encoded by
-    ``model`` in memory on its device, each process a slice. The multipliers' end values and
-    whether they sat at a bound through the last 20 % of logged steps are shown, not judged:
-    TDC's min/max rule moves them whenever one token of a batch lies outside +-alpha
-    (docs/method.md §1). None if not a TDC run. Every process calls it; all get the result."""
+def backend_settings(tc) -> dict[str, bool]:
+    """CUDA speed flags of the ``train`` section (no effect on CPU); returns what was set."""
+    flags = {"tf32": tc.tf32, "cudnn_benchmark": tc.cudnn_benchmark}
+    torch.backends.cuda.matmul.allow_tf32 = tc.tf32
+    torch.backends.cudnn.allow_tf32 = tc.tf32
+    torch.backends.cudnn.benchmark = tc.cudnn_benchmark
+    return flags
+
+
+def _stop_for_requeue(accelerator, out: Path, step: int, signum: int, save_every: int) -> None:
+    """A stop signal arrived: save this step's state (unless just saved) and exit; the same
+    command run again resumes from it."""
+    if step % save_every:
+        runstate.save_state(accelerator, out, step)
+    accelerator.print(
+        f"received signal {signum}: state saved at step {step} in {out / 'state'}; "
+        "run the same command again to continue",
+        flush=True,
+    )
+    accelerator.end_training()
+    raise SystemExit(runstate.PREEMPTED_EXIT + signum)
+
+
+TDC_CHECK_IMAGES = 512  # validation images the end-of-training check encodes
+
+
+def end_of_training_tdc(cfg, method, model, dataset, log, steps, accelerator) -> dict | None:
+    """:func:`tdc_check` of the trained ``model`` in memory, encoded by every process on its
+    device, each a slice of the first ``TDC_CHECK_IMAGES`` validation images, before the final
+    barrier (all processes call it and get the result); None if not a TDC run."""
     if METHODS[method].section != "tdc":
         return None
-    rates = posterior_rates(model, dataset, cfg.eval.batch_size, 512, accelerator)
-    s = rate_summary(rates["token_bits"], rates["target"], rates["tolerance"])
-    rows = pd.read_csv(log) if Path(log).exists() else pd.DataFrame(columns=["step"])
+    was_training = model.training
+    rates = posterior_rates(
+        model.eval(), dataset, cfg.eval.batch_size, TDC_CHECK_IMAGES, accelerator
+    )
+    model.train(was_training)
+    return tdc_check(cfg, rates["token_bits"], rates["target"], rates["tolerance"], log, steps)
+
+
+def tdc_check(cfg, bits, target: float, tolerance: float, log: Path, steps: int) -> dict:
+    """Does TDC hold at the end of training? Judged by the rate distribution ``bits`` (every
+    validation token's KL) alone (:func:`gaussquant.encoding.rate_summary`). The multipliers'
+    end values and whether they sat at a bound through the last 20 % of logged steps are shown,
+    not judged: TDC's min/max rule moves them whenever one token of a batch lies outside
+    +-alpha (docs/method.md §1)."""
+    s = rate_summary(np.asarray(bits), target, tolerance)
+    rows = pd.read_csv(log)
     rows = rows[rows["step"] > 0.8 * steps]
     hi, lo = cfg.tdc.lam_max_range[1], cfg.tdc.lam_min_range[0]
     pinned = {
@@ -269,15 +383,52 @@ def _build_parts(cfg, model, method, arch, accelerator, weights_dir):
         if accelerator.device.type == "cpu":  # layout only: the same arithmetic, ~10 % faster
             perceptual = perceptual.to(memory_format=torch.channels_last)
     nll_loss = ReconstructionNLL(lc)
-    lr, betas = cfg.train.lr[METHODS[method].hyper], tuple(cfg.train.betas)
+    tc = cfg.train
+    lr, betas = tc.lr[METHODS[method].hyper], tuple(tc.betas)
     opt_g = torch.optim.Adam(list(model.parameters()) + [nll_loss.logvar], lr=lr, betas=betas)
     opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=betas)
+    if tc.activation_checkpointing:
+        checkpoint_blocks(model)
+    if tc.compile != "none":
+        model.compile(backend=tc.compile)  # in place: state_dict keys unchanged
     model, disc, nll_loss, opt_g, opt_d = accelerator.prepare(model, disc, nll_loss, opt_g, opt_d)
     raw = accelerator.unwrap_model(model)
+    tdc = getattr(raw.bottleneck, "tdc", None)
+    if tdc is not None:
+        tdc.defer_update = True  # moved once per step by train_step
     parts = TrainParts(
-        model, disc, nll_loss, perceptual, opt_g, opt_d, lc, accelerator.backward, raw.last_layer
+        model,
+        disc,
+        nll_loss,
+        perceptual,
+        opt_g,
+        opt_d,
+        lc,
+        accelerator.backward,
+        raw.last_layer,
+        raw_disc=accelerator.unwrap_model(disc),
+        tdc=tdc,
+        grad_accum=tc.grad_accum,
+        no_sync=accelerator.no_sync,
     )
     return parts, lpips_dtype, channels_last
+
+
+def checkpoint_blocks(model: nn.Module) -> int:
+    """Activation checkpointing: the residual, attention and transformer blocks of ``model``
+    keep only their inputs in the forward and recompute the rest in the backward (the same
+    arithmetic, RNG state preserved). Returns how many blocks were wrapped."""
+    from functools import partial
+
+    from torch.utils.checkpoint import checkpoint
+
+    from gaussquant.models.unet import AttnBlock, ResnetBlock
+    from gaussquant.models.vit import Block
+
+    blocks = [m for m in model.modules() if isinstance(m, (ResnetBlock, AttnBlock, Block))]
+    for block in blocks:
+        block.forward = partial(checkpoint, block.forward, use_reentrant=False)
+    return len(blocks)
 
 
 def _step_loader(dataset, batch: int, tc, start_step: int, accelerator) -> DataLoader:

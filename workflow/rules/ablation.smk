@@ -14,6 +14,7 @@ rule ablation_train_tolerance:
     output:
         model=f"{ABL_RES}/train/tol{{tol}}/model.pt",
     params:
+        launch=lambda wc, resources: launch_prefix(resources),
         cli=PARAMS,
         cfg=train_params_for("gq", ABL.arch, ABL.rate, SEED0),
         seed=SEED0,
@@ -21,6 +22,8 @@ rule ablation_train_tolerance:
         rate=ABL.rate,
         out=lambda wc: f"{ABL_RES}/train/tol{wc.tol}",
         data=lambda w, input: os.path.dirname(input.data),
+    resources:
+        **model_job("train"),
     conda:
         "../../environment.yml"
     threads: 1
@@ -29,7 +32,7 @@ rule ablation_train_tolerance:
     benchmark:
         f"{RES}/benchmarks/ablation/train-tol{{tol}}.tsv"
     shell:
-        "OMP_NUM_THREADS={threads} gaussquant train {params.cli} --set tdc.tolerance={wildcards.tol} --set train.seed={params.seed}"
+        "OMP_NUM_THREADS={threads} {params.launch} train {params.cli} --set tdc.tolerance={wildcards.tol} --set train.seed={params.seed}"
         " --method gq --arch {params.arch} --rate {params.rate} --data {params.data} --out {params.out}"
         " --no-progress > {log} 2>&1"
 
@@ -78,10 +81,13 @@ rule ablation_evaluate:
     output:
         metrics=f"{ABL_RES}/eval/{{variant}}/metrics.json",
     params:
+        launch=lambda wc, resources: launch_prefix(resources),
         cli=PARAMS,
         eval=str(CFG.eval),
         data=lambda w, input: os.path.dirname(input.data),
         fid=fid_ref_arg,
+    resources:
+        **model_job("evaluate"),
     conda:
         "../../environment.yml"
     threads: 1
@@ -90,7 +96,7 @@ rule ablation_evaluate:
     benchmark:
         f"{RES}/benchmarks/ablation/eval-{{variant}}.tsv"
     shell:
-        "OMP_NUM_THREADS={threads} gaussquant evaluate {params.cli} --ckpt {input.model} --data {params.data}"
+        "OMP_NUM_THREADS={threads} {params.launch} evaluate {params.cli} --ckpt {input.model} --data {params.data}"
         " --name {wildcards.variant} {params.fid} --out {output.metrics} --no-progress > {log} 2>&1"
 
 
@@ -106,6 +112,8 @@ rule ablation_codebook:
         prefix=lambda w, output: os.path.splitext(output[0])[0],
         cli=PARAMS,
         data=lambda w, input: os.path.dirname(input.data),
+    resources:
+        **model_job("encode"),
     conda:
         "../../environment.yml"
     threads: 1
@@ -147,6 +155,8 @@ rule ablation_tolerance:
         cli=PARAMS,
         data=lambda w, input: os.path.dirname(input.data),
         tols=" ".join(str(t) for t in ABL.tolerances),
+    resources:
+        **model_job("encode"),
     conda:
         "../../environment.yml"
     threads: 1
@@ -168,6 +178,8 @@ rule ablation_kl:
         prefix=lambda w, output: os.path.splitext(output[0])[0],
         cli=PARAMS,
         data=lambda w, input: os.path.dirname(input.data),
+    resources:
+        **model_job("encode"),
     conda:
         "../../environment.yml"
     threads: 1

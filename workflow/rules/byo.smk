@@ -34,6 +34,8 @@ rule byo_rate:
         bpp=BYO.rate,
         data=lambda w, input: os.path.dirname(input.data),
         prefix=lambda w, output: os.path.splitext(output.json)[0],
+    resources:
+        **model_job("encode"),
     conda:
         "../../environment.yml"
     threads: 1
@@ -87,8 +89,7 @@ rule byo_train:
         data=lambda w, input: os.path.dirname(input.data),
         launch=lambda wc, resources: launch_prefix(resources),
     resources:
-        gpus=0,
-        nodes=1,
+        **model_job("train"),
     conda:
         "../../environment.yml"
     threads: 1
@@ -136,12 +137,15 @@ rule byo_evaluate:
     wildcard_constraints:
         byorow="|".join(BYO_ROWS),
     params:
+        launch=lambda wc, resources: launch_prefix(resources),
         cli=PARAMS,
         eval=str(CFG.eval),
         data=lambda w, input: os.path.dirname(input.data),
         fid=fid_ref_arg,
         name=lambda wc: shlex.quote(BYO_ROWS[wc.byorow][2]),
         continuous=lambda wc: "--continuous" if BYO_ROWS[wc.byorow][1] else "",
+    resources:
+        **model_job("evaluate"),
     conda:
         "../../environment.yml"
     threads: 1
@@ -150,7 +154,7 @@ rule byo_evaluate:
     benchmark:
         f"{RES}/benchmarks/byo/eval-{{byorow}}.tsv"
     shell:
-        "OMP_NUM_THREADS={threads} gaussquant evaluate {params.cli} --ckpt {input.model} --data {params.data} --name {params.name}"
+        "OMP_NUM_THREADS={threads} {params.launch} evaluate {params.cli} --ckpt {input.model} --data {params.data} --name {params.name}"
         " {params.continuous} {params.fid} --out {output.metrics} --grid {output.grid} --no-progress > {log} 2>&1"
 
 

@@ -7,6 +7,8 @@ import re
 import sys
 from dataclasses import fields
 
+from snakemake.exceptions import WorkflowError
+
 from gaussquant.codedeps import stage_code
 from gaussquant.config import NON_TRAJECTORY_KEYS, config_from_dict, resolve_params
 from gaussquant.methods import CONVERSIONS, METHODS, ROWS, TOKENBRIDGE_ROWS, shape, table1_rows
@@ -121,22 +123,41 @@ def train_params(wildcards):
     return train_params_for(wildcards.method, wildcards.arch, wildcards.rate, wildcards.tseed)
 
 
-def launch_prefix(resources):
-    """`gaussquant` locally; `accelerate launch` with the GPU count when a profile gives GPUs.
+# Every rule that trains, encodes or evaluates a model takes its resources from model_job():
+# GPUs through the executor's own `gpu` resource (sbatch --gpus, never GRES in slurm_extra),
+# train.processes of them for trainings and evaluations (one process each), one for the other
+# encoding steps; cluster limits per kind (SLURM minutes, MB). train.processes 0 = CPU.
+JOB_LIMITS = {
+    "train": dict(runtime=4320, mem_mb=256000, cpus_per_task=64),
+    "evaluate": dict(runtime=480, mem_mb=128000, cpus_per_task=32),
+    "encode": dict(runtime=240, mem_mb=64000, cpus_per_task=8),
+}
 
-    resources.gpus = GPUs per node, resources.nodes = nodes (the slurm profile sets both);
-    multi-node runs start one launcher per node through srun, rank from SLURM_NODEID.
+
+def model_job(kind):
+    """Resources of a rule of ``kind`` (train | evaluate | encode) that runs a model."""
+    gpus = CFG.train.processes if kind in ("train", "evaluate") else min(CFG.train.processes, 1)
+    return dict(gpu=gpus, nodes=1, **JOB_LIMITS[kind])
+
+
+def launch_prefix(resources):
+    """`gaussquant` on the CPU; `accelerate launch` with one process per GPU of the job.
+
+    One node only: the executor runs each job as one `srun -n1` task that sees the job's GPUs,
+    and a second launcher per node inside that step is not supported. Several nodes are
+    refused here; README "Paper scale" gives the sbatch script for a multi-node training.
     """
-    gpus, nodes = int(resources.get("gpus", 0)), int(resources.get("nodes", 1))
+    gpus, nodes = int(resources.get("gpu", 0)), int(resources.get("nodes", 1))
+    if nodes != 1:
+        raise WorkflowError(
+            f"nodes={nodes}: the workflow launches a job on one node (1 to 8 GPUs: "
+            "train.processes); train on several nodes with the sbatch script of README "
+            "'Paper scale'"
+        )
     if gpus <= 0:
         return "gaussquant"
-    cfg = "workflow/accelerate/gpu1.yaml" if gpus * nodes == 1 else "workflow/accelerate/multigpu.yaml"
-    cmd = f"accelerate launch --config_file {cfg} --num_processes {gpus * nodes} --num_machines {nodes}"
-    if nodes > 1:  # one launcher per node; the inner shell expands the per-task rank
-        head = "$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n 1)"
-        inner = f"{cmd} --machine_rank $SLURM_NODEID --main_process_ip {head} --main_process_port 29500"
-        return f"srun --ntasks={nodes} --ntasks-per-node=1 bash -c '{inner} -m gaussquant.cli \"$@\"' _"
-    return f"{cmd} -m gaussquant.cli"
+    cfg = "workflow/accelerate/gpu1.yaml" if gpus == 1 else "workflow/accelerate/multigpu.yaml"
+    return f"accelerate launch --config_file {cfg} --num_processes {gpus} -m gaussquant.cli"
 
 
 def eval_checkpoint(wc):

@@ -11,11 +11,14 @@ rule evaluate:
         metrics=f"{RES}/eval/{{row}}-{{arch}}-{{rate}}-s{{tseed}}/metrics.json",
         grid=f"{RES}/eval/{{row}}-{{arch}}-{{rate}}-s{{tseed}}/grid.png",
     params:
+        launch=lambda wc, resources: launch_prefix(resources),
         cli=PARAMS,
         eval=str(CFG.eval),
         data=lambda w, input: os.path.dirname(input.data),
         fid=fid_ref_arg,
         continuous=lambda wc: "--continuous" if wc.row.endswith("-continuous") else "",
+    resources:
+        **model_job("evaluate"),
     conda:
         "../../environment.yml"
     threads: 1
@@ -24,7 +27,7 @@ rule evaluate:
     benchmark:
         f"{RES}/benchmarks/eval/{{row}}-{{arch}}-{{rate}}-s{{tseed}}.tsv"
     shell:
-        "OMP_NUM_THREADS={threads} gaussquant evaluate {params.cli} --ckpt {input.model} --data {params.data} --name {wildcards.row}"
+        "OMP_NUM_THREADS={threads} {params.launch} evaluate {params.cli} --ckpt {input.model} --data {params.data} --name {wildcards.row}"
         " {params.continuous} {params.fid} --out {output.metrics} --grid {output.grid} --no-progress > {log} 2>&1"
 
 
@@ -38,6 +41,8 @@ rule fid_reference:
         cli=PARAMS,
         data=lambda w, input: os.path.dirname(input.data),
         eval=str(CFG.eval),
+    resources:
+        **model_job("encode"),
     conda:
         "../../environment.yml"
     threads: 1

@@ -43,10 +43,13 @@ rule evaluate_official_model:
     wildcard_constraints:
         oname=OFFICIAL_NAME,
     params:
+        launch=lambda wc, resources: launch_prefix(resources),
         cli=PARAMS,
         eval=str(CFG.eval),
         data=lambda w, input: os.path.dirname(input.data),
         fid=fid_ref_arg,
+    resources:
+        **model_job("evaluate"),
     conda:
         "../../environment.yml"
     threads: 1
@@ -55,7 +58,7 @@ rule evaluate_official_model:
     benchmark:
         f"{RES}/benchmarks/official/eval-{{oname}}.tsv"
     shell:
-        "OMP_NUM_THREADS={threads} gaussquant evaluate {params.cli} --ckpt {input.model} --data {params.data}"
+        "OMP_NUM_THREADS={threads} {params.launch} evaluate {params.cli} --ckpt {input.model} --data {params.data}"
         " --name {wildcards.oname} {params.fid} --out {output.metrics} --grid {output.grid} --no-progress > {log} 2>&1"
 
 

@@ -95,6 +95,8 @@ rule figure_tdc_kl_hist:
     params:
         cli=PARAMS,
         data=lambda w, input: os.path.dirname(input.data),
+    resources:
+        **model_job("encode"),
     conda:
         "../../environment.yml"
     threads: 1

@@ -12,8 +12,7 @@ rule train:
         data=lambda w, input: os.path.dirname(input.data),
         launch=lambda wc, resources: launch_prefix(resources),
     resources:
-        gpus=0,
-        nodes=1,
+        **model_job("train"),
     conda:
         "../../environment.yml"
     threads: 1

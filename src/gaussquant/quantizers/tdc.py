@@ -51,6 +51,9 @@ class TDCRegularizer(nn.Module):
         self.register_buffer("lam", torch.ones((), dtype=torch.float64))
         self.register_buffer("lam_min", torch.ones((), dtype=torch.float64))
         self.register_buffer("lam_max", torch.ones((), dtype=torch.float64))
+        # set by the training loop while a step's micro-batches run (gradient accumulation):
+        # the multipliers then move once per step, from the statistics of all of them
+        self.defer_update = False
 
     def forward(
         self, mu: torch.Tensor, logvar: torch.Tensor, reduce_fn: ReduceFn = _local_reduce
@@ -82,9 +85,19 @@ class TDCRegularizer(nn.Module):
             "lam_min": self.lam_min.clone(),
             "lam_max": self.lam_max.clone(),
         }
-        if self.training:
+        if self.training and not self.defer_update:
             self._update(bits_mean, bits_min, bits_max)
         return cfg.weight * kl_loss, stats
+
+    def update_from(self, stats: list[dict[str, torch.Tensor]]) -> None:
+        """One multiplier update from the statistics of a step's equal-sized micro-batches:
+        the mean of their means, the least minimum, the largest maximum: the statistics of
+        the whole batch, so ``a x b`` accumulated equals one batch of ``a b`` images."""
+        self._update(
+            torch.stack([s["bits_mean"] for s in stats]).mean(),
+            torch.stack([s["bits_min"] for s in stats]).min(),
+            torch.stack([s["bits_max"] for s in stats]).max(),
+        )
 
     @torch.no_grad()
     def _update(self, bits_mean: torch.Tensor, bits_min: torch.Tensor, bits_max: torch.Tensor):

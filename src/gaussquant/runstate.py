@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from gaussquant.config import NON_TRAJECTORY_KEYS, Config, config_to_dict
+from gaussquant.config import DATA_STORAGE_KEYS, NON_TRAJECTORY_KEYS, Config, config_to_dict
 from gaussquant.io import write_json
 from gaussquant.methods import METHODS
 
@@ -80,6 +80,7 @@ def run_settings(
     the prepared data's hash. Saved states are resumed only by a run with equal settings."""
     d = config_to_dict(cfg)
     train = {k: v for k, v in d["train"].items() if k not in NON_TRAJECTORY_KEYS}
+    d["data"] = {k: v for k, v in d["data"].items() if k not in DATA_STORAGE_KEYS}
     sections = {"data", "model", "loss"} | {m.section for m in METHODS.values() if m.section}
     run = {
         "method": method,

@@ -21,6 +21,10 @@ from gaussquant.methods import TABLE1_METHODS
 # ----------------------------------------------------------------------------- data
 
 SOURCES = ("bundled", "folder")
+VERIFY_MODES = ("decode", "header")  # how prepare-data checks each image of a folder
+# Keys that say where the prepared data lives and how it was checked, not which images it
+# holds (the manifest's sha256 says that): not part of a training run's settings.
+DATA_STORAGE_KEYS = ("prepared_dir", "verify", "hash", "shard_size")
 # The 12 real RGB photographs shipped inside the wheels, in a fixed (alphabetical) order.
 # skimage.data's other colour images are synthetic (colorwheel, logo) or aliases (cat ==
 # chelsea); its remaining photos (lily, skin, ...) need a download through pooch.
@@ -59,6 +63,14 @@ class DataConfig:
       smaller values give more flat sky/background patches (rocket: 27 % at 0.125).
     - ``seed``: crop positions and folder subsets. ``strict``: an unreadable image is an error
       (default: skip it and list it in the manifest). ``shard_size``: images per shard file.
+    - ``verify``: how ``prepare-data`` checks each folder image before indexing it: ``decode``
+      (every image decoded once: an unreadable file is skipped or, with ``strict``, an error,
+      never a crash in the middle of a training) or ``header`` (only the header read: faster
+      on slow file systems; a file that then fails to decode stops the training, naming it).
+    - ``hash``: record each folder image's sha256 in the index; the loader then checks every
+      file it reads (a few % of the decode time), else only its byte size.
+    - ``prepared_dir``: where the workflow writes the prepared data (``""``: results/<profile>/
+      data; e.g. ``$SCRATCH/gaussquant``: there, under <profile>/; ``~`` and ``$VARS`` expanded).
     """
 
     source: str = "folder"
@@ -73,6 +85,9 @@ class DataConfig:
     seed: int = 0
     strict: bool = False
     shard_size: int = 4096
+    verify: str = "decode"
+    hash: bool = False
+    prepared_dir: str = ""
 
     def __post_init__(self) -> None:
         val = set(self.val_photos)
@@ -82,6 +97,10 @@ class DataConfig:
             (
                 self.source in SOURCES,
                 f"source: {self.source!r} is not allowed; allowed: bundled, folder",
+            ),
+            (
+                self.verify in VERIFY_MODES,
+                f"verify: {self.verify!r} is not allowed; allowed: {', '.join(VERIFY_MODES)}",
             ),
             (self.resolution >= 1, f"resolution: must be >= 1, got {self.resolution}"),
             (self.shard_size >= 1, f"shard_size: must be >= 1, got {self.shard_size}"),

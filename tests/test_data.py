@@ -483,3 +483,37 @@ def test_step_order_is_a_function_of_seed_and_step(bundled):
     torch.testing.assert_close(plain[1], torch.stack([ds[i] for i in full[1]]))
     workers = list(DataLoader(ds, batch_sampler=StepBatchSampler(40, 16, 3, 3), num_workers=2))
     assert len(workers) == 3 and all(torch.equal(a, b) for a, b in zip(workers, plain))
+
+
+@pytest.mark.parametrize("setting", ["", "$GQ_TEST_SCRATCH/gq", "$GQ_TEST_UNSET/gq"])
+def test_prepared_dir_puts_the_workflow_data_on_scratch(setting, tmp_path, monkeypatch):
+    """data.prepared_dir moves the prepared data of the workflow (per profile; variables
+    expanded) and every rule reads it there; an unset variable is an error, not a folder."""
+    import yaml
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
+
+    monkeypatch.setenv("GQ_TEST_SCRATCH", str(tmp_path))
+    monkeypatch.delenv("GQ_TEST_UNSET", raising=False)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["profile"], params["data"]["prepared_dir"] = "tiny", setting
+    with SnakemakeApi(OutputSettings()) as api:
+
+        def rules():
+            wf = api.workflow(
+                resource_settings=ResourceSettings(cores=1),
+                config_settings=ConfigSettings(config=params),
+                snakefile=ROOT / "Snakefile",
+                workdir=ROOT,
+            )
+            return {r.name: r for r in wf._workflow.rules}
+
+        if "UNSET" in setting:
+            with pytest.raises(Exception, match=r"data.prepared_dir: .*not set"):
+                rules()
+            return
+        found = rules()
+    manifest = str(tmp_path / "gq" / "tiny" if setting else "results/tiny/data") + "/manifest.json"
+    assert list(found["prepare_data"].output) == [manifest]
+    for name in ("train", "evaluate", "fid_reference"):
+        assert found[name].input["data"] == manifest, name

@@ -14,9 +14,9 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from gaussquant.cli import main as cli_main
+from gaussquant.config import DataConfig
 from gaussquant.data import (
     BUNDLED_PHOTOS,
-    DataConfig,
     PreparedDataset,
     StepBatchSampler,
     bundled_photos,

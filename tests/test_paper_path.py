@@ -87,6 +87,6 @@ def test_paper_profile_whole_path_at_paper_size(tmp_path, weights_dir):
             "--no-progress",
         )  # fmt: skip
         result = json.loads(metrics.read_text())
-        assert result["images"] == 2 and 0 < result["psnr"] < 60, result
+        assert result["n_images"] == 2 and 0 < result["psnr"] < 60, result
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB -> GiB
     print(f"paper path: {time.perf_counter() - start:.0f} s, peak child RSS {peak:.1f} GiB")

@@ -43,7 +43,7 @@ import tempfile
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -53,7 +53,10 @@ from torch.utils.data import Dataset, Sampler
 from gaussquant import __version__
 from gaussquant.errors import GaussquantError
 from gaussquant.io import sha256_bytes, sha256_file
-from gaussquant.sections import BUNDLED_PHOTOS, STEREO_PAIR, DataConfig
+from gaussquant.photos import BUNDLED_PHOTOS, STEREO_PAIR
+
+if TYPE_CHECKING:  # the values only: the prepare_data rule has them as params, not this code
+    from gaussquant.sections import DataConfig
 
 SPLITS = ("train", "val")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")

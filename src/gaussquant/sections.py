@@ -6,7 +6,7 @@ directly - a model in a test - is checked too); :mod:`gaussquant.config` says *h
 read (profiles, ``--set`` overrides, strict types, missing keys, the checks that relate two
 sections, derived values, the JSON schema). Import sections from :mod:`gaussquant.config`.
 Torch-free (config loading and Snakefile parsing stay fast): only the standard library,
-:mod:`gaussquant.errors` and :mod:`gaussquant.methods` here.
+:mod:`gaussquant.errors`, :mod:`gaussquant.methods` and :mod:`gaussquant.photos` here.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 
 from gaussquant.errors import ConfigError
 from gaussquant.methods import TABLE1_METHODS
+from gaussquant.photos import BUNDLED_PHOTOS, STEREO_PAIR
 
 # ----------------------------------------------------------------------------- data
 
@@ -25,24 +26,6 @@ VERIFY_MODES = ("decode", "header")  # how prepare-data checks each image of a f
 # Keys that say where the prepared data lives and how it was checked, not which images it
 # holds (the manifest's sha256 says that): not part of a training run's settings.
 DATA_STORAGE_KEYS = ("prepared_dir", "verify", "hash", "shard_size")
-# The 12 real RGB photographs shipped inside the wheels, in a fixed (alphabetical) order.
-# skimage.data's other colour images are synthetic (colorwheel, logo) or aliases (cat ==
-# chelsea); its remaining photos (lily, skin, ...) need a download through pooch.
-BUNDLED_PHOTOS = (
-    "astronaut",  # skimage, 512x512
-    "chelsea",  # skimage, 300x451, a cat
-    "china",  # sklearn load_sample_image, 427x640
-    "coffee",  # skimage, 400x600
-    "flower",  # sklearn load_sample_image, 427x640
-    "grace_hopper",  # matplotlib sample_data, 600x512
-    "hubble_deep_field",  # skimage, 872x1000, telescope
-    "immunohistochemistry",  # skimage, 512x512, microscope
-    "motorcycle_left",  # skimage stereo_motorcycle, 500x741 (stereo pair: same split)
-    "motorcycle_right",  # skimage stereo_motorcycle, 500x741
-    "retina",  # skimage, 1411x1411, fundus camera
-    "rocket",  # skimage, 427x640
-)
-STEREO_PAIR = ("motorcycle_left", "motorcycle_right")  # near-duplicates: never split them
 
 
 @dataclass

@@ -32,7 +32,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from gaussquant.config import DataConfig
-from gaussquant.data import PreparedDataset, _write_index, bundled_photos, prepare
+from gaussquant.data import PreparedDataset, bundled_photos, prepare, write_index
 
 BATCH = 16
 IMAGENET_TRAIN = 1_281_167
@@ -89,7 +89,7 @@ def imagenet_index_mb(tmp: Path, mean_bytes: float) -> float:
     rng = np.random.default_rng(0)
     sizes = rng.integers(int(mean_bytes * 0.3), int(mean_bytes * 1.7), IMAGENET_TRAIN)
     items = ((imagenet_name(i), (int(s), 500, 375, "")) for i, s in enumerate(sizes))
-    _write_index(tmp / "imagenet-index", items, 256)
+    write_index(tmp / "imagenet-index", items, 256)
     return (tmp / "imagenet-index" / "index.tsv.gz").stat().st_size / 1e6
 
 

@@ -304,7 +304,7 @@ def _prepare_split(cfg: DataConfig, split: str, tmp: Path, workers: int, progres
                 else:
                     skipped.append({"split": split, "file": rel, "reason": reason})
 
-    entry = _write_index(tmp / split, items(), cfg.resolution)
+    entry = write_index(tmp / split, items(), cfg.resolution)
     if entry["count"] == 0:
         first = f"{skipped[0]['file']}: {skipped[0]['reason']}"
         raise GaussquantError(
@@ -317,7 +317,7 @@ def _prepare_split(cfg: DataConfig, split: str, tmp: Path, workers: int, progres
     return entry
 
 
-def _write_index(
+def write_index(
     split_dir: Path, items: Iterable[tuple[str, tuple[int, int, int, str]]], resolution: int
 ) -> dict:
     """Write ``split_dir/INDEX`` (gzip, byte-identical for the same items) from ``(relative

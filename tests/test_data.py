@@ -1,6 +1,8 @@
 """Data preparation and loading: the bundled photos, image folders (with bad files), the
 prepared format (determinism, checksums, atomic output) and the deterministic loader."""
 
+import dataclasses
+import gzip
 import json
 import pickle
 from pathlib import Path
@@ -12,9 +14,9 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from gaussquant.cli import main as cli_main
+from gaussquant.config import DataConfig
 from gaussquant.data import (
     BUNDLED_PHOTOS,
-    DataConfig,
     PreparedDataset,
     StepBatchSampler,
     bundled_photos,
@@ -40,6 +42,12 @@ def shards(root, split):
 
 def index_lines(root, split):
     return (Path(root) / split / "index.txt").read_text().splitlines()
+
+
+def index_rows(root, split):
+    """The folder index's rows: [relative path, bytes, width, height(, sha256)]."""
+    text = gzip.decompress((Path(root) / split / "index.tsv.gz").read_bytes()).decode()
+    return [line.split("\t") for line in text.splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +160,7 @@ def test_manifest_checksums_and_verify(bundled, tmp_path):
         (dict(n_train=0), "data.n_train"),
         (dict(min_scale=0.0), "data.min_scale"),
         (dict(source="webdataset"), "data.source"),
+        (dict(verify="full"), "data.verify: 'full' is not allowed; allowed: decode, header"),
     ],
 )
 def test_bad_data_config_is_a_config_error(edit, match, tmp_path):
@@ -209,6 +218,7 @@ def test_list_images_is_recursive_sorted_and_case_insensitive(folder):
 def test_prepare_folder_skips_and_lists_bad_files(folder, tmp_path):
     root, wide = folder
     manifest = prepare(folder_cfg(root), tmp_path / "out", workers=1, progress=False)
+    assert (tmp_path / "out" / "train" / "index.tsv.gz").exists()
     assert manifest["counts"] == {"train": 4, "val": 2}
     assert [(s["split"], s["file"]) for s in manifest["skipped"]] == [
         ("train", "n02/corrupt.jpg"),
@@ -217,13 +227,15 @@ def test_prepare_folder_skips_and_lists_bad_files(folder, tmp_path):
     assert "truncated" in manifest["skipped"][1]["reason"]
     train = manifest["splits"]["train"]
     assert (train["found"], train["selected"], train["skipped"]) == (6, 6, 2)
-    assert index_lines(tmp_path / "out", "train") == [
-        "n01/a.png",
-        "n01/b.JPEG",
-        "n02/c.jpg",
-        "n02/deep/d.png",
-    ]
-    images = np.concatenate(shards(tmp_path / "out", "train"))
+    rows = index_rows(tmp_path / "out", "train")
+    assert [r[0] for r in rows] == ["n01/a.png", "n01/b.JPEG", "n02/c.jpg", "n02/deep/d.png"]
+    for rel, size, w, h in rows:  # no hashes by default
+        with Image.open(root / "train" / rel) as im:
+            assert (int(size), int(w), int(h)) == ((root / "train" / rel).stat().st_size, *im.size)
+    assert train["kind"] == "index" and train["bytes"] == sum(int(r[1]) for r in rows)
+    assert not list((tmp_path / "out").rglob("*.npy"))  # read in place: no pixel copy
+    ds = PreparedDataset(tmp_path / "out", "train")
+    images = np.stack([ds.uint8(i) for i in range(len(ds))])
     assert images.shape == (4, RES, RES, 3)
     np.testing.assert_array_equal(
         images[0], wide[:, 16:48]
@@ -236,7 +248,7 @@ def test_prepare_folder_skips_and_lists_bad_files(folder, tmp_path):
     assert pooled["sha256"] == manifest["sha256"]
     sub = prepare(folder_cfg(root, n_train=3), tmp_path / "sub", workers=1, progress=False)
     assert sub["splits"]["train"]["selected"] == 3
-    lines = index_lines(tmp_path / "sub", "train")
+    lines = [r[0] for r in index_rows(tmp_path / "sub", "train")]
     assert lines == sorted(lines) and len(lines) + sub["splits"]["train"]["skipped"] == 3
 
 
@@ -254,6 +266,127 @@ def test_strict_fails_naming_the_file_and_leaves_nothing(folder, tmp_path):
     ):
         prepare(cfg, tmp_path / "out", workers=1, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t"]  # no output, no temp dir left
+
+
+def _jpegs(root, sizes, seed=0):
+    """JPEGs of the given (width, height): views of a bundled photo, quality 90."""
+    photo = Image.fromarray(bundled_photos()["astronaut"])
+    for i, size in enumerate(sizes):
+        path = root / f"c{i % 2}" / f"img_{i}.JPEG"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        box = (i * 7, i * 5, 512 - i * 3, 512 - i * 11)
+        photo.resize(size, Image.Resampling.BICUBIC, box=box).save(path, quality=90)
+    return root
+
+
+@pytest.mark.parametrize("res", [32, 256])
+def test_folder_images_match_torchvision_resize_and_center_crop(tmp_path, res):
+    """The loader's images equal the official preprocessing (torchvision Resize(res), bilinear
+    on the PIL image, then CenterCrop(res)) bit for bit: landscape, portrait, odd sizes whose
+    long side truncates and whose crop offset rounds, a square, one already at res, and images
+    smaller than res (upsampled)."""
+    transforms = pytest.importorskip("torchvision.transforms")
+    official = transforms.Compose([transforms.Resize(res), transforms.CenterCrop(res)])
+    sizes = [(500, 375), (375, 500), (333, 257), (259, 401), (300, 300), (res + 41, res)]
+    sizes += [(res // 2 + 3, res // 3 + 5)]
+    root = _jpegs(tmp_path / "jpeg", sizes)
+    cfg = DataConfig(source="folder", train_dir=str(root), val_dir=str(root), resolution=res)
+    prepare(cfg, tmp_path / "out", workers=1, progress=False)
+    ds = PreparedDataset(tmp_path / "out", "train")
+    assert len(ds) == len(sizes)
+    for i, path in enumerate(list_images(root)):
+        with Image.open(path) as im:
+            ref = np.asarray(official(im.convert("RGB")))
+        np.testing.assert_array_equal(ds.uint8(i), ref, err_msg=str(path))
+        ref_x = torch.from_numpy(ref.astype(np.float64)).permute(2, 0, 1) / 127.5 - 1
+        torch.testing.assert_close(ds[i].double(), ref_x, rtol=0, atol=1e-7)
+
+
+def test_index_hashes_changed_files_and_the_data_id(tmp_path):
+    """Optional sha256s are recorded and checked at every read; without them a size change
+    is still caught. The data id (manifest sha256) covers the files and the preprocessing
+    (resolution), not the optional hashes or where the index was written."""
+    root = _jpegs(tmp_path / "jpeg", [(64, 48)] * 4)
+    cfg = DataConfig(source="folder", train_dir=str(root), val_dir=str(root), resolution=RES)
+    plain = prepare(cfg, tmp_path / "plain", workers=1, progress=False)
+    hashed_cfg = dataclasses.replace(cfg, hash=True)
+    hashed = prepare(hashed_cfg, tmp_path / "hashed", workers=2, progress=False)
+    rows = index_rows(tmp_path / "hashed", "train")
+    paths = list_images(root)
+    assert [r[4] for r in rows] == [sha256_file(p) for p in paths]
+    assert hashed["sha256"] == plain["sha256"]
+    other = prepare(dataclasses.replace(cfg, resolution=16), tmp_path / "r16", progress=False)
+    assert other["sha256"] != plain["sha256"]
+
+    blob = bytearray(paths[1].read_bytes())
+    blob[len(blob) // 2] ^= 0xFF  # same size, other content
+    paths[1].write_bytes(bytes(blob))
+    PreparedDataset(tmp_path / "plain", "train").files.read(1)  # size only: not caught
+    name = paths[1].name
+    with pytest.raises(GaussquantError, match=rf"{name}: changed .*sha256 differs"):
+        PreparedDataset(tmp_path / "hashed", "train")[1]
+    with pytest.raises(GaussquantError, match=rf"{name}: changed.*gaussquant prepare-data"):
+        verify_prepared(tmp_path / "hashed", checksums=True)
+    verify_prepared(tmp_path / "hashed")  # the default samples sizes only: cheap at every start
+    paths[1].write_bytes(bytes(blob[:-10]))
+    with pytest.raises(GaussquantError, match=rf"{name}: \d+ bytes, the index says"):
+        verify_prepared(tmp_path / "plain")
+    with pytest.raises(GaussquantError, match=rf"{name}: changed .*\d+ bytes, the index says"):
+        PreparedDataset(tmp_path / "plain", "train")[1]
+    paths[1].unlink()
+    with pytest.raises(GaussquantError, match=rf"{name}: missing, the index says"):
+        verify_prepared(tmp_path / "plain")
+    index = tmp_path / "plain" / "train" / "index.tsv.gz"
+    index.write_bytes(gzip.compress(b"x.jpg\t1\t1\t1\n"))
+    with pytest.raises(GaussquantError, match=r"index.tsv.gz: checksum differs"):
+        PreparedDataset(tmp_path / "plain", "train")
+
+
+def test_header_verify_indexes_a_truncated_file_and_the_loader_names_it(folder, tmp_path):
+    root, _ = folder
+    cfg = folder_cfg(root, verify="header")
+    manifest = prepare(cfg, tmp_path / "out", workers=1, progress=False)
+    assert [s["file"] for s in manifest["skipped"]] == ["n02/corrupt.jpg"]  # no header
+    ds = PreparedDataset(tmp_path / "out", "train")
+    names = [ds.files.path(i).name for i in range(len(ds))]
+    assert names == ["a.png", "b.JPEG", "c.jpg", "d.png", "trunc.jpg"]
+    with pytest.raises(GaussquantError, match=r"trunc.jpg: cannot decode .*data.verify: decode"):
+        ds[4]
+
+
+def test_index_loader_is_deterministic_across_workers(tmp_path):
+    """Decoding in DataLoader workers gives the batches of the main process, step by step,
+    and a loader started at step k gives the batches k.. (a resumed run reads the same)."""
+    root = _jpegs(tmp_path / "jpeg", [(70, 50), (50, 70), (90, 64)] * 4)
+    cfg = DataConfig(source="folder", train_dir=str(root), val_dir=str(root), resolution=RES)
+    prepare(cfg, tmp_path / "out", workers=1, progress=False)
+    ds = PreparedDataset(tmp_path / "out", "train")
+    assert len(pickle.dumps(ds)) < 10_000 and ds.kind == "index"
+
+    def batches(start, workers):
+        sampler = StepBatchSampler(len(ds), 4, steps=7, seed=5, start_step=start)
+        return list(DataLoader(ds, batch_sampler=sampler, num_workers=workers))
+
+    plain = batches(0, 0)
+    assert len(plain) == 7 and all(torch.equal(a, b) for a, b in zip(batches(0, 2), plain))
+    assert all(torch.equal(a, b) for a, b in zip(batches(4, 2), plain[4:]))
+
+
+def test_storage_keys_are_not_run_settings():
+    """Where the data is prepared and how it was checked do not change a training: moving
+    it to scratch or adding hashes keeps the saved states resumable."""
+    from gaussquant.config import DATA_STORAGE_KEYS, load_config
+    from gaussquant.runstate import run_settings
+
+    cfg = load_config(ROOT / "params.yaml", profile="tiny")
+    rate = next(iter(cfg.rates))
+    base = run_settings(cfg, "gq", "unet", rate, "abc")
+    edits = dict(prepared_dir="/scratch/x", verify="header", hash=True, shard_size=7)
+    assert set(edits) == set(DATA_STORAGE_KEYS)
+    moved = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **edits))
+    assert run_settings(moved, "gq", "unet", rate, "abc") == base
+    other = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, resolution=64))
+    assert run_settings(other, "gq", "unet", rate, "abc") != base
 
 
 @pytest.mark.parametrize(
@@ -350,3 +483,37 @@ def test_step_order_is_a_function_of_seed_and_step(bundled):
     torch.testing.assert_close(plain[1], torch.stack([ds[i] for i in full[1]]))
     workers = list(DataLoader(ds, batch_sampler=StepBatchSampler(40, 16, 3, 3), num_workers=2))
     assert len(workers) == 3 and all(torch.equal(a, b) for a, b in zip(workers, plain))
+
+
+@pytest.mark.parametrize("setting", ["", "$GQ_TEST_SCRATCH/gq", "$GQ_TEST_UNSET/gq"])
+def test_prepared_dir_puts_the_workflow_data_on_scratch(setting, tmp_path, monkeypatch):
+    """data.prepared_dir moves the prepared data of the workflow (per profile; variables
+    expanded) and every rule reads it there; an unset variable is an error, not a folder."""
+    import yaml
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
+
+    monkeypatch.setenv("GQ_TEST_SCRATCH", str(tmp_path))
+    monkeypatch.delenv("GQ_TEST_UNSET", raising=False)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["profile"], params["data"]["prepared_dir"] = "tiny", setting
+    with SnakemakeApi(OutputSettings()) as api:
+
+        def rules():
+            wf = api.workflow(
+                resource_settings=ResourceSettings(cores=1),
+                config_settings=ConfigSettings(config=params),
+                snakefile=ROOT / "Snakefile",
+                workdir=ROOT,
+            )
+            return {r.name: r for r in wf._workflow.rules}
+
+        if "UNSET" in setting:
+            with pytest.raises(Exception, match=r"data.prepared_dir: .*not set"):
+                rules()
+            return
+        found = rules()
+    manifest = str(tmp_path / "gq" / "tiny" if setting else "results/tiny/data") + "/manifest.json"
+    assert list(found["prepare_data"].output) == [manifest]
+    for name in ("train", "evaluate", "fid_reference"):
+        assert found[name].input["data"] == manifest, name

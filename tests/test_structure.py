@@ -38,7 +38,8 @@ def test_import_walk_follows_lazy_imports_and_packages(tmp_path):
     files = {
         "__init__.py": "",
         "a.py": "import os\nfrom gaussquant.b import thing\n",
-        "b.py": "thing = 1\ndef f():\n    from gaussquant.sub import c\n",
+        "b.py": "thing = 1\ndef f():\n    from gaussquant.sub import c\n"
+        "if TYPE_CHECKING:\n    from gaussquant import unused\n",
         "sub/__init__.py": "",
         "sub/c.py": "from gaussquant import d\n",
         "d.py": "import numpy\n",
@@ -61,6 +62,16 @@ def test_stage_code_contains_what_the_issue_found_missing():
     assert "src/gaussquant/models/unet.py" in figure  # kl-hist encodes with the trained models
     table = set(codedeps.stage_code("table", ROOT))
     assert "src/gaussquant/models/unet.py" not in table and "src/gaussquant/tables.py" in table
+
+
+def test_prepare_data_reruns_only_for_the_data_code():
+    """The prepared data depends on gaussquant.data and what it imports, not on the CLI, the
+    config loader or the other sections (their values reach the rule as params)."""
+    prepare = set(codedeps.rule_code("prepare_data", ROOT))
+    assert "src/gaussquant/data.py" in prepare and "src/gaussquant/photos.py" in prepare
+    for name in ("config.py", "sections.py", "methods.py", "cli.py", "stages/common.py"):
+        assert f"src/gaussquant/{name}" not in prepare, name
+    assert set(codedeps.rule_code("train", ROOT)) == set(codedeps.stage_code("train", ROOT))
 
 
 def _rules():
@@ -88,7 +99,7 @@ def test_every_rule_declares_the_code_its_stage_imports():
             continue
         stage = m.group(1).replace("-", "_")
         declared = {str(f) for f in rule.input.get("code", [])}
-        missing = set(codedeps.stage_code(stage, ROOT)) - declared
+        missing = set(codedeps.rule_code(stage, ROOT)) - declared
         assert not missing, f"rule {rule.name} (gaussquant {m.group(1)}) lacks inputs {missing}"
         checked.add(rule.name)
     assert {"prepare_data", "train", "evaluate", "table1", "theory", "ablation_kl"} <= checked

@@ -32,6 +32,9 @@ def _imported_modules(path: Path) -> set[str]:
     """Every ``gaussquant.*`` module an import statement anywhere in ``path`` names
     (``from a import b`` gives ``a`` and, where it is a module, ``a.b``)."""
     tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):  # `if TYPE_CHECKING:` imports never run: drop their bodies
+        if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING"):
+            node.body = []
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -63,9 +66,28 @@ def code_files(*modules: str, root: Path = SRC) -> tuple[Path, ...]:
     return tuple(sorted(seen))
 
 
-def stage_code(stage: str, repo: Path | None = None) -> list[str]:
-    """Files a ``gaussquant <stage>`` command runs (the CLI, the stage module and its imports),
-    as paths relative to ``repo`` (default: the repository holding this package)."""
+def module_code(*modules: str, repo: Path | None = None) -> list[str]:
+    """Files of ``modules`` and their imports, relative to ``repo`` (default: the repository
+    holding this package)."""
     repo = repo or SRC.parents[1]
-    files = code_files(f"{PACKAGE}.cli", f"{PACKAGE}.stages.{stage}")
-    return [str(p.relative_to(repo)) for p in files]
+    return [str(p.relative_to(repo)) for p in code_files(*modules)]
+
+
+def stage_code(stage: str, repo: Path | None = None) -> list[str]:
+    """Files a ``gaussquant <stage>`` command runs (the CLI, the stage module and its imports)."""
+    return module_code(f"{PACKAGE}.cli", f"{PACKAGE}.stages.{stage}", repo=repo)
+
+
+# Stages whose output is a function of one module's code and the rule's params alone: the
+# prepared data is what gaussquant.data makes of the `data:` values, which reach the rule as
+# params (computed by the same config code), so an edit of the CLI, the config loader or
+# another section re-prepares nothing.
+STAGE_OUTPUT_CODE = {"prepare_data": f"{PACKAGE}.data"}
+
+
+def rule_code(stage: str, repo: Path | None = None) -> list[str]:
+    """The code inputs of a stage's rule: ``STAGE_OUTPUT_CODE``'s module where it has one,
+    else every file the stage runs (``stage_code``)."""
+    if stage in STAGE_OUTPUT_CODE:
+        return module_code(STAGE_OUTPUT_CODE[stage], repo=repo)
+    return stage_code(stage, repo)

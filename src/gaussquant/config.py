@@ -29,6 +29,7 @@ from gaussquant.methods import HYPER_METHODS, TABLE1_METHODS, rate_shapes
 from gaussquant.sections import (  # noqa: F401 (re-exported: import every section from here)
     ARCHS,
     BSQ_ENTROPY_RULES,
+    DATA_STORAGE_KEYS,
     LPIPS_PRECISION,
     MIXED_PRECISION,
     NON_TRAJECTORY_KEYS,

@@ -1,22 +1,27 @@
-"""Data: prepare deterministic uint8 image shards, then load them fast through memory maps.
+"""Data: prepare the bundled photos as uint8 shards and image folders as an index, then load.
 
-Two sources, one prepared format:
+Two sources, one prepared folder:
 
 - ``bundled``: the 12 real RGB photographs that ship inside the scikit-image (9), scikit-learn
-  (2) and matplotlib (1) wheels, cut into random square crops. Whole photos are held out for
-  validation (``val_photos``), so no validation pixel is ever seen in training. Offline.
+  (2) and matplotlib (1) wheels, cut into random square crops, stored as shards. Whole photos
+  are held out for validation (``val_photos``), so no validation pixel is ever seen in
+  training. Offline.
 - ``folder``: any image folder (ImageNet layout or flat; ``*.jpg|*.jpeg|*.png`` found
-  recursively, case-insensitive), each image resized so its short side is ``resolution``
-  (PIL bicubic) and center-cropped to ``resolution`` x ``resolution`` (SPEC 5, 6).
+  recursively, case-insensitive), read in place: ``prepare-data`` writes an index (relative
+  paths, byte sizes, image sizes, optional sha256; ~20 bytes per image gzipped) and each
+  worker decodes, resizes and center-crops on the fly as the official code does (``PREPROCESS``,
+  docs/method.md §5, §6). No copy of the pixels: ImageNet's uint8 shards at 256 px were ~262 GB.
 
 Prepared format (``gaussquant prepare-data --out DIR``)::
 
-    DIR/manifest.json            counts, source, resolution, seed, per-shard sha256, skipped files
-    DIR/{train,val}/shard-00000.npy   uint8 (N, H, W, 3), at most ``shard_size`` images each
-    DIR/{train,val}/index.txt    one line per image: its source (file path, or photo + crop box)
+    DIR/manifest.json            counts, source, resolution, seed, checksums, skipped files
+    DIR/{train,val}/shard-00000.npy   bundled: uint8 (N, H, W, 3), ``shard_size`` images each
+    DIR/{train,val}/index.txt    bundled: one line per image: its photo + crop box
+    DIR/{train,val}/index.tsv.gz folder: path, bytes, width, height[, sha256] per image
 
 The directory is written into a temporary sibling and renamed into place, so an interrupted
-run leaves nothing that looks done. The same config gives byte-identical shards.
+run leaves nothing that looks done. The same config gives byte-identical files; the
+manifest's ``sha256`` identifies the images (for an index: the files and the preprocessing).
 :class:`PreparedDataset` serves float32 ``x`` of shape (3, H, W) in [-1, 1].
 """
 
@@ -26,16 +31,19 @@ import bisect
 import contextlib
 import dataclasses
 import functools
+import gzip
 import hashlib
+import io
 import json
 import math
 import multiprocessing as mp
 import os
 import shutil
 import tempfile
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -45,7 +53,10 @@ from torch.utils.data import Dataset, Sampler
 from gaussquant import __version__
 from gaussquant.errors import GaussquantError
 from gaussquant.io import sha256_bytes, sha256_file
-from gaussquant.sections import BUNDLED_PHOTOS, STEREO_PAIR, DataConfig
+from gaussquant.photos import BUNDLED_PHOTOS, STEREO_PAIR
+
+if TYPE_CHECKING:  # the values only: the prepare_data rule has them as params, not this code
+    from gaussquant.sections import DataConfig
 
 SPLITS = ("train", "val")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -125,6 +136,13 @@ def _bundled_crops(
 
 # ----------------------------------------------------------------------------- image folders
 
+# The official preprocessing of folder images (docs/method.md §5): torchvision ``Resize(res)``
+# on the PIL image (bilinear, the short side to ``res``, the long side ``int(res * long /
+# short)``; PIL's resize antialiases) then ``CenterCrop(res)`` (offsets ``round((side - res) /
+# 2)``). Part of the data's id: a change here changes every image.
+PREPROCESS = "torchvision Resize(bilinear, PIL) + CenterCrop"
+INDEX = "index.tsv.gz"  # per split: relative path, bytes, width, height[, sha256] per line
+
 
 def list_images(folder: str | os.PathLike, key: str = "folder") -> list[Path]:
     """Image files under ``folder`` (recursive, following links; extensions case-insensitive;
@@ -150,47 +168,61 @@ def list_images(folder: str | os.PathLike, key: str = "folder") -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
-def load_center_crop(path: str | os.PathLike, resolution: int) -> np.ndarray:
-    """Decode an image, resize its short side to ``resolution`` (PIL bicubic, antialiased) and
-    center-crop: uint8 (resolution, resolution, 3). Raises whatever PIL raises on bad files."""
-    # The official data class (pit/data.py SimpleDataset) is not public in our sources;
-    # SPEC 5 says "resize short side 256 + center crop", done here with PIL bicubic.
-    with Image.open(path) as im:
-        im.load()  # PIL decodes lazily: force it so truncated files fail here
-        im = im.convert("RGB")
+def resize_center_crop(im: Image.Image, resolution: int) -> np.ndarray:
+    """``PREPROCESS`` of an RGB PIL image: uint8 (resolution, resolution, 3), writable."""
     w, h = im.size
-    scale = resolution / min(w, h)
-    size = (max(resolution, round(w * scale)), max(resolution, round(h * scale)))
-    im = im.resize(size, Image.Resampling.BICUBIC)
-    left, top = (size[0] - resolution) // 2, (size[1] - resolution) // 2
-    return np.array(im.crop((left, top, left + resolution, top + resolution)))  # writable
+    long = int(resolution * max(w, h) / min(w, h))  # truncated, as torchvision
+    size = (resolution, long) if w <= h else (long, resolution)
+    if size != (w, h):  # torchvision returns the image itself when the size is already right
+        im = im.resize(size, Image.Resampling.BILINEAR)
+    left, top = (int(round((s - resolution) / 2.0)) for s in size)
+    return np.array(im.crop((left, top, left + resolution, top + resolution)))
 
 
-def _decode_job(job: tuple[str, int]) -> tuple[np.ndarray | None, str | None]:
-    path, resolution = job
+def load_center_crop(file: str | os.PathLike | IO[bytes], resolution: int) -> np.ndarray:
+    """Decode an image file (path or binary file object), convert it to RGB and apply
+    ``PREPROCESS``. Raises whatever PIL raises on bad files."""
+    with Image.open(file) as im:
+        im.load()  # PIL decodes lazily: force it so truncated files fail here
+        rgb = im.convert("RGB")
+    return resize_center_crop(rgb, resolution)
+
+
+def _check_job(job: tuple[str, str, bool]) -> tuple[tuple[int, int, int, str] | None, str | None]:
+    """(bytes, width, height, sha256 or "") of one image file, or the reason it is unusable."""
+    path, verify, with_hash = job
     try:
-        return load_center_crop(path, resolution), None
-    except Exception as err:  # any decoder failure is a bad file, reported by name
+        with open(path, "rb") as f:
+            data = f.read() if with_hash or verify == "decode" else None
+            size = len(data) if data is not None else os.fstat(f.fileno()).st_size
+            with Image.open(io.BytesIO(data) if data is not None else f) as im:
+                if verify == "decode":
+                    im.load()
+                    im.convert("RGB")
+                w, h = im.size
+        digest = hashlib.sha256(data).hexdigest() if with_hash else ""
+        return (size, w, h, digest), None
+    except Exception as err:  # any reader failure is a bad file, reported by name
         return None, f"{type(err).__name__}: {err}"
 
 
-def _decoded(
-    paths: list[Path], resolution: int, workers: int, progress: bool, desc: str
-) -> Iterator[tuple[Path, np.ndarray | None, str | None]]:
-    """Decode ``paths`` in order with a process pool (``workers`` <= 1: in this process)."""
+def _checked(
+    paths: list[Path], cfg: DataConfig, workers: int, progress: bool, desc: str
+) -> Iterator[tuple[Path, tuple[int, int, int, str] | None, str | None]]:
+    """Check ``paths`` in order with a process pool (``workers`` <= 1: in this process)."""
     from tqdm import tqdm
 
-    jobs = [(str(p), resolution) for p in paths]
+    jobs = [(str(p), cfg.verify, cfg.hash) for p in paths]
     # fork where available: spawned workers would re-import torch (seconds each).
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None)
     pool = ctx.Pool(workers) if workers > 1 else None
     try:
-        results = pool.imap(_decode_job, jobs, chunksize=16) if pool else map(_decode_job, jobs)
+        results = pool.imap(_check_job, jobs, chunksize=64) if pool else map(_check_job, jobs)
         bar = tqdm(total=len(jobs), desc=desc, unit="img", disable=None if progress else True)
         with bar:
-            for path, (image, reason) in zip(paths, results):
+            for path, (info, reason) in zip(paths, results):
                 bar.update(1)
-                yield path, image, reason
+                yield path, info, reason
     finally:
         if pool is not None:
             pool.terminate()
@@ -230,6 +262,7 @@ def _write_split(split_dir: Path, items: Iterable[tuple[np.ndarray, str]], cfg: 
         flush()
     (split_dir / "index.txt").write_text("".join(line + "\n" for line in index))
     return {
+        "kind": "shards",
         "count": len(index),
         "shape": [resolution, resolution, 3],
         "shards": shards,
@@ -256,29 +289,69 @@ def _prepare_split(cfg: DataConfig, split: str, tmp: Path, workers: int, progres
     paths = _subset(found, n, rng)
     skipped: list[dict[str, str]] = []
 
-    def items() -> Iterator[tuple[np.ndarray, str]]:
-        decoded = _decoded(paths, cfg.resolution, workers, progress, f"prepare {split}")
-        with contextlib.closing(decoded):  # stop the pool now, also when strict raises
-            for path, image, reason in decoded:
+    def items() -> Iterator[tuple[str, tuple[int, int, int, str]]]:
+        checked = _checked(paths, cfg, workers, progress, f"index {split}")
+        with contextlib.closing(checked):  # stop the pool now, also when strict raises
+            for path, info, reason in checked:
                 rel = path.relative_to(root).as_posix()
-                if image is not None:
-                    yield image, rel
+                if "\t" in rel or "\n" in rel:
+                    info, reason = None, "a tab or newline in the file name"
+                if info is not None:
+                    yield rel, info
                 elif cfg.strict:
                     fix = "fix or remove the file, or set data.strict: false to skip it"
                     raise GaussquantError(f"{path}: cannot read image ({reason}); {fix}")
                 else:
                     skipped.append({"split": split, "file": rel, "reason": reason})
 
-    entry = _write_split(tmp / split, items(), cfg)
+    entry = write_index(tmp / split, items(), cfg.resolution)
     if entry["count"] == 0:
         first = f"{skipped[0]['file']}: {skipped[0]['reason']}"
         raise GaussquantError(
             f"{key}: none of the {len(paths)} images under {str(root)!r} "
             f"could be read (first: {first})"
         )
-    entry.update(dir=str(root), found=len(found), selected=len(paths), skipped=len(skipped))
+    entry.update(dir=str(root.resolve()), found=len(found), selected=len(paths))
+    entry.update(skipped=len(skipped), verify=cfg.verify)
     entry["skipped_files"] = skipped  # moved to the manifest's top-level list by prepare()
     return entry
+
+
+def write_index(
+    split_dir: Path, items: Iterable[tuple[str, tuple[int, int, int, str]]], resolution: int
+) -> dict:
+    """Write ``split_dir/INDEX`` (gzip, byte-identical for the same items) from ``(relative
+    path, (bytes, width, height, sha256 or ""))`` items; return the split's manifest entry."""
+    split_dir.mkdir(parents=True)
+    text, content = hashlib.sha256(), hashlib.sha256()
+    count = total = 0
+    with gzip.GzipFile(split_dir / INDEX, "wb", mtime=0) as f:
+        for rel, (size, w, h, digest) in items:
+            line = f"{rel}\t{size}\t{w}\t{h}"
+            content.update(f"{line}\n".encode())  # the optional hashes are not the content
+            line = f"{line}\t{digest}\n" if digest else f"{line}\n"
+            f.write(line.encode())
+            text.update(line.encode())
+            count, total = count + 1, total + size
+    return {
+        "kind": "index",
+        "count": count,
+        "shape": [resolution, resolution, 3],
+        "index": INDEX,
+        "index_sha256": text.hexdigest(),  # of the uncompressed text
+        "content_sha256": content.hexdigest(),
+        "bytes": total,
+    }
+
+
+def _content_lines(split: str, entry: dict, resolution: int) -> Iterator[str]:
+    """What a split's images are, for the manifest's ``sha256``: shard checksums, or the
+    index's files (path, bytes, size) and the preprocessing that turns them into images."""
+    if entry.get("kind", "shards") == "shards":
+        for shard in entry["shards"]:
+            yield f"{split}/{shard['file']} {shard['sha256']}\n"
+    else:
+        yield f"{split}/{INDEX} {entry['content_sha256']} {PREPROCESS} {resolution}\n"
 
 
 def _check_out(out: Path) -> None:
@@ -330,8 +403,8 @@ def prepare(
         skipped = [f for s in SPLITS for f in splits[s].pop("skipped_files", [])]
         digest = hashlib.sha256()
         for split in SPLITS:
-            for shard in splits[split]["shards"]:
-                digest.update(f"{split}/{shard['file']} {shard['sha256']}\n".encode())
+            for line in _content_lines(split, splits[split], cfg.resolution):
+                digest.update(line.encode())
         import PIL
 
         manifest = {
@@ -341,7 +414,7 @@ def prepare(
             "resolution": cfg.resolution,
             "seed": cfg.seed,
             "counts": {s: splits[s]["count"] for s in SPLITS},
-            "sha256": digest.hexdigest(),  # of all shard checksums: one id for the whole data
+            "sha256": digest.hexdigest(),  # of the content of both splits: one id for the data
             "config": dataclasses.asdict(cfg),
             "versions": {"numpy": np.__version__, "pillow": PIL.__version__},
             "splits": splits,
@@ -377,21 +450,12 @@ def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
-def verify_prepared(root: str | os.PathLike, checksums: bool | None = None) -> dict[str, Any]:
-    """Check every shard of ``root`` against its manifest; return the manifest.
-
-    Always checks presence, dtype and shape (cheap: headers). ``checksums``: also recompute
-    every sha256; ``None`` does so when the shards total at most 4 GiB (a full ImageNet at 256
-    px is ~250 GB, too slow to hash at every training start). Raises :class:`GaussquantError`.
-    """
-    root = Path(root)
-    manifest = read_manifest(root)
-    entries = [
-        (root / split / s["file"], s, manifest["splits"][split]["shape"])
-        for split in SPLITS
-        for s in manifest["splits"][split]["shards"]
-    ]
-    for path, shard, shape in entries:
+def _verify_shards(root: Path, split: str, entry: dict, checksums: bool | None) -> None:
+    """Presence, dtype and shape of every shard (headers); their sha256 when ``checksums``
+    (``None``: when the split's shards total at most 4 GiB)."""
+    shape = entry["shape"]
+    paths = [(root / split / s["file"], s) for s in entry["shards"]]
+    for path, shard in paths:
         try:
             arr = np.load(path, mmap_mode="r")
             ok = arr.dtype == np.uint8 and list(arr.shape) == [shard["count"], *shape]
@@ -405,14 +469,117 @@ def verify_prepared(root: str | os.PathLike, checksums: bool | None = None) -> d
                 f"(uint8 {[shard['count'], *shape]}); {_fix_hint(root)}"
             )
     if checksums is None:
-        checksums = sum(p.stat().st_size for p, _, _ in entries) <= 4 << 30
-    if checksums:
-        for path, shard, _ in entries:
-            if sha256_file(path) != shard["sha256"]:
+        checksums = sum(p.stat().st_size for p, _ in paths) <= 4 << 30
+    for path, shard in paths if checksums else ():
+        if sha256_file(path) != shard["sha256"]:
+            raise GaussquantError(
+                f"{path}: checksum differs from the manifest (corrupt or modified); "
+                f"{_fix_hint(root)}"
+            )
+
+
+class ImageFiles:
+    """The indexed image files of one split (``INDEX``), held in flat arrays (no per-file
+    Python objects: DataLoader workers share them without copy-on-read growth)."""
+
+    def __init__(self, prepared: Path, split: str, entry: dict):
+        self.prepared, self.dir = prepared, Path(entry["dir"])
+        path = prepared / split / entry["index"]
+        try:
+            text = gzip.decompress(path.read_bytes())
+        except FileNotFoundError:
+            raise GaussquantError(f"{path}: index missing; {_fix_hint(prepared)}") from None
+        except (OSError, EOFError, zlib.error) as err:
+            raise GaussquantError(f"{path}: corrupt index ({err}); {_fix_hint(prepared)}") from None
+        if sha256_bytes(text) != entry["index_sha256"]:
+            raise GaussquantError(
+                f"{path}: checksum differs from the manifest; {_fix_hint(prepared)}"
+            )
+        rows = [line.split(b"\t") for line in text.splitlines()]
+        names = [r[0] for r in rows]
+        self.offsets = np.cumsum([0] + [len(n) for n in names], dtype=np.int64)
+        self.names = np.frombuffer(b"".join(names), np.uint8)
+        self.sizes = np.array([int(r[1]) for r in rows], np.int64)
+        hashed = bool(rows) and len(rows[0]) > 4
+        digests = b"".join(bytes.fromhex(r[4].decode()) for r in rows) if hashed else None
+        self.sha256 = np.frombuffer(digests, np.uint8).reshape(-1, 32) if hashed else None
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def path(self, i: int) -> Path:
+        return self.dir / self.names[self.offsets[i] : self.offsets[i + 1]].tobytes().decode()
+
+    def read(self, i: int, check_hash: bool = True) -> bytes:
+        """File ``i``'s bytes, checked against the index (size; sha256 when recorded)."""
+        path = self.path(i)
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise GaussquantError(
+                f"{path}: cannot read ({err}); {_fix_hint(self.prepared)}"
+            ) from None
+        if len(data) != self.sizes[i]:
+            what = f"{len(data)} bytes, the index says {self.sizes[i]}"
+        elif check_hash and self.sha256 is not None:
+            same = hashlib.sha256(data).digest() == self.sha256[i].tobytes()
+            what = None if same else "its sha256 differs from the index's"
+        else:
+            what = None
+        if what:
+            raise GaussquantError(
+                f"{path}: changed since it was indexed ({what}); {_fix_hint(self.prepared)}"
+            )
+        return data
+
+    def image(self, i: int, resolution: int) -> np.ndarray:
+        """File ``i`` decoded and preprocessed (``PREPROCESS``): uint8 (res, res, 3)."""
+        data = self.read(i)
+        try:
+            return load_center_crop(io.BytesIO(data), resolution)
+        except Exception as err:  # a file that passed data.verify: header but does not decode
+            raise GaussquantError(
+                f"{self.path(i)}: cannot decode ({type(err).__name__}: {err}); remove it or "
+                f"prepare with data.verify: decode, which skips such files"
+            ) from None
+
+    def verify(self, checksums: bool | None) -> None:
+        """Each file's size (and sha256 when recorded) if ``checksums``, else a spread sample
+        of 64 files' sizes (a stat each: a full ImageNet check is minutes of network I/O)."""
+        if not self.dir.is_dir():
+            raise GaussquantError(
+                f"{self.dir}: the indexed image folder is missing; {_fix_hint(self.prepared)}"
+            )
+        n = len(self)
+        picks = range(n) if checksums else np.unique(np.linspace(0, n - 1, min(n, 64)).astype(int))
+        for i in picks:
+            if checksums:
+                self.read(int(i))
+                continue
+            path = self.path(int(i))
+            size = path.stat().st_size if path.is_file() else None
+            if size != self.sizes[i]:
                 raise GaussquantError(
-                    f"{path}: checksum differs from the manifest (corrupt or "
-                    f"modified); {_fix_hint(root)}"
+                    f"{path}: {'missing' if size is None else f'{size} bytes'}, the index says "
+                    f"{self.sizes[i]} bytes; {_fix_hint(self.prepared)}"
                 )
+
+
+def verify_prepared(root: str | os.PathLike, checksums: bool | None = None) -> dict[str, Any]:
+    """Check ``root`` against its manifest; return the manifest. Raises :class:`GaussquantError`.
+
+    Shards: presence, dtype and shape (headers); with ``checksums`` (``None``: up to 4 GiB per
+    split) every sha256. Index: the index's own sha256, the image folder and a sample of 64
+    files' sizes; with ``checksums`` every file (size, and sha256 where recorded).
+    """
+    root = Path(root)
+    manifest = read_manifest(root)
+    for split in SPLITS:
+        entry = manifest["splits"][split]
+        if entry.get("kind", "shards") == "shards":
+            _verify_shards(root, split, entry, checksums)
+        else:
+            ImageFiles(root, split, entry).verify(checksums)
     return manifest
 
 
@@ -420,7 +587,8 @@ class PreparedDataset(Dataset):
     """Images of one split of a prepared folder: ``x`` float32 (3, H, W) in [-1, 1].
 
     Shards are memory-mapped (opened lazily in each process, so DataLoader workers and
-    pickling never copy them); item ``i`` is the ``i``-th line of ``split/index.txt``.
+    pickling never copy them); an index is decoded file by file (``ImageFiles``), in the
+    order of its lines. Item ``i`` is the ``i``-th line of ``split/index.txt`` or ``INDEX``.
     """
 
     def __init__(self, root: str | os.PathLike, split: str = "train"):
@@ -431,12 +599,15 @@ class PreparedDataset(Dataset):
         self.manifest = read_manifest(self.root)
         entry = self.manifest["splits"][split]
         self.resolution = int(self.manifest["resolution"])
-        self._paths = [self.root / split / s["file"] for s in entry["shards"]]
-        self._starts = np.cumsum([0] + [s["count"] for s in entry["shards"]]).tolist()
+        self.kind = entry.get("kind", "shards")
+        self.files = ImageFiles(self.root, split, entry) if self.kind == "index" else None
+        shards = entry.get("shards", [])
+        self._paths = [self.root / split / s["file"] for s in shards]
+        self._starts = np.cumsum([0] + [s["count"] for s in shards]).tolist()
         self._shards: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
-        return self._starts[-1]
+        return len(self.files) if self.files is not None else self._starts[-1]
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_shards": None}  # reopen the maps, never pickle their data
@@ -452,10 +623,13 @@ class PreparedDataset(Dataset):
         return self._shards
 
     def uint8(self, i: int) -> np.ndarray:
-        """Image ``i`` as stored: uint8 (H, W, 3), a read-only view of the memory map."""
+        """Image ``i``: uint8 (H, W, 3), a read-only view of a shard's memory map, or the
+        file decoded and preprocessed now (an index)."""
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} images")
         i %= len(self)
+        if self.files is not None:
+            return self.files.image(i, self.resolution)
         s = bisect.bisect_right(self._starts, i) - 1
         return self._open()[s][i - self._starts[s]]
 

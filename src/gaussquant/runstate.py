@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from gaussquant.config import NON_TRAJECTORY_KEYS, Config, config_to_dict
+from gaussquant.config import DATA_STORAGE_KEYS, NON_TRAJECTORY_KEYS, Config, config_to_dict
 from gaussquant.errors import GaussquantError
 from gaussquant.io import write_json
 from gaussquant.methods import METHODS, shape
@@ -92,6 +92,7 @@ def run_settings(
     # batch size and process count: as the global batch and the actual count, below
     skip = (*NON_TRAJECTORY_KEYS, "batch_size", "processes")
     train = {k: v for k, v in d["train"].items() if k not in skip}
+    d["data"] = {k: v for k, v in d["data"].items() if k not in DATA_STORAGE_KEYS}
     sections = {"data", "model", "loss"} | {m.section for m in METHODS.values() if m.section}
     run = {
         "method": method,

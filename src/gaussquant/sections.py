@@ -6,7 +6,7 @@ directly - a model in a test - is checked too); :mod:`gaussquant.config` says *h
 read (profiles, ``--set`` overrides, strict types, missing keys, the checks that relate two
 sections, derived values, the JSON schema). Import sections from :mod:`gaussquant.config`.
 Torch-free (config loading and Snakefile parsing stay fast): only the standard library,
-:mod:`gaussquant.errors` and :mod:`gaussquant.methods` here.
+:mod:`gaussquant.errors`, :mod:`gaussquant.methods` and :mod:`gaussquant.photos` here.
 """
 
 from __future__ import annotations
@@ -17,28 +17,15 @@ from typing import Any
 
 from gaussquant.errors import ConfigError
 from gaussquant.methods import TABLE1_METHODS, rate_shapes
+from gaussquant.photos import BUNDLED_PHOTOS, STEREO_PAIR
 
 # ----------------------------------------------------------------------------- data
 
 SOURCES = ("bundled", "folder")
-# The 12 real RGB photographs shipped inside the wheels, in a fixed (alphabetical) order.
-# skimage.data's other colour images are synthetic (colorwheel, logo) or aliases (cat ==
-# chelsea); its remaining photos (lily, skin, ...) need a download through pooch.
-BUNDLED_PHOTOS = (
-    "astronaut",  # skimage, 512x512
-    "chelsea",  # skimage, 300x451, a cat
-    "china",  # sklearn load_sample_image, 427x640
-    "coffee",  # skimage, 400x600
-    "flower",  # sklearn load_sample_image, 427x640
-    "grace_hopper",  # matplotlib sample_data, 600x512
-    "hubble_deep_field",  # skimage, 872x1000, telescope
-    "immunohistochemistry",  # skimage, 512x512, microscope
-    "motorcycle_left",  # skimage stereo_motorcycle, 500x741 (stereo pair: same split)
-    "motorcycle_right",  # skimage stereo_motorcycle, 500x741
-    "retina",  # skimage, 1411x1411, fundus camera
-    "rocket",  # skimage, 427x640
-)
-STEREO_PAIR = ("motorcycle_left", "motorcycle_right")  # near-duplicates: never split them
+VERIFY_MODES = ("decode", "header")  # how prepare-data checks each image of a folder
+# Keys that say where the prepared data lives and how it was checked, not which images it
+# holds (the manifest's sha256 says that): not part of a training run's settings.
+DATA_STORAGE_KEYS = ("prepared_dir", "verify", "hash", "shard_size")
 
 
 @dataclass
@@ -59,6 +46,14 @@ class DataConfig:
       smaller values give more flat sky/background patches (rocket: 27 % at 0.125).
     - ``seed``: crop positions and folder subsets. ``strict``: an unreadable image is an error
       (default: skip it and list it in the manifest). ``shard_size``: images per shard file.
+    - ``verify``: how ``prepare-data`` checks each folder image before indexing it: ``decode``
+      (every image decoded once: an unreadable file is skipped or, with ``strict``, an error,
+      never a crash in the middle of a training) or ``header`` (only the header read: faster
+      on slow file systems; a file that then fails to decode stops the training, naming it).
+    - ``hash``: record each folder image's sha256 in the index; the loader then checks every
+      file it reads (a few % of the decode time), else only its byte size.
+    - ``prepared_dir``: where the workflow writes the prepared data (``""``: results/<profile>/
+      data; e.g. ``$SCRATCH/gaussquant``: there, under <profile>/; ``~`` and ``$VARS`` expanded).
     """
 
     source: str = "folder"
@@ -73,6 +68,9 @@ class DataConfig:
     seed: int = 0
     strict: bool = False
     shard_size: int = 4096
+    verify: str = "decode"
+    hash: bool = False
+    prepared_dir: str = ""
 
     def __post_init__(self) -> None:
         val = set(self.val_photos)
@@ -82,6 +80,10 @@ class DataConfig:
             (
                 self.source in SOURCES,
                 f"source: {self.source!r} is not allowed; allowed: bundled, folder",
+            ),
+            (
+                self.verify in VERIFY_MODES,
+                f"verify: {self.verify!r} is not allowed; allowed: {', '.join(VERIFY_MODES)}",
             ),
             (self.resolution >= 1, f"resolution: must be >= 1, got {self.resolution}"),
             (self.shard_size >= 1, f"shard_size: must be >= 1, got {self.shard_size}"),

@@ -9,7 +9,7 @@ from dataclasses import fields
 
 from snakemake.exceptions import WorkflowError
 
-from gaussquant.codedeps import stage_code
+from gaussquant.codedeps import rule_code
 from gaussquant.config import NON_TRAJECTORY_KEYS, config_from_dict, resolve_params
 from gaussquant.methods import CONVERSIONS, METHODS, ROWS, TOKENBRIDGE_ROWS, shape, table1_rows
 from gaussquant.sections import RELEASED_WEIGHTS
@@ -24,8 +24,9 @@ PARAMS = f"--params params.yaml --profile {PROFILE}"  # --config profile=... rea
 STAGE_RULES = ("prepare_data", "train", "convert", "evaluate", "fid_reference", "table", "figure", "theory", "ablation", "official", "rate")
 
 # Source files each stage runs, from a walk of its imports (gaussquant.codedeps): declared as
-# inputs, so a code change reruns exactly the rules whose stage runs that code.
-CODE = {stage: stage_code(stage) for stage in STAGE_RULES}
+# inputs, so a code change reruns exactly the rules whose stage runs that code (prepare_data:
+# only the data code, codedeps.STAGE_OUTPUT_CODE).
+CODE = {stage: rule_code(stage) for stage in STAGE_RULES}
 
 # Evaluated rows of Table 1: trained tokenizers, GQ (converted TDC VAE) and the TDC VAE's
 # continuous reconstruction as a reference row (gaussquant.methods).

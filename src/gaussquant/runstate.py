@@ -22,6 +22,7 @@ import torch
 from gaussquant.config import NON_TRAJECTORY_KEYS, Config, config_to_dict
 from gaussquant.io import write_json
 from gaussquant.methods import METHODS
+from gaussquant.safeload import accelerate_globals, check_pickles
 
 COMPLETE = "COMPLETE"  # marker written after a state directory is fully saved
 LOG_FILE = "metrics.csv"
@@ -121,7 +122,8 @@ def resume(accelerator, out: Path, run: dict) -> None:
     accelerator.wait_for_everyone()
     last = latest_state(state_dir)
     step = 0
-    if last is not None:
+    if last is not None:  # Accelerate unpickles some state files unrestricted: check them first
+        check_pickles(last, "saved training state", accelerate_globals())
         accelerator.load_state(str(last))
         step = int((last / COMPLETE).read_text())
         accelerator.print(f"resuming from {last} (step {step})")

@@ -226,11 +226,11 @@ def from_gaussian_vae(
 def _from_diffusers(vae, codebook_size: int, dim: int, seed: int, beta: float) -> Tokenizer:
     from gaussquant import __version__
     from gaussquant.checkpoint import CHECKPOINT_FORMAT, build_post_quantizer, gq_meta
-    from gaussquant.config import Config, config_to_dict
+    from gaussquant.config import config_to_dict
     from gaussquant.models import diffusers_vae as dv
     from gaussquant.models.diffusers_vae import VAE_CLASS
 
-    cfg = dv.byo_config(Config(), dv.plain_config(vae), codebook_size, dim)
+    cfg = dv.byo_config(_base_config(), dv.plain_config(vae), codebook_size, dim)
     model = dv.diffusers_autoencoder(vae, cfg, "vanilla")
     meta = gq_meta(cfg.model.latent_channels, codebook_size, dim, seed, beta)
     model.bottleneck = build_post_quantizer(meta)
@@ -239,6 +239,20 @@ def _from_diffusers(vae, codebook_size: int, dim: int, seed: int, beta: float) -
     info = {"format": CHECKPOINT_FORMAT, "version": __version__, "method": "gq"}
     info |= {"arch": dv.BYO_ARCH, "rate": dv.BYO_RATE, "step": 0}
     return Tokenizer(model, info | {"config": config_to_dict(cfg), "extra": extra})
+
+
+def _base_config():
+    """The paper's settings (the dataclass defaults, docs/method.md §5) with a placeholder
+    learning rate and batch size per method: a converted VAE is never trained here, but its
+    config is checked like params.yaml and stored so that the folder rebuilds it."""
+    from dataclasses import replace
+
+    from gaussquant.config import Config
+    from gaussquant.methods import HYPER_METHODS
+
+    cfg = Config()
+    lr, batch = {m: 1e-4 for m in HYPER_METHODS}, {m: 1 for m in HYPER_METHODS}
+    return replace(cfg, train=replace(cfg.train, lr=lr, batch_size=batch))
 
 
 class _PosteriorEncoder(nn.Module):

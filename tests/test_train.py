@@ -49,7 +49,7 @@ def _train(method, arch, data, out, weights, *extra, kill_at=None):
 
 
 def _state(path):
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 @pytest.mark.slow

@@ -193,8 +193,9 @@ class _Ignored:
 
 
 # The globals a Lightning checkpoint holds besides tensors and plain data, for the weights-only
-# unpickler: OmegaConf hyperparameters (replaced by _Ignored, never imported), numpy scalars
-# and dtypes (monitored metric values), paths and builtin containers (callback states).
+# unpickler: OmegaConf hyperparameters (replaced by _Ignored, never imported), numpy scalars,
+# dtypes and dtype classes (monitored metric values), pathlib.PosixPath, collections.defaultdict
+# and the builtins dict, list, int (callback and loop states). Each only stores data.
 OMEGACONF_GLOBALS = (
     "omegaconf.dictconfig.DictConfig",
     "omegaconf.listconfig.ListConfig",
@@ -213,10 +214,12 @@ def lightning_globals() -> list:
 
     scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
     numpy_names = ("numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar")
+    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25 pickles a dtype with its class
     return [
         *((_Ignored, name) for name in OMEGACONF_GLOBALS),
         *((scalar, name) for name in numpy_names),
         np.dtype,
+        *(getattr(dtypes, name) for name in getattr(dtypes, "__all__", ())),
         pathlib.PosixPath,
         collections.defaultdict,
         dict,

@@ -20,6 +20,7 @@ from gaussquant.errors import GaussquantError
 
 # The weights-only unpickler's refusal names the global as "GLOBAL module.name".
 _REFUSED = re.compile(r"GLOBAL ([\w.]+)")
+_UNBUILT = re.compile(r"Can only build .* but got (<[^>]+>)")
 # File kinds in an ``accelerator.save_state`` folder that are pickles (safetensors is not).
 PICKLE_SUFFIXES = (".bin", ".pkl", ".pt", ".pth")
 
@@ -52,6 +53,8 @@ def _reason(err: Exception) -> str:
             f"was refused: its pickle asks for the Python global {refused[1]}, which is not a "
             "tensor or plain data (a checkpoint never needs it; loading it could run code)"
         )
+    if unbuilt := _UNBUILT.search(text):
+        return f"was refused: its pickle builds {unbuilt[1]}, not a tensor or plain data"
     first = text.strip().splitlines()[0] if text.strip() else ""
     return f"cannot be read ({type(err).__name__}: {first[:200]})"
 

@@ -343,8 +343,9 @@ class TheoryConfig:
 PROFILES = ("tiny", "quick", "paper")
 ARCHS = ("unet", "vit")
 MIXED_PRECISION = ("fp32", "fp16", "bf16")
+TRACKERS = ("none", "tensorboard", "wandb")  # train.log_with: Accelerate's trackers
 # train.* keys that do not change a training's result (everything else in `train` does)
-NON_TRAJECTORY_KEYS = ("log_every", "save_every", "num_workers")
+NON_TRAJECTORY_KEYS = ("log_every", "save_every", "num_workers", "log_with")
 LPIPS_PRECISION = ("fp32", "bf16", "auto")  # auto: bf16 where the device computes it natively
 BSQ_ENTROPY_RULES = ("repo", "faithful")
 
@@ -444,6 +445,7 @@ class TrainConfig:
     save_every: int = 2000
     num_workers: int = 4
     mixed_precision: str = "fp32"  # the paper's (SPEC 5)
+    log_with: str = "none"  # none | tensorboard (out/tracking/) | wandb: metrics.csv's rows, live
 
 
 @dataclass

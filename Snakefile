@@ -30,6 +30,7 @@ include: "workflow/rules/report.smk"
 include: "workflow/rules/ablation.smk"
 include: "workflow/rules/byo.smk"  # your own diffusers VAE: target byo, off by default
 include: "workflow/rules/official.smk"
+include: "workflow/rules/curves.smk"  # training curves for `dvc plots show`
 
 
 rule reproduce_table1:

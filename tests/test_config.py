@@ -258,7 +258,7 @@ def test_checkpoint_written_before_new_keys_still_loads(tmp_path, tiny_cfg):
     model = build_autoencoder(tiny_cfg, "fsq", "unet", "8")
     path = tmp_path / "old.pt"
     save_checkpoint(path, model, tiny_cfg, "fsq", "unet", "8", step=1)
-    payload = torch.load(path, weights_only=False)
+    payload = torch.load(path, weights_only=True)
     payload["config"] = old
     torch.save(payload, path)
     loaded, _ = load_autoencoder(path)

@@ -331,7 +331,7 @@ def test_interrupted_run_resumes_without_losing_finished_work(tmp_path, weights_
     done = {repo / p: (repo / p).stat().st_mtime_ns for p in finished_models()}
     assert done, "no training had finished before the kill"
     for p in train_dir.glob("*/model.pt"):  # atomic writes: every checkpoint present is whole
-        assert torch.load(p, map_location="cpu", weights_only=False)["step"] == 6
+        assert torch.load(p, map_location="cpu", weights_only=True)["step"] == 6
 
     # a hard kill leaves Snakemake's lock behind (a clean Ctrl-C removes it); as its message says
     _run(["snakemake", "--unlock"], repo)

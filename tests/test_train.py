@@ -52,7 +52,7 @@ def _train(method, arch, data, out, weights, *extra, kill_at=None, signal_at=Non
 
 
 def _state(path):
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 @pytest.mark.slow

@@ -2,10 +2,12 @@
 verification (missing / modified files name `gaussquant fetch-weights`), idempotent fetch."""
 
 import importlib.resources
+import io
 import os
 import pickle
 import shutil
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -212,3 +214,18 @@ def test_fetch_repairs_a_modified_dir(weights_dir, tmp_path):
     (d / "lpips_vgg_v0.1.pth").write_bytes(b"tampered")
     W.fetch_weights(d, log=lambda s: None)
     assert W.verify_weights(d)["files"] == W.verify_weights(weights_dir)["files"]
+
+
+def test_heads_come_from_the_installed_lpips_without_a_download(monkeypatch):
+    """With the pinned lpips installed (the [dev] extra), fetch-weights takes the v0.1 heads
+    from it (no wheel download); their tensors are the pinned conversion's."""
+    pytest.importorskip("lpips")
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("the lpips wheel was downloaded")
+
+    monkeypatch.setattr(W, "download_pinned", no_download)
+    heads = W._lpips_heads(Path("unused"), log=lambda s: None)
+    for net, blob in heads.items():
+        state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+        assert W.tensor_digest(state) == W.PYPI_CONTENT_SHA256[f"lpips_{net}_heads"]

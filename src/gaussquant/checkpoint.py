@@ -27,6 +27,7 @@ from gaussquant.errors import GaussquantError
 from gaussquant.io import atomic_path
 from gaussquant.models.autoencoder import Autoencoder, build_autoencoder
 from gaussquant.models.diffusers_vae import autoencoder_from_description
+from gaussquant.safeload import load_pickle
 
 CHECKPOINT_FORMAT = "gaussquant-autoencoder/1"
 
@@ -63,12 +64,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise GaussquantError(
             f"checkpoint {str(path)!r} not found (train it first: gaussquant train)"
         )
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # a truncated or foreign file
-        raise GaussquantError(
-            f"checkpoint {str(path)!r} cannot be read ({type(err).__name__}: {err})"
-        ) from None
+    payload = load_pickle(path, "checkpoint")  # tensors and plain data only: never runs code
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise GaussquantError(
             f"{path}: not a gaussquant checkpoint (expected format {CHECKPOINT_FORMAT})"
@@ -87,6 +83,12 @@ def load_autoencoder(
         raise GaussquantError(
             f"{path}: checkpoint architecture is {payload['arch']!r} but {arch!r} was requested"
         )
+    return autoencoder_from_payload(payload), payload
+
+
+def autoencoder_from_payload(payload: dict[str, Any]) -> Autoencoder:
+    """The model a checkpoint's contents describe (:func:`read_checkpoint`, or a saved
+    tokenizer folder), its weights loaded, in eval mode."""
     cfg = config_from_dict(payload["config"])
     extra = payload.get("extra", {})
     method = extra.get("source_method", payload["method"])  # converted: the trained source's
@@ -98,4 +100,4 @@ def load_autoencoder(
     else:
         model = build_autoencoder(cfg, method, payload["arch"], payload["rate"], bottleneck)
     model.load_state_dict(payload["model"])
-    return model.eval(), payload
+    return model.eval()

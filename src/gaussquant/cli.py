@@ -29,6 +29,7 @@ STAGES = (
     "report",
     "bench",
     "official",
+    "reconstruct",
 )
 
 

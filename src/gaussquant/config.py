@@ -34,6 +34,7 @@ from gaussquant.sections import (  # noqa: F401 (re-exported: import every secti
     MIXED_PRECISION,
     NON_TRAJECTORY_KEYS,
     PROFILES,
+    TRACKERS,
     AblationConfig,
     BSQConfig,
     ByoConfig,
@@ -333,6 +334,7 @@ def validate(cfg: Config) -> None:
     )
     _check(0 <= t.lr_decay <= 1, f"train.lr_decay: must be in [0, 1], got {t.lr_decay}")
     _allowed("train.mixed_precision", t.mixed_precision, MIXED_PRECISION)
+    _allowed("train.log_with", t.log_with, TRACKERS)
     _allowed("loss.lpips_precision", cfg.loss.lpips_precision, LPIPS_PRECISION)
     for key, table in (("train.lr", t.lr), ("train.batch_size", t.batch_size)):
         for method in HYPER_METHODS:

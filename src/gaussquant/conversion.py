@@ -43,6 +43,10 @@ class PostQuantizer:
         """The quantizer of ``cfg`` at ``rate`` (``overrides`` replace settings, e.g. the
         codebook-size ablation's K) and the record a converted checkpoint stores."""
         settings = self.settings(cfg, rate) | {k: v for k, v in overrides.items() if v is not None}
+        return self.from_settings(settings)
+
+    def from_settings(self, settings: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+        """The quantizer ``settings`` define and its checkpoint record."""
         module = self.build(settings)
         return module, {"kind": self.name} | settings | self.fingerprint(module)
 

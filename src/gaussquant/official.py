@@ -47,6 +47,7 @@ from gaussquant.methods import gq_dim, shape
 from gaussquant.models.autoencoder import build_autoencoder
 from gaussquant.published import PAPER_DOWNSAMPLE, published
 from gaussquant.records import METRICS, PAPER_METRICS
+from gaussquant.safeload import load_pickle
 from gaussquant.sections import RELEASED_WEIGHTS
 
 OFFICIAL_REPO = "tongdaxu/VQ-VAE-from-Gaussian-VAE"
@@ -182,6 +183,53 @@ def links(our_keys: list[str], arch: str, cfg: Config) -> list[Link]:
 # ----------------------------------------------------------------------------- recognising a checkpoint
 
 
+class _Ignored:
+    """Stands in for a Lightning checkpoint's hyperparameters (OmegaConf containers): built
+    from nothing, its state dropped. Only ``state_dict``, ``global_step`` and ``epoch`` are read."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+# The globals a Lightning checkpoint holds besides tensors and plain data, for the weights-only
+# unpickler: OmegaConf hyperparameters (replaced by _Ignored, never imported), numpy scalars,
+# dtypes and dtype classes (monitored metric values), pathlib.PosixPath, collections.defaultdict
+# and the builtins dict, list, int (callback and loop states). Each only stores data.
+OMEGACONF_GLOBALS = (
+    "omegaconf.dictconfig.DictConfig",
+    "omegaconf.listconfig.ListConfig",
+    "omegaconf.base.ContainerMetadata",
+    "omegaconf.base.Metadata",
+    "omegaconf.nodes.AnyNode",
+    "typing.Any",
+)
+
+
+def lightning_globals() -> list:
+    import collections
+    import pathlib
+
+    import numpy as np
+
+    scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
+    numpy_names = ("numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar")
+    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25 pickles a dtype with its class
+    return [
+        *((_Ignored, name) for name in OMEGACONF_GLOBALS),
+        *((scalar, name) for name in numpy_names),
+        np.dtype,
+        *(getattr(dtypes, name) for name in getattr(dtypes, "__all__", ())),
+        pathlib.PosixPath,
+        collections.defaultdict,
+        dict,
+        list,
+        int,
+    ]
+
+
 def read_official(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """State dict of an official Lightning checkpoint (``["state_dict"]``) or a bare state dict,
     and the checkpoint's other scalar fields (``global_step``, ``epoch``)."""
@@ -191,12 +239,7 @@ def read_official(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, 
             f"official checkpoint {str(path)!r} not found; download it from the Hugging Face "
             f"repository {RELEASED_WEIGHTS} (README: Use the released weights)"
         )
-    try:  # Lightning pickles hyperparameters and callback states next to the tensors
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise GaussquantError(
-            f"{path}: cannot be read as a torch checkpoint ({type(err).__name__}: {err})"
-        ) from None
+    obj = load_pickle(path, "official checkpoint", lightning_globals())  # never runs code
     info = {}
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         raise GaussquantError(

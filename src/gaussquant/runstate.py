@@ -23,10 +23,12 @@ from gaussquant.config import DATA_STORAGE_KEYS, NON_TRAJECTORY_KEYS, Config, co
 from gaussquant.errors import GaussquantError
 from gaussquant.io import write_json
 from gaussquant.methods import METHODS, shape
+from gaussquant.safeload import accelerate_globals, check_pickles
 
 COMPLETE = "COMPLETE"  # marker written after a state directory is fully saved
 LOG_FILE = "metrics.csv"
 RUN_FILE = "run.json"
+TRACKING_DIR = "tracking"  # train.log_with's tracker files (tensorboard event files)
 LOG_KEYS = (
     "step",
     "loss",
@@ -62,6 +64,24 @@ class LoopState:
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
+
+
+def tracker_args(log_with: str, out: Path) -> dict:
+    """Accelerator arguments for ``train.log_with``: its tracker, writing under ``out/tracking``."""
+    if log_with == "none":
+        return {}
+    return {"log_with": log_with, "project_dir": str(Path(out) / TRACKING_DIR)}
+
+
+def start_tracking(accelerator, name: str, run: dict) -> None:
+    """Start the trackers (if any) with the run's flat settings as their hyperparameters; every
+    logged metrics.csv row then also goes to them (``accelerator.log``)."""
+    if accelerator.trackers or not accelerator.log_with:
+        return
+    keys = ("method", "arch", "rate", "data_sha256")
+    flat = {k: run[k] for k in keys if run.get(k) is not None}
+    flat |= {k: v for k, v in run["train"].items() if isinstance(v, int | float | str | bool)}
+    accelerator.init_trackers(name, config=flat)
 
 
 def latest_state(state_dir: Path) -> Path | None:
@@ -182,7 +202,8 @@ def resume(accelerator, out: Path, run: dict) -> None:
     accelerator.wait_for_everyone()
     last = latest_state(state_dir)
     step = 0
-    if last is not None:
+    if last is not None:  # Accelerate unpickles some state files unrestricted: check them first
+        check_pickles(last, "saved training state", accelerate_globals())
         accelerator.load_state(str(last))
         step = int((last / COMPLETE).read_text())
         accelerator.print(f"resuming from {last} (step {step})")

@@ -345,6 +345,7 @@ class TheoryConfig:
 PROFILES = ("tiny", "quick", "paper")
 ARCHS = ("unet", "vit")
 MIXED_PRECISION = ("fp32", "fp16", "bf16")
+TRACKERS = ("none", "tensorboard", "wandb")  # train.log_with: Accelerate's trackers
 # train.* keys that do not change a training's result (everything else in `train` does)
 NON_TRAJECTORY_KEYS = (
     "log_every",
@@ -355,6 +356,7 @@ NON_TRAJECTORY_KEYS = (
     "activation_checkpointing",
     "compile",
     "dist_timeout_s",
+    "log_with",
 )
 LPIPS_PRECISION = ("fp32", "bf16", "auto")  # auto: bf16 where the device computes it natively
 BSQ_ENTROPY_RULES = ("repo", "faithful")
@@ -468,6 +470,7 @@ class TrainConfig:
     save_every: int = 2000
     num_workers: int = 4
     mixed_precision: str = "fp32"  # the paper's (SPEC 5)
+    log_with: str = "none"  # none | tensorboard (out/tracking/) | wandb: metrics.csv's rows, live
     # Speed settings (docs/method.md §5): none changes the math of a step beyond float rounding
     grad_accum: int = 1  # micro-batches per step: batch_size / grad_accum images per forward
     tf32: bool = True  # CUDA: TF32 matmuls/convolutions (fp32 range, 10-bit mantissa)

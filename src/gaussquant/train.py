@@ -198,6 +198,7 @@ def train(
     accelerator = Accelerator(
         mixed_precision={"fp32": "no"}.get(tc.mixed_precision, tc.mixed_precision),
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=tc.dist_timeout_s))],
+        **runstate.tracker_args(tc.log_with, out),
     )
     backend_settings(tc)
     set_seed(tc.seed)  # the same on every process: identical initial weights
@@ -216,6 +217,7 @@ def train(
     if init:  # a pretrained start: resume only a run that started from the same weights
         run["init"] = {k: init["diffusers"][k] for k in ("config", "weights_sha256")}
     runstate.resume(accelerator, out, run)
+    runstate.start_tracking(accelerator, f"{method}-{arch}-{rate}", run)
 
     dataset = PreparedDataset(data_dir, "train")
     loader = _step_loader(dataset, batch, tc, loop.step, accelerator)
@@ -246,6 +248,7 @@ def train(
             row = runstate.log_row(loop.step, terms | {"time_s": time.perf_counter() - t0})
             if accelerator.is_main_process:
                 runstate.append_log(out / runstate.LOG_FILE, row)
+            accelerator.log({k: v for k, v in row.items() if k != "step"}, step=loop.step)
             bar.log(row)
         bar.update()
         if loop.step % tc.save_every == 0 and loop.step < tc.steps:
@@ -282,6 +285,8 @@ def train(
         }
         write_json(out / "summary.json", summary)
     accelerator.wait_for_everyone()
+    for tracker in accelerator.trackers:  # train.log_with: flush and close (none: no trackers)
+        tracker.finish()
     return ckpt
 
 

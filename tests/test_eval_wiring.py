@@ -122,7 +122,7 @@ def _loud_vit(tiny_cfg):
     from gaussquant.models.autoencoder import build_autoencoder
 
     torch.manual_seed(0)
-    model = build_autoencoder(tiny_cfg, "vanilla", "vit", "0.125").eval()
+    model = build_autoencoder(tiny_cfg, "vanilla", "vit", "8").eval()
     with torch.no_grad():
         model.last_layer().mul_(40.0)
     return model

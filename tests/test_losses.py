@@ -118,7 +118,7 @@ def _parts(tiny_cfg, method="gq"):
 
     torch.manual_seed(0)
     loss_cfg = dataclasses.replace(tiny_cfg.loss, disc_weight=0.6, disc_factor=0.8, logvar_init=0.2)
-    model = build_autoencoder(tiny_cfg, method, "unet", "0.125")
+    model = build_autoencoder(tiny_cfg, method, "unet", "8")
     disc = NLayerDiscriminator(tiny_cfg.model.discriminator)
     nll_loss = ReconstructionNLL(loss_cfg)
     # plain SGD: the update is lr times the gradient, so the comparison below checks gradients

@@ -39,7 +39,7 @@ rule reproduce_table1:
     default_target: True
 
 
-rule reproduce_figure1:  # the rate-distortion curves over experiment.figure1_rates (SPEC 7)
+rule reproduce_figure1:  # the rate-distortion curves over experiment.figure1_rates (docs/method.md §7)
     input:
         figure1_outputs(),
 

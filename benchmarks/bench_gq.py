@@ -1,4 +1,4 @@
-"""Benchmark of the GQ index search (SPEC 2): ours vs the official torch backend vs a GEMM floor.
+"""Benchmark of the GQ index search (docs/method.md §2): ours vs the official torch backend vs a GEMM floor.
 
     python benchmarks/bench_gq.py [--quick] [--out results.json] [--threads N]
 

@@ -11,7 +11,7 @@ References written for this benchmark:
 
 Each measurement runs in a fresh single-threaded process (its own peak RSS), after 2 warm-up
 steps. Rows: the quick profile without GAN (as it trains) and with the discriminator on from
-step 0, and one paper-size step per backbone (SPEC 5 networks at 256 px on bundled photos,
+step 0, and one paper-size step per backbone (docs/method.md §5 networks at 256 px on bundled photos,
 batch 1 on CPU, no GAN as in the first 20k paper steps). ``ours_speedup`` = the row's seconds
 per step / ours.
 

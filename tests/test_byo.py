@@ -61,7 +61,11 @@ def test_byo_config_follows_the_vae(tiny_cfg):
     shapes = cfg.derived()["rates"]["16"]["shapes"]
     assert (shapes["gq"], shapes["tbtdc"]) == (4, 4)  # m = 4, 4 bits per channel
     sd3 = {"latent_channels": 16, "block_out_channels": [128, 256, 512, 512]}
-    for m, bpp, tb in ((16, 0.25, 1), (8, 0.5, 2), (4, 1.0, 4)):  # the paper's rates (SPEC 2)
+    for m, bpp, tb in (
+        (16, 0.25, 1),
+        (8, 0.5, 2),
+        (4, 1.0, 4),
+    ):  # the paper's rates (docs/method.md §2)
         cfg = dv.byo_config(tiny_cfg, sd3, 2**16, m)
         r = cfg.rate(dv.byo_rate(cfg))
         shapes = cfg.derived()["rates"][r.name]["shapes"]

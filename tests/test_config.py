@@ -38,7 +38,7 @@ def test_every_profile_loads(profile):
 
 
 def test_paper_profile_is_spec():
-    """The paper profile encodes SPEC 1, 2, 4, 5 exactly."""
+    """The paper profile encodes docs/method.md §1, §2, §4, §5 exactly."""
     cfg = load_config(ROOT / "params.yaml", "paper")
     assert (
         cfg.data.resolution == 256 and cfg.model.latent_channels == 16 and cfg.model.downsample == 8
@@ -92,7 +92,7 @@ def test_paper_profile_is_spec():
     assert cfg.eval.max_images == 0
     der = cfg.derived()
     assert der["latent_shape"] == [16, 32, 32]
-    # the paper's per-position shapes at 0.25 / 0.5 / 1.0 bpp (SPEC 2, 4), derived from the bits
+    # the paper's per-position shapes at 0.25 / 0.5 / 1.0 bpp (docs/method.md §2, §4), derived from the bits
     shapes = [der["rates"][str(b)]["shapes"] for b in (16, 32, 64)]
     assert [s["gq"] for s in shapes] == [16, 8, 4] and [s["vq"] for s in shapes] == [1, 2, 4]
     assert [s["fsq"] for s in shapes] == [[16] * 4, [16] * 8, [16] * 16]

@@ -139,7 +139,7 @@ def test_description_rebuilds_offline(tiny_cfg, images):
 
 # ----------------------------------------------------------------------------- rates
 def _numpy_rates(mu: np.ndarray, logvar: np.ndarray, m: int):
-    """Per-token bits and c1 = max |mu sigma|, token k = channels k, k + C/m, ... (SPEC 1)."""
+    """Per-token bits and c1 = max |mu sigma|, token k = channels k, k + C/m, ... (docs/method.md §1)."""
     kl = (mu**2 + np.exp(logvar) - 1 - logvar) / (2 * np.log(2))
     musig = np.abs(mu * np.exp(0.5 * logvar))
     t = mu.shape[1] // m

@@ -1,4 +1,4 @@
-"""Evaluation protocol (SPEC 6): every image, closed-form PSNR, multi-process agreement,
+"""Evaluation protocol (docs/method.md §6): every image, closed-form PSNR, multi-process agreement,
 clear errors."""
 
 import dataclasses

@@ -1,4 +1,4 @@
-"""LPIPS against published values (SPEC 6), and the VGG variant as a frozen training loss.
+"""LPIPS against published values (docs/method.md §6), and the VGG variant as a frozen training loss.
 
 Golden pairs: the five TID2013 reference/distorted pairs that pyiqa ships for its calibration
 (``ResultsCalibra/ref_dir/IXX.bmp`` vs ``ResultsCalibra/dist_dir/IXX.bmp``, 512x384 RGB) in

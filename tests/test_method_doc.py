@@ -8,7 +8,6 @@ document and the code state differently.
 
 import re
 
-import pytest
 from conftest import ROOT
 
 from gaussquant.published import PUBLISHED
@@ -56,6 +55,7 @@ def _project_files():
                 and VENDORED not in path.parents
                 and path not in (DOC, THIS)
                 and "__pycache__" not in path.parts
+                and not any(part.endswith(".egg-info") for part in path.parts)  # pip's copy
             ):
                 yield path
 
@@ -98,7 +98,6 @@ def test_every_cited_section_exists():
     assert not missing, sorted(missing)
 
 
-@pytest.mark.xfail(strict=False, reason="references rewritten at merge")
 def test_no_reference_to_the_old_documents():
     left = [
         f"{path.relative_to(ROOT)}:{i}: {line.strip()}"
@@ -116,8 +115,8 @@ def test_published_table_matches_code():
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 5 and cells[1] in METHOD:
-            for bpp, cell in zip((0.25, 0.5, 1.0), cells[2:]):
-                key = (cells[0].lower(), METHOD[cells[1]], bpp)
+            for bits, cell in zip((16, 32, 64), cells[2:]):  # 0.25 / 0.5 / 1.0 bpp at f8
+                key = (cells[0].lower(), METHOD[cells[1]], bits)
                 table[key] = tuple(float(v) for v in cell.split("/"))
     assert table == PUBLISHED
 

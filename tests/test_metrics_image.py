@@ -44,7 +44,7 @@ def test_per_image_mean_differs_from_pooled_psnr():
     mse = ((x - y).double() * 127.5).pow(2).flatten(1).mean(1)
     pooled = 10 * math.log10(255**2 / mse.mean().item())
     assert torch.allclose(per_image, 10 * torch.log10(255**2 / mse))
-    # log is concave: the mean of per-image PSNRs exceeds the PSNR of the mean MSE (SPEC: per image)
+    # log is concave: the mean of per-image PSNRs exceeds the PSNR of the mean MSE (docs/method.md §6.2: per image)
     assert per_image.mean().item() > pooled + 1.0
 
 

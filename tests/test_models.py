@@ -1,4 +1,4 @@
-"""Backbones and discriminator (SPEC 5): parameter counts of the paper configurations (SPEC
+"""Backbones and discriminator (docs/method.md §5): parameter counts of the paper configurations (docs/method.md §5
 values and closed forms), f8 latent shapes, the ViT output clamp and its gradient, ActNorm's
 data-dependent init and exact resume, and errors for impossible configurations."""
 
@@ -40,7 +40,7 @@ def _attn(c):
 
 
 def unet_counts(ch, ch_mult, nrb, c_enc_out, c_dec_in):
-    """Encoder and decoder parameters of the SPEC 5 structure, attention at the last level."""
+    """Encoder and decoder parameters of the docs/method.md §5 structure, attention at the last level."""
     chans, last = [ch * m for m in ch_mult], len(ch_mult) - 1
     enc, c = _conv(3, 3, ch), ch
     for i, co in enumerate(chans):
@@ -69,7 +69,7 @@ def vit_counts(patch, w, layers, mlp, tokens, c_enc_out, c_dec_in, head):
 
 
 def test_unet_paper_parameter_counts():
-    """SPEC 5: about 35.3 M (encoder, 2C = 32 outputs) and 51.6 M (decoder, C = 16 inputs)."""
+    """docs/method.md §5: about 35.3 M (encoder, 2C = 32 outputs) and 51.6 M (decoder, C = 16 inputs)."""
     cfg = UNetConfig()
     assert (cfg.ch, cfg.ch_mult, cfg.num_res_blocks, cfg.num_groups) == (128, [1, 2, 4, 4], 2, 32)
     with META:
@@ -93,7 +93,7 @@ def test_unet_with_sd_layout_gives_sd_vae_counts():
 
 
 def test_vit_paper_parameter_counts():
-    """SPEC 5: about 86.0 M / 88.8 M (ViT-B/8, BSQ-ViT layout with a 3072-wide tanh head)."""
+    """docs/method.md §5: about 86.0 M / 88.8 M (ViT-B/8, BSQ-ViT layout with a 3072-wide tanh head)."""
     cfg = ViTConfig()
     assert (cfg.patch, cfg.width, cfg.layers, cfg.heads, cfg.mlp_ratio) == (8, 768, 12, 12, 4.0)
     with META:

@@ -423,7 +423,7 @@ def _snakemake(repo, *args):
 def test_evaluate_official_target_end_to_end(npz, tmp_path, weights_dir):
     """`snakemake evaluate_official` on a checkpoint in the official format (the fixture UNet
     with a training checkpoint's loss tensor): imported, converted to GQ, evaluated on the tiny
-    validation images, tabulated next to SPEC 7's sd3unet GQ 0.25 bpp numbers."""
+    validation images, tabulated next to docs/method.md §7's sd3unet GQ 0.25 bpp numbers."""
     import pandas as pd
 
     from gaussquant.checkpoint import load_autoencoder, read_checkpoint

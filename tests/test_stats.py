@@ -152,7 +152,7 @@ def _runs():
 
 
 def test_verdict_table_against_the_published_ordering():
-    # the published values this relies on (SPEC 7), by bits per latent position (0.25 bpp at f8 = 16)
+    # the published values this relies on (docs/method.md §7), by bits per latent position (0.25 bpp at f8 = 16)
     assert published("unet", "gq", 16)["psnr"] == 27.61
     assert published("unet", "fsq", 16)["psnr"] == 26.34
     assert (published("unet", "gq", 16)["lpips"], published("unet", "fsq", 16)["lpips"]) == (

@@ -110,7 +110,9 @@ def test_verdicts_need_two_seeds_and_follow_the_paired_differences(tmp_path):
     v = verdicts(runs, ["fsq"]).set_index("metric")
     assert v.at["psnr", "verdict"] == "GQ better"
     assert v.at["psnr", "diff"] == pytest.approx((1.0 + 1.1 + 1.1) / 3)
-    assert v.at["psnr", "paper_agrees"] == "yes"  # SPEC 7: UNet 0.25 bpp GQ 27.61 > FSQ 26.34
+    assert (
+        v.at["psnr", "paper_agrees"] == "yes"
+    )  # docs/method.md §7: UNet 0.25 bpp GQ 27.61 > FSQ 26.34
     assert v.at["ssim", "verdict"] == "no significant difference"  # identical on every seed
     assert v.at["rfid", "verdict"] == "no significant difference"  # same per-seed values
     md = write_verdicts(v.reset_index(), tmp_path / "verdicts", DECIMALS)[1].read_text()

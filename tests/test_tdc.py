@@ -64,7 +64,7 @@ def test_config_weight_scales_loss_only():
 
 
 def test_token_rates_strided_layout():
-    """Token k sums channels k, k + C/m, ... (SPEC 1)."""
+    """Token k sums channels k, k + C/m, ... (docs/method.md §1)."""
     kl = torch.arange(8.0).reshape(1, 8, 1, 1)
     r = token_rates(kl, 4)  # C=8, m=4 -> 2 tokens: {0,2,4,6}, {1,3,5,7}
     assert r.flatten().tolist() == [0 + 2 + 4 + 6, 1 + 3 + 5 + 7]

@@ -1,4 +1,4 @@
-"""SPEC 3 theory experiment: closed forms, bounds, Monte-Carlo agreement, the stage end to end."""
+"""docs/method.md §3 theory experiment: closed forms, bounds, Monte-Carlo agreement, the stage end to end."""
 
 import itertools
 import math

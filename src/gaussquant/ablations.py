@@ -1,4 +1,4 @@
-"""Ablations of SPEC 3 and 7 on a trained TDC VAE: codebook size K vs rate, TDC tolerance,
+"""Ablations of docs/method.md §3 and §7 on a trained TDC VAE: codebook size K vs rate, TDC tolerance,
 codebook seed, and the per-token / per-dimension KL range of vanilla vs TDC.
 
 Each function takes metrics records (``gaussquant evaluate`` JSONs) and/or posterior rate
@@ -21,7 +21,7 @@ import pandas as pd  # noqa: E402
 from gaussquant.io import atomic_path, write_text  # noqa: E402
 
 METRIC_COLS = ["psnr", "ssim", "lpips", "rfid", "codebook_usage", "code_bits"]
-PAPER_KL = {"vanilla": (0.26, 27.29), "tdc": (2.93, 5.63)}  # bits per dimension (SPEC 7)
+PAPER_KL = {"vanilla": (0.26, 27.29), "tdc": (2.93, 5.63)}  # bits per dimension (docs/method.md §7)
 
 
 def _metrics(records: list[dict], **cols) -> pd.DataFrame:

@@ -1,7 +1,7 @@
 """Typed, strict configuration loaded from ``params.yaml`` (the sections: :mod:`gaussquant.sections`).
 
 ``params.yaml`` holds the paper's values in its top-level sections (each commented with its
-SPEC section) and, under ``profiles.<name>``, the overrides of the small profiles. The active
+docs/method.md section) and, under ``profiles.<name>``, the overrides of the small profiles. The active
 profile is the top-level ``profile`` key (``tiny | quick | paper``). :func:`load_config`
 deep-merges the profile's overrides onto the paper values and builds nested dataclasses,
 failing - before any computation - on unknown keys, wrong types and impossible values, with a

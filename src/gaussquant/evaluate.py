@@ -1,4 +1,4 @@
-"""Evaluation protocol of SPEC 6, streaming over the validation set.
+"""Evaluation protocol of docs/method.md §6, streaming over the validation set.
 
 Reconstruction goes through the quantized path (GQ in eval mode: codewords, no noise), or
 ``continuous=True`` for a Gaussian VAE's posterior-mean reconstruction (reference row); the

@@ -1,4 +1,4 @@
-"""Training losses of SPEC 5: L1 + LPIPS(VGG) as an NLL with a learned log-variance, PatchGAN
+"""Training losses of docs/method.md §5: L1 + LPIPS(VGG) as an NLL with a learned log-variance, PatchGAN
 hinge loss and the VQGAN adaptive weight.
 
 Shapes: ``x``, ``x_rec`` are (B, 3, H, W) in [-1, 1].
@@ -15,7 +15,7 @@ from gaussquant.config import LossConfig
 
 class ReconstructionNLL(nn.Module):
     """``rec / e^s + s`` with ``rec = |x - x_rec| + w * LPIPS(x, x_rec)`` per pixel and channel,
-    summed over pixels and channels and averaged over the batch (SPEC 5).
+    summed over pixels and channels and averaged over the batch (docs/method.md §5).
 
     ``s`` is a learned scalar (a parameter of this module; optimise it with the generator).
     ``perceptual`` holds the (B,) LPIPS(VGG) distances of the batch, computed by the caller with

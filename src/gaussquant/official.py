@@ -568,13 +568,13 @@ def paper_presets(base: Config) -> dict[str, dict[str, tuple[int, ...]]]:
     return out
 
 
-# ----------------------------------------------------------------------------- comparison with SPEC 7
+# ----------------------------------------------------------------------------- comparison with docs/method.md §7
 
 
 def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per evaluated official checkpoint (``runs``: metrics JSONs whose ``name`` is the
-    official configuration): our measurement, the published SPEC 7 value of the same arch,
-    method and rate, and ours minus published (NaN where SPEC 7 has no number)."""
+    official configuration): our measurement, the published docs/method.md §7 value of the same arch,
+    method and rate, and ours minus published (NaN where docs/method.md §7 has no number)."""
     rows = []
     for _, run in runs.iterrows():
         name, spec = official_config(run["name"])

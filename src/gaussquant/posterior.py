@@ -1,4 +1,4 @@
-"""The Gaussian posterior of a latent position and its token layout (SPEC 1): the one home of
+"""The Gaussian posterior of a latent position and its token layout (docs/method.md §1): the one home of
 the log-variance clamp, the per-dimension KL, the strided token layout and per-token rates.
 
 Encoder output ``z`` (B, 2C, H, W): channels ``0..C-1`` are ``mu``, ``C..2C-1`` are ``logvar``
@@ -15,7 +15,7 @@ import torch
 
 from gaussquant.errors import GaussquantError
 
-LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0  # SPEC 1 clamp
+LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0  # docs/method.md §1 clamp
 
 
 def split_posterior(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

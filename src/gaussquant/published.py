@@ -1,4 +1,4 @@
-"""Published anchor numbers (SPEC 7): ImageNet 256, the paper's rate-distortion figure,
+"""Published anchor numbers (docs/method.md §7): ImageNet 256, the paper's rate-distortion figure,
 from the authors' plotting data. They go in separate `paper` columns of our tables, never into
 our results.
 

@@ -1,7 +1,7 @@
-"""Bits-back rate of a Gaussian VAE's posterior and which GQ codebook (K, m) it fits (SPEC 1-3).
+"""Bits-back rate of a Gaussian VAE's posterior and which GQ codebook (K, m) it fits (docs/method.md §1-§3).
 
 GQ turns a Gaussian VAE into a VQ-VAE with no training when ``log2 K`` exceeds each token's
-rate ``R = KL(q || N(0, I))`` in bits (SPEC 3: ``log2 K ~ R``; below it reconstruction breaks).
+rate ``R = KL(q || N(0, I))`` in bits (docs/method.md §3: ``log2 K ~ R``; below it reconstruction breaks).
 Given the posteriors (mu, logvar) of a dataset's images this module reports per-dimension and
 per-token rates, for every codebook dimension ``m`` dividing ``C`` the token-rate distribution
 against ``log2 K``, and a recommendation for a requested bits per pixel,
@@ -10,7 +10,7 @@ against ``log2 K``, and a recommendation for a requested bits per pixel,
 mean failure bound, then the smaller K. A codebook *fits* when at most 1 % of tokens exceed
 it. Tokens use the official strided layout (:func:`gaussquant.posterior.to_tokens`).
 
-Failure bound. For each token the SPEC 3 upper bound ``exp(-e^t sqrt(2/pi) e^(-c1 - 1/2))``
+Failure bound. For each token the docs/method.md §3 upper bound ``exp(-e^t sqrt(2/pi) e^(-c1 - 1/2))``
 is evaluated at ``t = ln K - R`` (nats) with ``c1`` the largest ``|mu_d sigma_d|`` of the
 token's dims (:func:`gaussquant.theory.upper_bound`); its mean over tokens bounds the expected
 share of tokens whose codeword misses the 1-sigma interval. The theorem is 1-D: for m = 1 it
@@ -171,7 +171,7 @@ def _statement(r: dict[str, Any]) -> str:
             f"m = {worst['m']}, {100 * worst['exceed_share_by_log2k'][-1]:.1f}% of tokens exceed "
             f"log2 K (token rate p99 {worst['p99']:.1f} bits, mean {worst['mean']:.1f}). This is "
             "expected for VAEs trained with a tiny KL weight (the Stable Diffusion VAEs); the "
-            "remedy is TDC fine-tuning (SPEC 1) at the target log2 K, then GQ."
+            "remedy is TDC fine-tuning (docs/method.md §1) at the target log2 K, then GQ."
         )
     need = (
         f"Without fine-tuning GQ needs at least {cheapest['bpp_needed']:g} bpp "
@@ -188,7 +188,7 @@ def _statement(r: dict[str, Any]) -> str:
     head = (
         f"K = 2^{best['log2k']}, m = {best['m']} ({best['tokens_per_position']} tokens per "
         f"position): {100 * best['exceed_share']:.2f}% of tokens exceed log2 K = {best['log2k']} "
-        f"bits; mean SPEC 3 failure bound {best['failure_bound_mean']:.3g}"
+        f"bits; mean docs/method.md §3 failure bound {best['failure_bound_mean']:.3g}"
         + ("" if best["bound_is_theorem"] else " (1-D theorem applied per token: a guide)")
     )
     if best["fits"]:
@@ -196,7 +196,7 @@ def _statement(r: dict[str, Any]) -> str:
     return (
         f"At {bpp:g} bpp no codebook fits (more than {100 * r['fit_share']:g}% of tokens above "
         f"log2 K); the best is {head}. {need} To reach {bpp:g} bpp, fine-tune the VAE with TDC "
-        f"(SPEC 1) at target log2 K = {best['log2k']} bits per {best['m']}-dim token, then GQ."
+        f"(docs/method.md §1) at target log2 K = {best['log2k']} bits per {best['m']}-dim token, then GQ."
     )
 
 

@@ -24,7 +24,7 @@ METRICS = {
 # Shown but never bold: the share of codes used is bounded by tokens / K, so it compares only
 # methods with the same alphabet (one 16-bit token vs two 8-bit sub-codes, say)
 NOT_COMPARABLE = ("codebook_usage",)
-PAPER_METRICS = ("psnr", "ssim", "lpips", "rfid")  # what SPEC 7 reports
+PAPER_METRICS = ("psnr", "ssim", "lpips", "rfid")  # what docs/method.md §7 reports
 
 
 def load_metrics(paths: Sequence[str | Path]) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""What params.yaml holds: one dataclass per section, defaults = the paper's values (SPEC).
+"""What params.yaml holds: one dataclass per section, defaults = the paper's values (docs/method.md).
 
 The rule between the two config modules: this file says *what* a section is (its fields, their
 defaults, and the checks that read only that section, in ``__post_init__``, so a section built
@@ -31,7 +31,7 @@ DATA_STORAGE_KEYS = ("prepared_dir", "verify", "hash", "shard_size")
 @dataclass
 class DataConfig:
     """The ``data:`` section of params.yaml. Defaults are the paper's values where they apply
-    (ImageNet folder, 256 px, every image: SPEC 5, 6).
+    (ImageNet folder, 256 px, every image: docs/method.md §5, §6).
 
     - ``source``: ``"bundled"`` (12 photos, offline) or ``"folder"`` (``train_dir``/``val_dir``).
     - ``resolution``: side of the square images, pixels.
@@ -119,7 +119,7 @@ class DataConfig:
 
 @dataclass
 class UNetConfig:
-    """Convolutional backbone; defaults are the paper's values (SPEC 5).
+    """Convolutional backbone; defaults are the paper's values (docs/method.md §5).
 
     ch:             base channel count (128).
     ch_mult:        channel multiplier per level ([1, 2, 4, 4]); downsampling is
@@ -186,7 +186,7 @@ CLAMP_MODES = ("inward", "hard")
 
 @dataclass
 class ViTConfig:
-    """Transformer backbone; defaults are the paper's values (SPEC 5, ViT-B/8).
+    """Transformer backbone; defaults are the paper's values (docs/method.md §5, ViT-B/8).
 
     patch:      patch size = downsampling factor (8).
     width:      token width (768); layers (12); heads (12); mlp_ratio (4.0).
@@ -236,7 +236,7 @@ class ViTConfig:
 
 @dataclass
 class DiscriminatorConfig:
-    """PatchGAN; defaults are the paper's values (SPEC 5).
+    """PatchGAN; defaults are the paper's values (docs/method.md §5).
 
     ndf:         channels of the first conv (160); doubled per layer up to 8 x ndf.
     n_layers:    stride-2 convs (6); the input must be at least 3 * 2^n_layers pixels.
@@ -269,14 +269,14 @@ OFFICIAL_BITS_PER_NAT = 1.4426
 
 @dataclass
 class TDCConfig:
-    """TDC hyperparameters; defaults are the paper's values (SPEC 1)."""
+    """TDC hyperparameters; defaults are the paper's values (docs/method.md §1)."""
 
-    codebook_size: int = 65536  # K; target T = log2 K bits per token (SPEC 2)
-    tolerance: float = 0.5  # alpha, bits (SPEC 1)
-    factor: float = 1.01  # multiplicative multiplier update (SPEC 1)
-    weight: float = 0.1  # config weight of the TDC loss (SPEC 1)
-    lam_max_range: tuple[float, float] = (1.0, 1000.0)  # clamp of lam_max (SPEC 1)
-    lam_min_range: tuple[float, float] = (0.001, 1.0)  # clamp of lam_min (SPEC 1)
+    codebook_size: int = 65536  # K; target T = log2 K bits per token (docs/method.md §2)
+    tolerance: float = 0.5  # alpha, bits (docs/method.md §1)
+    factor: float = 1.01  # multiplicative multiplier update (docs/method.md §1)
+    weight: float = 0.1  # config weight of the TDC loss (docs/method.md §1)
+    lam_max_range: tuple[float, float] = (1.0, 1000.0)  # clamp of lam_max (docs/method.md §1)
+    lam_min_range: tuple[float, float] = (0.001, 1.0)  # clamp of lam_min (docs/method.md §1)
     bits_per_nat: float = OFFICIAL_BITS_PER_NAT  # 1/ln 2 = 1.4426950408889634 is the exact value
 
 
@@ -284,7 +284,10 @@ class TDCConfig:
 
 
 KINDS = ("iid", "sobol")
-RULES = ("nn", "gq")  # nn: argmax q (the theorems' rule, beta = 0); gq: SPEC 2 score (beta)
+RULES = (
+    "nn",
+    "gq",
+)  # nn: argmax q (the theorems' rule, beta = 0); gq: docs/method.md §2 score (beta)
 
 
 @dataclass
@@ -305,10 +308,10 @@ class TheoryConfig:
     md_trials: int = 2000  # posteriors (and i.i.d. codebooks) per m-D row
     kinds: list[str] = field(default_factory=lambda: list(KINDS))
     rules: list[str] = field(default_factory=lambda: list(RULES))
-    beta: float = 1.0  # SPEC 2 score weight of rule "gq"
+    beta: float = 1.0  # docs/method.md §2 score weight of rule "gq"
     ci_level: float = 0.999  # Clopper-Pearson confidence level
     seed: int = 0  # numpy seed of i.i.d. codebooks and posteriors
-    sobol_seed: int = 42  # SPEC 2 codebook seed (first scrambling seed in 1-D)
+    sobol_seed: int = 42  # docs/method.md §2 codebook seed (first scrambling seed in 1-D)
     max_codebook: int = 65536
     chunk_elements: int = 1 << 22  # codebook floats held at once (32 MB in float64)
 
@@ -364,10 +367,10 @@ BSQ_ENTROPY_RULES = ("repo", "faithful")
 
 @dataclass
 class ModelConfig:
-    """Backbones shared by every method (SPEC 5)."""
+    """Backbones shared by every method (docs/method.md §5)."""
 
-    latent_channels: int = 16  # C, SPEC 5
-    downsample: int = 8  # f8, SPEC 2/5
+    latent_channels: int = 16  # C, docs/method.md §5
+    downsample: int = 8  # f8, docs/method.md §2/§5
     unet: UNetConfig = field(default_factory=UNetConfig)
     vit: ViTConfig = field(default_factory=ViTConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
@@ -375,7 +378,7 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    """Reconstruction and adversarial loss (SPEC 5)."""
+    """Reconstruction and adversarial loss (docs/method.md §5)."""
 
     lpips_weight: float = 1.0  # L1 + 1.0 * LPIPS(VGG)
     logvar_init: float = 0.0  # learned scalar log-variance s of the NLL
@@ -383,19 +386,21 @@ class LossConfig:
     disc_weight: float = 0.75  # times the adaptive weight
     disc_factor: float = 1.0
     adaptive_weight_max: float = 1.0e4  # clamp [0, 1e4]
-    lpips_precision: str = "fp32"  # the frozen LPIPS-VGG loss network; the paper's fp32 (SPEC 5)
+    lpips_precision: str = (
+        "fp32"  # the frozen LPIPS-VGG loss network; the paper's fp32 (docs/method.md §5)
+    )
 
 
 @dataclass
 class VanillaConfig:
-    """Continuous Gaussian VAE baseline (SPEC 1)."""
+    """Continuous Gaussian VAE baseline (docs/method.md §1)."""
 
     kl_weight: float = 0.64  # summed KL in nats, official config
 
 
 @dataclass
 class GQConfig:
-    """Gaussian Quant codebook and rule (SPEC 2); K is ``tdc.codebook_size``."""
+    """Gaussian Quant codebook and rule (docs/method.md §2); K is ``tdc.codebook_size``."""
 
     seed: int = 42
     beta: float = 1.0
@@ -403,7 +408,7 @@ class GQConfig:
 
 @dataclass
 class VQConfig:
-    """VQGAN quantizer (SPEC 4)."""
+    """VQGAN quantizer (docs/method.md §4)."""
 
     codebook_size: int = 65536
     beta: float = 0.25
@@ -413,7 +418,7 @@ class VQConfig:
 
 @dataclass
 class LFQConfig:
-    """LFQ (SPEC 4)."""
+    """LFQ (docs/method.md §4)."""
 
     sub_codebook_bits: int = 8
     entropy_weight: float = 0.1
@@ -423,7 +428,7 @@ class LFQConfig:
 
 @dataclass
 class BSQConfig:
-    """BSQ (SPEC 4)."""
+    """BSQ (docs/method.md §4)."""
 
     entropy_weight: float = 0.1
     entropy_rule: str = "repo"  # "repo" (what the numbers used) | "faithful" (BSQ-ViT paper)
@@ -431,7 +436,7 @@ class BSQConfig:
 
 @dataclass
 class FSQConfig:
-    """FSQ (SPEC 4): ``bits / log2 level`` levels of ``level`` each per latent position."""
+    """FSQ (docs/method.md §4): ``bits / log2 level`` levels of ``level`` each per latent position."""
 
     level: int = 16  # the paper's levels of 16 (4 bits each); a power of two >= 2
 
@@ -458,18 +463,18 @@ class Rate:
 
 @dataclass
 class TrainConfig:
-    """Optimisation (SPEC 4/5). ``lr`` and ``batch_size`` (per process) are per method."""
+    """Optimisation (docs/method.md §4/§5). ``lr`` and ``batch_size`` (per process) are per method."""
 
-    steps: int = 100000  # not published (SPEC 5: "epoch 25" in the authors' records)
+    steps: int = 100000  # not published (docs/method.md §5: "epoch 25" in the authors' records)
     batch_size: dict[str, int] = field(default_factory=dict)
     lr: dict[str, float] = field(default_factory=dict)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    lr_decay: float = 0.0  # final share of steps with a linear lr decay to 0; 0 = SPEC 5
+    lr_decay: float = 0.0  # final share of steps with a linear lr decay to 0; 0 = docs/method.md §5
     seed: int = 0
     log_every: int = 50
     save_every: int = 2000
     num_workers: int = 4
-    mixed_precision: str = "fp32"  # the paper's (SPEC 5)
+    mixed_precision: str = "fp32"  # the paper's (docs/method.md §5)
     log_with: str = "none"  # none | tensorboard (out/tracking/) | wandb: metrics.csv's rows, live
     # Speed settings (docs/method.md §5): none changes the math of a step beyond float rounding
     grad_accum: int = 1  # micro-batches per step: batch_size / grad_accum images per forward
@@ -503,7 +508,7 @@ class ExperimentConfig:
     archs: list[str] = field(default_factory=lambda: list(ARCHS))
     rates: list[int] = field(default_factory=lambda: [16, 32, 64])  # Table 1, bits per position
     seeds: list[int] = field(default_factory=lambda: [0])  # training seeds: init, data order, noise
-    figure1_rates: list[int] = field(default_factory=lambda: [16, 32, 64])  # SPEC 7
+    figure1_rates: list[int] = field(default_factory=lambda: [16, 32, 64])  # docs/method.md §7
 
     def __post_init__(self) -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
@@ -514,7 +519,7 @@ class ExperimentConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation protocol (SPEC 6)."""
+    """Evaluation protocol (docs/method.md §6)."""
 
     batch_size: int = 50
     max_images: int = 0  # 0 = every image (the official script drops the last partial batch)
@@ -536,7 +541,7 @@ class TableConfig:
 
 @dataclass
 class AblationConfig:
-    """Ablations of SPEC 3/7 on one (arch, rate) of the TDC VAE."""
+    """Ablations of docs/method.md §3/§7 on one (arch, rate) of the TDC VAE."""
 
     arch: str = "unet"
     rate: int = 16  # bits per position
@@ -568,7 +573,7 @@ class ByoConfig:
 
     vae: str = ""  # folder or hub id, PATH_OR_ID[:SUBFOLDER]; empty = the target is off
     # bits per pixel of GQ at K = tdc.codebook_size (m = C log2 K / (rate f^2) from the VAE's C
-    # and f) and of TokenBridge (log2 K / m bits per channel); 0.25 is SPEC 2's lowest rate
+    # and f) and of TokenBridge (log2 K / m bits per channel); 0.25 is docs/method.md §2's lowest rate
     rate: float = 0.25
 
     def __post_init__(self) -> None:

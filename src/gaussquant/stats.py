@@ -28,7 +28,7 @@ from gaussquant.errors import GaussquantError
 from gaussquant.published import published as _published
 from gaussquant.records import METRICS, PAPER_METRICS
 
-# metric key -> higher is better (the ones the paper reports; SPEC 7)
+# metric key -> higher is better (the ones the paper reports; docs/method.md §7)
 HIGHER_IS_BETTER = {k: METRICS[k][1] for k in PAPER_METRICS}
 VERDICTS = ("GQ better", "no significant difference", "GQ worse")
 _BOOT_CHUNK = 1 << 22  # resampled values held at once (32 MiB of float64)
@@ -233,7 +233,7 @@ def verdict_table(
     position), ``name``, ``seed`` and the ``metrics`` (keys of :data:`HIGHER_IS_BETTER`).
     Output: one row per (arch, bits, baseline,
     metric) with ``diff`` = mean of reference - baseline over seeds, its interval ``low``/``high``,
-    ``n`` seeds, ``verdict``, ``paper_diff`` (the same difference in SPEC 7's numbers, NaN when
+    ``n`` seeds, ``verdict``, ``paper_diff`` (the same difference in docs/method.md §7's numbers, NaN when
     not published at these bits per position) and ``paper_agrees``: "yes" when our significant ordering matches the
     paper's, "no" when it is the opposite (or the paper has a tie), "n/s" when ours is not
     significant, "-" when there is no published value. A metric missing or all NaN for either

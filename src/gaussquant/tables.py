@@ -9,7 +9,7 @@ among the quantized rows of its (arch, rate): paired by seed, better than every 
 (:func:`gaussquant.stats.significantly_best`); otherwise nothing is bold. The verdict table
 (:func:`verdicts`) gives GQ minus each baseline with its interval and a verdict word.
 
-For the ``paper`` profile the published numbers of SPEC 7 go in separate ``paper ...``
+For the ``paper`` profile the published numbers of docs/method.md §7 go in separate ``paper ...``
 columns, never mixed with ours.
 """
 
@@ -262,7 +262,7 @@ def write_verdicts(v: pd.DataFrame, prefix: str | Path, decimals: dict[str, int]
         "Paired comparison of GQ with each baseline (difference of means over training seeds, "
         "95 % Student-t interval of the per-seed differences). `GQ better` / `GQ worse` only "
         "where the interval excludes 0. `Paper agrees`: our significant ordering against the "
-        "published one (SPEC 7) at the same architecture and bits per latent position (the "
+        "published one (docs/method.md §7) at the same architecture and bits per latent position (the "
         "paper's f8 token of those bits; `n/s`: ours not "
         "significant; `-`: no published value at this rate).\n\n"
         f"{shown.to_markdown(index=False)}\n\nVerdicts: {summary}.\n"

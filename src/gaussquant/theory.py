@@ -1,4 +1,4 @@
-"""Monte-Carlo check of the 1-D Gaussian Quant theorems (SPEC 3) and an m-dimensional analogue.
+"""Monte-Carlo check of the 1-D Gaussian Quant theorems (docs/method.md §3) and an m-dimensional analogue.
 
 Paper: "Vector Quantization using Gaussian Variational Autoencoder", Xu et al.,
 https://arxiv.org/abs/2512.06609. Logs are natural; rates ``R`` are in nats unless a name says
@@ -8,13 +8,13 @@ https://arxiv.org/abs/2512.06609. Logs are natural; rates ``R`` are in nats unle
 codewords. The theorems' ``zhat`` is the codeword of highest posterior density, i.e. the
 nearest one to ``mu`` (rule ``nn``: GQ score with ``beta = 0``): only for it is
 ``P(|zhat - mu| >= sigma) = P(no codeword in [mu - sigma, mu + sigma]) = (1 - p)^K``,
-``p = Phi(mu + sigma) - Phi(mu - sigma)``, for an i.i.d. N(0, 1) codebook (SPEC 3's exact
-formula). SPEC 2's score with ``beta = 1`` (rule ``gq``) is a different rule: for ``sigma < 1``
+``p = Phi(mu + sigma) - Phi(mu - sigma)``, for an i.i.d. N(0, 1) codebook (docs/method.md §3's exact
+formula). docs/method.md §2's score with ``beta = 1`` (rule ``gq``) is a different rule: for ``sigma < 1``
 it picks the codeword nearest to ``mu / (1 - sigma^2)``, the mode of q/p rather than of q. Both
 are simulated; ``gq`` gets its own exact value by quadrature (:func:`exact_failure_rule`).
 
-Bounds. With the signed ``t = log K - R``: ``upper = exp(-e^t sqrt(2/pi) e^(-c1 - 1/2))`` (SPEC's
-``log K = R + t``) and ``lower = 1 - e^t sqrt(2/pi) e^(c2^2/2 - 1/2)`` (SPEC's ``log K = R - t'``,
+Bounds. With the signed ``t = log K - R``: ``upper = exp(-e^t sqrt(2/pi) e^(-c1 - 1/2))`` (docs/method.md §3's
+``log K = R + t``) and ``lower = 1 - e^t sqrt(2/pi) e^(c2^2/2 - 1/2)`` (docs/method.md §3's ``log K = R - t'``,
 ``t' = -t``), ``c1 = |mu sigma|``, ``c2 = |mu| + sigma`` of the posterior itself. Both hold at
 every ``t`` with ``K >= 1`` for rule ``nn`` and i.i.d. codebooks: ``e^-Kp >= (1 - p)^K >= 1 - Kp``
 and ``p`` lies between ``2 sigma`` times the least and the largest normal density on the interval.
@@ -22,7 +22,7 @@ and ``p`` lies between ``2 sigma`` times the least and the largest normal densit
 Posteriors. A family is (R, mean share f): ``mu = sqrt(2 f R)`` and ``sigma < 1`` carries the rest
 (:func:`posterior_for_rate`); ``f = 0`` (``mu = 0``) makes both bounds nearly tight.
 
-Codebooks. ``iid``: a fresh N(0, 1) codebook per trial. ``sobol``: the GQ codebook of SPEC 2
+Codebooks. ``iid``: a fresh N(0, 1) codebook per trial. ``sobol``: the GQ codebook of docs/method.md §2
 (:func:`gaussquant.quantizers.gaussian_quant.gaussian_codebook`), deterministic given its seed.
 In 1-D the posterior of a row is fixed, so the randomness is the scrambling: trial ``i`` uses
 seed ``sobol_seed + i``; every scrambled point is marginally N(0, 1), so the estimate compares
@@ -33,7 +33,7 @@ m-D event. For ``m`` dims with a diagonal posterior, ``zhat`` fails when it lies
 highest-density ellipsoid of q with the q-mass of the 1-sigma interval (0.6827):
 ``||(zhat - mu) / sigma||_2^2 >= chi2_m^-1(0.6827)`` (for ``m = 1`` exactly ``|zhat - mu| >=
 sigma``). For rule ``nn`` (argmax q) that means "no codeword in the ellipsoid", the fewest
-failures any rule can have; the SPEC 2 score can only fail more often.
+failures any rule can have; the docs/method.md §2 score can only fail more often.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def posterior_for_rate(rate, mean_share) -> tuple[np.ndarray, np.ndarray]:
     """The posterior family used here: KL = ``rate`` nats of which a share ``f`` in [0, 1) is
     carried by the mean: ``mu = sqrt(2 f R) >= 0`` and ``sigma < 1`` solves
     ``(sigma^2 - 1 - 2 log sigma) / 2 = (1 - f) R``. ``f = 0`` is the centred posterior (both
-    SPEC 3 bounds are tightest there: c1 = 0, c2 = sigma); ``f -> 1`` gives sigma -> 1.
+    docs/method.md §3 bounds are tightest there: c1 = 0, c2 = sigma); ``f -> 1`` gives sigma -> 1.
     Elementwise over broadcast arrays; returns ``(mu, sigma)``."""
     rate, share = np.broadcast_arrays(np.asarray(rate, float), np.asarray(mean_share, float))
     return np.sqrt(2.0 * share * rate), variance_sigma((1.0 - share) * rate)
@@ -97,7 +97,7 @@ def interval_mass(mu: np.ndarray | float, sigma: np.ndarray | float) -> np.ndarr
 
 
 def exact_failure(mu, sigma, k) -> np.ndarray:
-    """SPEC 3 exact ``P(|zhat - mu| >= sigma) = (1 - p)^K``, nearest-neighbour rule, i.i.d.
+    """docs/method.md §3 exact ``P(|zhat - mu| >= sigma) = (1 - p)^K``, nearest-neighbour rule, i.i.d.
     N(0, 1) codebook of ``k`` points. Broadcasts."""
     return np.exp(np.asarray(k, float) * np.log1p(-interval_mass(mu, sigma)))
 
@@ -137,12 +137,12 @@ def exact_failure_rule(mu: float, sigma: float, k: int, beta: float) -> float:
 
 
 def upper_bound(t, c1) -> np.ndarray:
-    """SPEC 3 upper bound on the failure probability at ``log K = R + t``."""
+    """docs/method.md §3 upper bound on the failure probability at ``log K = R + t``."""
     return np.exp(-np.exp(np.asarray(t, float)) * SQRT_2_OVER_PI * np.exp(-np.asarray(c1) - 0.5))
 
 
 def lower_bound(t, c2) -> np.ndarray:
-    """SPEC 3 lower bound at ``log K = R + t`` (SPEC writes ``log K = R - t'``, ``t' = -t``),
+    """docs/method.md §3 lower bound at ``log K = R + t`` (docs/method.md §3 writes ``log K = R - t'``, ``t' = -t``),
     clipped at 0 (a negative bound says nothing)."""
     c2 = np.asarray(c2, float)
     val = 1.0 - np.exp(np.asarray(t, float)) * SQRT_2_OVER_PI * np.exp(c2 * c2 / 2 - 0.5)
@@ -186,7 +186,7 @@ def _torch_single_thread() -> Iterator[None]:
 
 
 def sobol_codebook(k: int, m: int, seed: int) -> np.ndarray:
-    """SPEC 2 GQ codebook (k, m) as float64 numpy (values are the float32 codewords)."""
+    """docs/method.md §2 GQ codebook (k, m) as float64 numpy (values are the float32 codewords)."""
     from gaussquant.quantizers.gaussian_quant import gaussian_codebook
 
     return gaussian_codebook(k, m, seed).double().numpy()
@@ -213,7 +213,7 @@ def failures_1d(codebooks: np.ndarray, mu: float, sigma: float, beta: float) -> 
 
 def failures_md(codebooks: np.ndarray, mu: np.ndarray, sigma: np.ndarray, beta: float):
     """Per-trial m-D failure (see module doc). ``codebooks`` (n, K, m) or one shared (K, m);
-    ``mu``, ``sigma`` (n, m). The score is SPEC 2's, as a product of query ``[beta - 1/sigma^2,
+    ``mu``, ``sigma`` (n, m). The score is docs/method.md §2's, as a product of query ``[beta - 1/sigma^2,
     2 mu/sigma^2]`` with codeword features ``[c^2, c]`` (the constant term dropped). Bool (n,)."""
     qa, qb = beta - 1.0 / sigma**2, 2.0 * mu / sigma**2
     if codebooks.ndim == 2:  # one codebook for all trials
@@ -253,7 +253,7 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
 
 
 def run_1d(cfg: TheoryConfig, progress: bool = False) -> pd.DataFrame:
-    """Rows for every (kind, R, K, mean share, rule): MC estimate with CI, exact value, SPEC 3
+    """Rows for every (kind, R, K, mean share, rule): MC estimate with CI, exact value, docs/method.md §3
     bounds. ``K = max(1, round(e^(R + t)))`` over ``t_grid``; the row's ``t`` is ``log K - R``.
     One codebook draw per trial serves every family and rule of the row's (kind, R, K)."""
     from tqdm import tqdm
@@ -302,7 +302,7 @@ def run_1d(cfg: TheoryConfig, progress: bool = False) -> pd.DataFrame:
 def run_md(cfg: TheoryConfig, progress: bool = False) -> pd.DataFrame:
     """Rows for every (kind, m, t_bits, rule) of the m-D experiment (module doc). ``exact`` is
     filled only where it is known: m = 1, rule nn, i.i.d. (mean of the 1-D formula over the
-    drawn posteriors); the SPEC 3 bounds do not cover m-D and are left empty. Both kinds see
+    drawn posteriors); the docs/method.md §3 bounds do not cover m-D and are left empty. Both kinds see
     the same posteriors (same seed)."""
     from tqdm import tqdm
 
@@ -381,7 +381,7 @@ def _family_panels(axes, fam: pd.DataFrame, color) -> None:
 
 def plot_theory(df: pd.DataFrame, out) -> None:
     """Four log-y panels, PNG written atomically: (a) failure vs ``t`` (``log K = R + t``) with
-    the SPEC 3 upper bound; (b) success ``1 - P`` vs ``t' = R - log K`` with ``1 - lower``;
+    the docs/method.md §3 upper bound; (b) success ``1 - P`` vs ``t' = R - log K`` with ``1 - lower``;
     (c) 1-D nearest neighbour vs GQ score; (d) the m-D experiment (GQ score solid, nn dotted).
     Markers: MC, circles i.i.d., squares Sobol, bars the CI; triangles: upper CI of a zero."""
     import matplotlib
@@ -406,8 +406,8 @@ def plot_theory(df: pd.DataFrame, out) -> None:
     for kind, marker in MARKERS.items():  # legend entries for the marker shapes
         for ax in (ax_up, ax_md):
             ax.plot([], [], marker, color="0.3", ls="none", label=f"MC, {kind} codebook")
-    ax_up.plot([], [], "--", color="0.3", label="SPEC 3 upper bound")
-    ax_lo.plot([], [], "--", color="0.3", label="1 - SPEC 3 lower bound")
+    ax_up.plot([], [], "--", color="0.3", label="docs/method.md §3 upper bound")
+    ax_lo.plot([], [], "--", color="0.3", label="1 - docs/method.md §3 lower bound")
     ax_lo.plot([], [], "-", color="0.3", label="exact (i.i.d.)")
     ax_rule.plot([], [], "-.", color="0.3", label="exact, GQ score")
     panels = [

@@ -1,4 +1,4 @@
-"""Training loop (SPEC 5) with Accelerate: the same code on CPU, one GPU or many.
+"""Training loop (docs/method.md §5) with Accelerate: the same code on CPU, one GPU or many.
 
 :func:`train` reads top to bottom: accelerator and seed, model and losses, optimisers, resume,
 data, loop (:func:`train_step`: the generator block, then the discriminator block, written

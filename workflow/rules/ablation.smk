@@ -1,4 +1,4 @@
-# Ablations (SPEC 3, 7) on one (arch, rate) of the TDC VAE: codebook size, TDC tolerance,
+# Ablations (docs/method.md §3, §7) on one (arch, rate) of the TDC VAE: codebook size, TDC tolerance,
 # codebook seed, KL ranges vanilla vs TDC. Outputs under results/<profile>/ablation/.
 wildcard_constraints:
     tol=r"[0-9]+(\.[0-9]+)?",

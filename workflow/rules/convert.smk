@@ -1,4 +1,4 @@
-# Training-free conversions (SPEC 2, 4): a trained Gaussian VAE -> GQ or TokenBridge VQ-VAE.
+# Training-free conversions (docs/method.md §2, §4): a trained Gaussian VAE -> GQ or TokenBridge VQ-VAE.
 
 
 rule convert:

@@ -1,4 +1,4 @@
-# One metrics JSON per evaluated row (method or conversion), arch and rate (SPEC 6).
+# One metrics JSON per evaluated row (method or conversion), arch and rate (docs/method.md §6).
 
 
 rule evaluate:

@@ -1,6 +1,6 @@
 # Released official checkpoints (params `official.checkpoints`: configuration name -> .ckpt,
 # downloaded from Hugging Face xutongda/GQModel) through our protocol: import (a Gaussian VAE
-# also converted to GQ), evaluate on the validation images, tabulate next to SPEC 7.
+# also converted to GQ), evaluate on the validation images, tabulate next to docs/method.md §7.
 # Target: evaluate_official (meant for the paper profile; README "Use the released weights").
 # Names and helpers: OFFICIAL, official_source, official_metrics in common.smk.
 

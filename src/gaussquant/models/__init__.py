@@ -1,4 +1,4 @@
-"""Autoencoder backbones (SPEC 5), chosen by name from one literal dict.
+"""Autoencoder backbones (docs/method.md §5), chosen by name from one literal dict.
 
 ``BACKBONES[arch] = (encoder class, decoder class, config class)``; the autoencoder
 (:mod:`gaussquant.models.autoencoder`) puts a bottleneck between the two halves.

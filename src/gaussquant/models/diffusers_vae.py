@@ -2,7 +2,7 @@
 
 Optional extra: ``pip install -e ".[diffusers]"``. Any ``AutoencoderKL`` (SD 1.x/2.x/SDXL with
 4 latent channels, SD3/FLUX with 16) is a Gaussian VAE: its encoder emits ``2C`` channels, mean
-then log-variance, exactly our bottleneck input (SPEC 1), so GQ conversion, TokenBridge and TDC
+then log-variance, exactly our bottleneck input (docs/method.md §1), so GQ conversion, TokenBridge and TDC
 fine-tuning apply unchanged.
 
 VAE spec (``--vae``): ``PATH_OR_ID[:SUBFOLDER]``.
@@ -203,7 +203,7 @@ def scaled_to_raw(z: torch.Tensor, config: dict[str, Any]) -> torch.Tensor:
 class DiffusersEncoder(nn.Module):
     """``vae.encoder`` + ``quant_conv``: ``x`` (B, 3, H, W) in [-1, 1] -> (B, 2C, H/f, W/f) =
     ``[mean, logvar]`` of ``vae.encode(x).latent_dist`` bit for bit (logvar clamped to
-    [-30, 20] like diffusers and SPEC 1). Shares the VAE's modules (no copy); diffusers'
+    [-30, 20] like diffusers and docs/method.md §1). Shares the VAE's modules (no copy); diffusers'
     tiling and slicing are not used."""
 
     def __init__(self, vae):

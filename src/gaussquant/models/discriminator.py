@@ -1,4 +1,4 @@
-"""PatchGAN discriminator with ActNorm (SPEC section 5).
+"""PatchGAN discriminator with ActNorm (docs/method.md §5).
 
 The official configuration uses the taming-transformers / LDM ``NLayerDiscriminator``
 (pix2pix PatchGAN) with ``ndf: 160, n_layers: 6, use_actnorm: True``. Written from that

@@ -1,6 +1,6 @@
-"""Convolutional autoencoder backbone in the SD3-VAE / LDM style (SPEC section 5).
+"""Convolutional autoencoder backbone in the SD3-VAE / LDM style (docs/method.md §5).
 
-Written from the SPEC and the structure of the official configuration
+Written from docs/method.md §5 and the structure of the official configuration
 (`tongdaxu/VQ-VAE-from-Gaussian-VAE` ``configs/sd3unet_*.yaml``: ``pit.modules.unet.Encoder`` /
 ``Decoder``, themselves Stability-AI ``generative-models``' LDM autoencoder) with
 ``attn_resolutions: [32]`` and the mid-block attention commented out.
@@ -24,11 +24,11 @@ token layout), so imported official weights (:mod:`gaussquant.official`) give th
 outputs to float32 rounding (tests/test_official.py).
 
 Parameter counts of the paper configuration (checked in tests/test_models.py): encoder with
-out_channels = 2C = 32: 35,325,856 (SPEC: about 35.3 M); decoder with in_channels = C = 16:
-51,648,771 (SPEC: about 51.6 M). Both need exactly this structure: two attention blocks in the
+out_channels = 2C = 32: 35,325,856 (docs/method.md §5: about 35.3 M); decoder with in_channels = C = 16:
+51,648,771 (docs/method.md §5: about 51.6 M). Both need exactly this structure: two attention blocks in the
 encoder's 32x32 level and three in the decoder's (one after each of its num_res_blocks + 1
 blocks), two mid-block ResNet blocks, no mid-block attention. One 512-channel attention block is
-1,051,648 parameters (3 % of the encoder), so one more or one fewer misses the SPEC numbers.
+1,051,648 parameters (3 % of the encoder), so one more or one fewer misses the docs/method.md §5 numbers.
 With ``attn_levels=[]``, ``mid_attn=True`` and 8 / 4 latent channels the same code gives the
 SD 1.x VAE's 34,163,592 / 49,490,179.
 """

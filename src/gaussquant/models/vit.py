@@ -1,6 +1,6 @@
-"""Vision-transformer autoencoder backbone in the BSQ-ViT style, ViT-B/8 (SPEC section 5).
+"""Vision-transformer autoencoder backbone in the BSQ-ViT style, ViT-B/8 (docs/method.md §5).
 
-Written from the SPEC and the structure of the official configuration
+Written from docs/method.md §5 and the structure of the official configuration
 (`tongdaxu/VQ-VAE-from-Gaussian-VAE` ``configs/bsqvit_gq_*.yaml``: ``pit.modules.vit``
 ``TransformerEncoder`` / ``TransformerDecoder``, taken from `zhaoyue-zephyrus/bsq-vit`).
 
@@ -20,8 +20,8 @@ Structure (N = (image_size / patch)^2 tokens, w = width):
   the latent projections (encoder out, decoder in) and the head biases torch's default.
 
 Parameter counts of the paper configuration (tests/test_models.py checks them in closed form):
-encoder with out_channels = 2C = 32: 86,016,032 (SPEC: about 86.0 M); decoder with in_channels
-= C = 16: 88,809,408 (SPEC: about 88.8 M). The decoder's extra 2.95 M are the tanh head with
+encoder with out_channels = 2C = 32: 86,016,032 (docs/method.md §5: about 86.0 M); decoder with in_channels
+= C = 16: 88,809,408 (docs/method.md §5: about 88.8 M). The decoder's extra 2.95 M are the tanh head with
 hidden width 3072 (BSQ-ViT's fixed ``dim_ffn_output``; here ``head_ratio * width``).
 """
 

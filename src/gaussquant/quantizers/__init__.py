@@ -1,4 +1,4 @@
-"""Quantizers (SPEC 2, 4): one per file, all returning :class:`QuantizerOutput`.
+"""Quantizers (docs/method.md §2, §4): one per file, all returning :class:`QuantizerOutput`.
 
 ``BUILDERS`` is the one place a trained method's bottleneck is chosen by name (the names of
 :data:`gaussquant.methods.METHODS`): each builds itself from its config section at a rate.

@@ -1,4 +1,4 @@
-"""Binary Spherical Quantization (BSQ), SPEC section 4.
+"""Binary Spherical Quantization (BSQ), docs/method.md §4.
 
 Paper: "Image and Video Tokenization with Binary Spherical Quantization", Zhao et al.,
 https://arxiv.org/abs/2406.07548 (BSQ-ViT). The latent vector u = z / ||z|| (over the d
@@ -62,7 +62,7 @@ class BSQ(nn.Module):
 
     z_q = sign(u) / sqrt(d) in eval; straight-through around u = z/||z|| in training. In
     training ``losses["entropy"]`` = weight x aux loss and ``stats`` the unweighted terms;
-    in eval no loss is computed. Defaults are the paper's values (SPEC 4).
+    in eval no loss is computed. Defaults are the paper's values (docs/method.md §4).
     """
 
     @classmethod

@@ -1,4 +1,4 @@
-"""Finite Scalar Quantization (FSQ), SPEC section 4.
+"""Finite Scalar Quantization (FSQ), docs/method.md §4.
 
 Paper: "Finite Scalar Quantization: VQ-VAE Made Simple", Mentzer et al.,
 https://arxiv.org/abs/2309.15505. Numerically identical to ``vector-quantize-pytorch``'s FSQ

@@ -1,4 +1,4 @@
-"""Gaussian Quant (GQ): training-free conversion of a Gaussian VAE into a VQ-VAE, SPEC section 2.
+"""Gaussian Quant (GQ): training-free conversion of a Gaussian VAE into a VQ-VAE, docs/method.md §2.
 
 Paper: "Vector Quantization using Gaussian Variational Autoencoder", Xu et al.,
 https://arxiv.org/abs/2512.06609 (official code: github.com/tongdaxu/VQ-VAE-from-Gaussian-VAE).
@@ -264,7 +264,7 @@ def _rescore(gmax, thr, query, feats, c64, mu64, sigma64, beta, counts):
 
 # ----------------------------------------------------------------------------- module
 class GaussianQuant(nn.Module):
-    """Eval-time GQ quantizer for a Gaussian VAE latent (SPEC 2).
+    """Eval-time GQ quantizer for a Gaussian VAE latent (docs/method.md §2).
 
     latent_channels C, codebook_size K (power of two), dim m (divides C): C/m tokens per latent
     position, each a log2 K-bit index. Input z: (B, 2C, H, W) = [mu, logvar]; logvar clamped to

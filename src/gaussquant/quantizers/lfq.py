@@ -1,4 +1,4 @@
-"""Lookup-Free Quantization (LFQ, MAGVIT-v2), SPEC section 4.
+"""Lookup-Free Quantization (LFQ, MAGVIT-v2), docs/method.md §4.
 
 Paper: "Language Model Beats Diffusion -- Tokenizer is Key to Visual Generation", Yu et al.,
 https://arxiv.org/abs/2310.05737. The formulas below reproduce the official fork's LFQ
@@ -71,7 +71,7 @@ class LFQ(nn.Module):
 
     In training, ``losses`` holds ``entropy`` (weight x aux loss) and ``commit`` (weight x
     commitment); ``stats`` the unweighted terms. In eval no loss is computed.
-    Defaults are the paper's values (SPEC 4).
+    Defaults are the paper's values (docs/method.md §4).
     """
 
     @classmethod

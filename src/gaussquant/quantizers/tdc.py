@@ -1,11 +1,11 @@
-"""Gaussian VAE bottleneck with the target divergence constraint (TDC), SPEC section 1.
+"""Gaussian VAE bottleneck with the target divergence constraint (TDC), docs/method.md §1.
 
 Paper: "Vector Quantization using Gaussian Variational Autoencoder", Xu et al.,
 https://arxiv.org/abs/2512.06609. The encoder emits ``2C`` channels (``mu`` then ``logvar``);
 training samples ``z = mu + sigma * eps``; the regulariser is either TDC (per-token KL in bits
 pulled to ``log2 K`` with three multipliers) or the vanilla summed KL (nats).
 
-Token layout is strided (SPEC 1): token ``k`` holds channels ``k, k + C/m, k + 2C/m, ...``;
+Token layout is strided (docs/method.md §1): token ``k`` holds channels ``k, k + C/m, k + 2C/m, ...``;
 stated once in :mod:`gaussquant.posterior`.
 """
 
@@ -31,7 +31,7 @@ def _local_reduce(x: torch.Tensor, op: str) -> torch.Tensor:
 
 
 class TDCRegularizer(nn.Module):
-    """Per-token KL constraint with multipliers ``lam``, ``lam_min``, ``lam_max`` (SPEC 1).
+    """Per-token KL constraint with multipliers ``lam``, ``lam_min``, ``lam_max`` (docs/method.md §1).
 
     Multipliers are buffers: saved with the training state and restored on resume (the
     official code keeps plain floats that reset on resume). Batch statistics (mean, min, max of
@@ -102,7 +102,7 @@ class TDCRegularizer(nn.Module):
     @torch.no_grad()
     def _update(self, bits_mean: torch.Tensor, bits_min: torch.Tensor, bits_max: torch.Tensor):
         f, target, tol = self.cfg.factor, self.target, self.cfg.tolerance
-        self.lam.mul_(f if bits_mean > target else 1.0 / f)  # unbounded (SPEC 1)
+        self.lam.mul_(f if bits_mean > target else 1.0 / f)  # unbounded (docs/method.md §1)
         self.lam_max.mul_(f if bits_max > target + tol else 1.0 / f).clamp_(*self.cfg.lam_max_range)
         self.lam_min.mul_(1.0 / f if bits_min < target - tol else f).clamp_(*self.cfg.lam_min_range)
 

@@ -1,8 +1,8 @@
-"""TokenBridge post-training quantization of a Gaussian VAE latent, SPEC section 4.
+"""TokenBridge post-training quantization of a Gaussian VAE latent, docs/method.md §4.
 
 Paper: "Bridging Continuous and Discrete Tokens for Autoregressive Visual Generation",
 Wang et al., ICCV 2025, https://arxiv.org/abs/2503.16430. No official TokenBridge+TDC code
-exists; this is our protocol (SPEC 4): m = 1, every latent channel is its own token.
+exists; this is our protocol (docs/method.md §4): m = 1, every latent channel is its own token.
 
 What is quantized: the posterior mean ``mu`` (the latent the decoder sees in eval; the
 log-variance is ignored). Each value goes into one of 2^B bins whose edges are the

@@ -1,4 +1,4 @@
-"""VQGAN vector quantizer (learned codebook, nearest neighbour, straight-through), SPEC section 4.
+"""VQGAN vector quantizer (learned codebook, nearest neighbour, straight-through), docs/method.md §4.
 
 Paper: "Taming Transformers for High-Resolution Image Synthesis", Esser et al.,
 https://arxiv.org/abs/2012.09841 (VQ-VAE: van den Oord et al., https://arxiv.org/abs/1711.00937).

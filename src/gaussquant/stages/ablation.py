@@ -1,5 +1,5 @@
 """`gaussquant ablation`: tables and figures of the codebook-size, tolerance, seed and KL-range
-ablations (SPEC 3, 7)."""
+ablations (docs/method.md §3, §7)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from gaussquant.stages.common import add_params_args, load_stage_config
 
 CAPTIONS = {
     "codebook": "GQ reconstruction vs codebook size: log2 K - R, R = mean per-token KL of the TDC VAE "
-    "(SPEC 3: larger K buys little, smaller K breaks reconstruction).",
+    "(docs/method.md §3: larger K buys little, smaller K breaks reconstruction).",
     "tolerance": "TDC tolerance alpha: reconstruction after GQ and the spread of per-token KL.",
     "seed": "GQ codebook seed: the same trained VAE converted with different Sobol seeds.",
     "kl": "Per-token and per-dimension KL (bits) on validation images: vanilla vs TDC "
-    "(SPEC 7 reports 0.26-27.29 vs 2.93-5.63 bits per dimension at ImageNet scale).",
+    "(docs/method.md §7 reports 0.26-27.29 vs 2.93-5.63 bits per dimension at ImageNet scale).",
 }
 
 

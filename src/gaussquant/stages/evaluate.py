@@ -11,7 +11,7 @@ from gaussquant.stages.common import add_params_args, load_stage_config
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "evaluate", help="PSNR/SSIM/LPIPS/rFID/codebook stats of a checkpoint (SPEC 6)"
+        "evaluate", help="PSNR/SSIM/LPIPS/rFID/codebook stats of a checkpoint (docs/method.md §6)"
     )
     add_params_args(p)
     p.add_argument("--ckpt", required=True, type=Path, help="trained or converted checkpoint")

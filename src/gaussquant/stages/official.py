@@ -6,7 +6,7 @@ checkpoint (with the source's sha256 and the official configuration name); every
 tensor is used and every one of ours filled, else the command fails naming the keys.
 ``--eval-out`` also writes the model our evaluation measures (a Gaussian VAE converted to GQ).
 ``export-official OURS.pt --out CKPT`` writes the inverse, ``{"state_dict": ...}``.
-``official-table --out PREFIX METRICS...`` puts evaluated official checkpoints next to SPEC 7.
+``official-table --out PREFIX METRICS...`` puts evaluated official checkpoints next to docs/method.md §7.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     t = sub.add_parser(
         "official-table",
-        help="evaluated official checkpoints next to the published SPEC 7 numbers (CSV, Markdown)",
+        help="evaluated official checkpoints next to the published docs/method.md §7 numbers (CSV, Markdown)",
     )
     add_params_args(t)
     t.add_argument("--out", required=True, type=Path, help="output prefix (writes .csv, .md)")
@@ -132,7 +132,7 @@ def run_table(args: argparse.Namespace) -> int:
     data = "ImageNet" if cfg.data.source == "folder" else "bundled-photo"
     caption = (
         f"Released official checkpoints evaluated with our protocol on the {data} validation "
-        f"set ({cfg.profile} profile), next to the published values (SPEC 7); diff = ours - paper."
+        f"set ({cfg.profile} profile), next to the published values (docs/method.md §7); diff = ours - paper."
     )
     for path in write_comparison(table, args.out, cfg.table.decimals, caption):
         print(f"wrote {path}")

@@ -1,4 +1,4 @@
-"""`gaussquant theory`: Monte-Carlo experiment of the 1-D GQ theorems (SPEC 3) and an m-D
+"""`gaussquant theory`: Monte-Carlo experiment of the 1-D GQ theorems (docs/method.md §3) and an m-D
 analogue; writes the results table (CSV) and the figure (PNG). See :mod:`gaussquant.theory`."""
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from gaussquant.stages.common import add_params_args, load_stage_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("theory", help="Monte-Carlo check of the SPEC 3 theorems (CSV + figure)")
+    p = sub.add_parser(
+        "theory", help="Monte-Carlo check of the docs/method.md §3 theorems (CSV + figure)"
+    )
     add_params_args(p)
     p.add_argument("--out-csv", required=True, type=Path, help="results table (CSV)")
     p.add_argument("--out-fig", required=True, type=Path, help="figure (PNG)")
@@ -37,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
 def summary(df) -> str:
     """One line per check: how many i.i.d. nearest-neighbour rows have the exact value inside
-    their CI, and how many CIs reach the SPEC 3 bounds (both should be all)."""
+    their CI, and how many CIs reach the docs/method.md §3 bounds (both should be all)."""
     rows = df[df.bounds_apply.astype(bool)]
     in_ci = ((rows.exact >= rows.ci_low) & (rows.exact <= rows.ci_high)).sum()
     exact_ok = ((rows.lower <= rows.exact) & (rows.exact <= rows.upper)).sum()

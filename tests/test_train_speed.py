@@ -127,7 +127,13 @@ def test_speed_settings_run(tiny_cfg, tiny_data, weights_dir, tmp_path, train_ke
         train=dataclasses.replace(tiny_cfg.train, **train_keys),
         loss=dataclasses.replace(tiny_cfg.loss, **loss_keys),
     )
-    state, log = _run(cfg, tiny_data, tmp_path, weights_dir)
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)  # the process-wide state fixes the precision once
+    try:
+        state, log = _run(cfg, tiny_data, tmp_path, weights_dir)
+    finally:
+        AcceleratorState._reset_state(True)
     assert log["loss"].notna().all()
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 

@@ -179,11 +179,13 @@ def test_md_results(results):
 
 
 def test_config_rejects_bad_values():
-    with pytest.raises(ValueError, match="kinds"):
+    from gaussquant.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="theory.kinds"):  # one exception type for every section
         T.TheoryConfig(kinds=["halton"])
-    with pytest.raises(ValueError, match="mean_shares"):
+    with pytest.raises(ConfigError, match="theory.mean_shares"):
         T.TheoryConfig(mean_shares=[1.0])
-    with pytest.raises(ValueError, match="md_t_bits"):
+    with pytest.raises(ConfigError, match="theory.md_t_bits"):
         T.TheoryConfig(md_rate_bits=16, md_t_bits=[1])
     with pytest.raises(T.GaussquantError, match="max_codebook"):
         T.run_1d(T.TheoryConfig(rates=[12.0], max_codebook=1024, md_rate_bits=4))

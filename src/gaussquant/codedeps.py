@@ -35,6 +35,10 @@ def _imported_modules(path: Path) -> set[str]:
     for node in ast.walk(tree):  # `if TYPE_CHECKING:` imports never run: drop their bodies
         if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING"):
             node.body = []
+    if path.name == "__init__.py":  # a package's lazy exports (PEP 562 module __getattr__) run
+        for node in tree.body:  # when a user reads the attribute, never when a submodule loads
+            if isinstance(node, ast.FunctionDef) and node.name == "__getattr__":
+                node.body = []
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):

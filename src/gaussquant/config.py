@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from gaussquant.errors import ConfigError
-from gaussquant.methods import HYPER_METHODS, TABLE1_METHODS, rate_shapes
+from gaussquant.methods import HYPER_METHODS, rate_shapes
 from gaussquant.sections import (  # noqa: F401 (re-exported: import every section from here)
     ARCHS,
     BSQ_ENTROPY_RULES,
@@ -58,6 +58,9 @@ from gaussquant.sections import (  # noqa: F401 (re-exported: import every secti
     VanillaConfig,
     ViTConfig,
     VQConfig,
+    check,
+    check_allowed,
+    check_power_of_two,
 )
 
 # ----------------------------------------------------------------------------- loading
@@ -150,7 +153,7 @@ def config_from_dict(data: dict[str, Any]) -> Config:
         )
     cfg = _build(Config, data, "")
     res, f = cfg.data.resolution, cfg.model.downsample
-    _check(
+    check(
         res > 0 and res % f == 0,
         f"data.resolution: {res} must be a positive multiple of model.downsample={f}",
     )
@@ -259,98 +262,40 @@ def _join(prefix: str, key: str) -> str:
 # ----------------------------------------------------------------------------- validation
 
 
-def _is_pow2(n: int) -> bool:
-    return n > 0 and n & (n - 1) == 0
-
-
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ConfigError(msg)
-
-
-def _allowed(key: str, value: Any, allowed: tuple) -> None:
-    _check(
-        value in allowed,
-        f"{key}: {value!r} is not allowed; allowed: {', '.join(map(str, allowed))}",
-    )
-
-
 def validate(cfg: Config) -> None:
-    """Impossible values raise :class:`ConfigError` naming the key and what is allowed; every
+    """The checks that relate two sections (each section checks itself when built, in
+    :mod:`gaussquant.sections`): :class:`ConfigError` naming the key and what is allowed. Every
     method's shape at every rate is derived here once (:func:`gaussquant.methods.rate_shapes`)."""
-    _allowed("profile", cfg.profile, PROFILES)
-    m, t = cfg.model, cfg.train
-    c, f = m.latent_channels, m.downsample
-    _check(c > 0, f"model.latent_channels: must be positive, got {c}")
-    _check(_is_pow2(f), f"model.downsample: must be a power of two, got {f}")
-    _check(
-        cfg.data.resolution % f == 0,
-        f"data.resolution: {cfg.data.resolution} must be a multiple of model.downsample={f}",
+    check_allowed("profile", cfg.profile, PROFILES)
+    res, f, d = cfg.data.resolution, cfg.model.downsample, cfg.model.discriminator
+    check(res % f == 0, f"data.resolution: {res} must be a multiple of model.downsample={f}")
+    check(
+        res >= 32, f"data.resolution: {res} px is below 32 px, the smallest LPIPS AlexNet accepts"
     )
-    unet_f = 2 ** (len(m.unet.ch_mult) - 1)
-    _check(
-        unet_f == f,
-        f"model.unet.ch_mult: {len(m.unet.ch_mult)} levels downsample by {unet_f}, but model.downsample is {f}",
+    check(
+        res >= d.min_image_size,
+        f"model.discriminator.n_layers: {d.n_layers} layers need images of at least "
+        f"{d.min_image_size} px, data.resolution is {res}",
     )
-    _check(m.vit.patch == f, f"model.vit.patch: {m.vit.patch} must equal model.downsample={f}")
-    _check(
-        cfg.data.resolution >= 32,
-        f"data.resolution: {cfg.data.resolution} px is below 32 px, the smallest LPIPS AlexNet accepts",
-    )
-    d = m.discriminator
-    _check(
-        cfg.data.resolution >= d.min_image_size,
-        f"model.discriminator.n_layers: {d.n_layers} layers need images of at least {d.min_image_size} px, "
-        f"data.resolution is {cfg.data.resolution}",
-    )
-
-    for key, k in (
-        ("tdc.codebook_size", cfg.tdc.codebook_size),
-        ("vq.codebook_size", cfg.vq.codebook_size),
-        ("fsq.level", cfg.fsq.level),
-    ):
-        _check(
-            _is_pow2(k) and k >= 2,
-            f"{key}: {k} is not a power of two (allowed: 2, 4, ..., 65536, ...)",
+    for key in ("lr", "batch_size"):  # params.yaml gives every method's value
+        missing = [m for m in HYPER_METHODS if m not in getattr(cfg.train, key)]
+        check(
+            not missing,
+            f"train.{key}: missing method {missing[0] if missing else ''!r}; give a value for "
+            f"each of {', '.join(HYPER_METHODS)}",
         )
-    _check(cfg.tdc.tolerance >= 0, f"tdc.tolerance: must be >= 0, got {cfg.tdc.tolerance}")
-    _check(cfg.tdc.factor > 1, f"tdc.factor: must be > 1, got {cfg.tdc.factor}")
-    for key, (lo, hi) in (
-        ("tdc.lam_max_range", cfg.tdc.lam_max_range),
-        ("tdc.lam_min_range", cfg.tdc.lam_min_range),
-    ):
-        _check(0 < lo <= hi, f"{key}: need 0 < low <= high, got [{lo}, {hi}]")
-    _allowed("bsq.entropy_rule", cfg.bsq.entropy_rule, BSQ_ENTROPY_RULES)
-    _check(cfg.lfq.temperature > 0, f"lfq.temperature: must be > 0, got {cfg.lfq.temperature}")
-
-    _check(t.steps >= 1, f"train.steps: must be >= 1, got {t.steps}")
-    for key in ("log_every", "save_every"):
-        _check(getattr(t, key) >= 1, f"train.{key}: must be >= 1, got {getattr(t, key)}")
-    _check(t.num_workers >= 0, f"train.num_workers: must be >= 0, got {t.num_workers}")
-    _check(cfg.loss.disc_start >= 0, f"loss.disc_start: must be >= 0, got {cfg.loss.disc_start}")
-    _check(
-        len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas),
-        f"train.betas: need two values in [0, 1), got {t.betas}",
+    _validate_rates(cfg)
+    a = cfg.ablation
+    check_allowed("ablation.rate", a.rate, tuple(cfg.rates))
+    log2k = int(math.log2(cfg.tdc.codebook_size))
+    check(
+        all(log2k + o >= 1 for o in a.codebook_log2_offsets),
+        f"ablation.codebook_log2_offsets: {a.codebook_log2_offsets} give K < 2 for log2 K = {log2k}",
     )
-    _check(0 <= t.lr_decay <= 1, f"train.lr_decay: must be in [0, 1], got {t.lr_decay}")
-    _allowed("train.mixed_precision", t.mixed_precision, MIXED_PRECISION)
-    _allowed("train.log_with", t.log_with, TRACKERS)
-    _allowed("loss.lpips_precision", cfg.loss.lpips_precision, LPIPS_PRECISION)
-    for key, table in (("train.lr", t.lr), ("train.batch_size", t.batch_size)):
-        for method in HYPER_METHODS:
-            _check(
-                method in table,
-                f"{key}: missing method {method!r}; give a value for each of {', '.join(HYPER_METHODS)}",
-            )
-        for method, v in table.items():
-            _allowed(f"{key} key", method, HYPER_METHODS)
-            _check(v > 0, f"{key}.{method}: must be positive, got {v}")
 
-    for method in cfg.experiment.methods:
-        _allowed("experiment.methods", method, TABLE1_METHODS)
-    for arch in cfg.experiment.archs:
-        _allowed("experiment.archs", arch, ARCHS)
-    _check(
+
+def _validate_rates(cfg: Config) -> None:
+    check(
         bool(cfg.rates) and len(set(cfg.rates)) == len(cfg.rates) and min(cfg.rates) >= 1,
         f"rates: need distinct bits per latent position >= 1, got {cfg.rates}",
     )
@@ -361,23 +306,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"rates: {bits} bits per latent position do not fit {err}") from None
     for key in ("rates", "figure1_rates"):
         for bits in getattr(cfg.experiment, key):
-            _allowed(f"experiment.{key}", bits, tuple(cfg.rates))
-    a = cfg.ablation
-    _allowed("ablation.arch", a.arch, ARCHS)
-    _allowed("ablation.rate", a.rate, tuple(cfg.rates))
-    _check(
-        all(t >= 0 for t in a.tolerances), f"ablation.tolerances: must be >= 0, got {a.tolerances}"
-    )
-    log2k = int(math.log2(cfg.tdc.codebook_size))
-    _check(
-        all(log2k + o >= 1 for o in a.codebook_log2_offsets),
-        f"ablation.codebook_log2_offsets: {a.codebook_log2_offsets} give K < 2 for log2 K = {log2k}",
-    )
-    _check(cfg.eval.batch_size >= 1, f"eval.batch_size: must be >= 1, got {cfg.eval.batch_size}")
-    _check(
-        cfg.eval.max_images >= 0,
-        f"eval.max_images: must be >= 0 (0 = all), got {cfg.eval.max_images}",
-    )
+            check_allowed(f"experiment.{key}", bits, tuple(cfg.rates))
 
 
 def migrate_rates(data: dict[str, Any], rate: str) -> tuple[dict[str, Any], str]:

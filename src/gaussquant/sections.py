@@ -16,8 +16,29 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gaussquant.errors import ConfigError
-from gaussquant.methods import TABLE1_METHODS, rate_shapes
+from gaussquant.methods import HYPER_METHODS, TABLE1_METHODS, rate_shapes
 from gaussquant.photos import BUNDLED_PHOTOS, STEREO_PAIR
+
+
+def check(cond: bool, message: str) -> None:
+    """A failed check of a parameter: :class:`ConfigError` with ``message``, which starts with the
+    dotted key and says what is allowed."""
+    if not cond:
+        raise ConfigError(message)
+
+
+def check_allowed(key: str, value: Any, allowed: tuple) -> None:
+    check(
+        value in allowed,
+        f"{key}: {value!r} is not allowed; allowed: {', '.join(map(str, allowed))}",
+    )
+
+
+def check_power_of_two(key: str, k: int) -> None:
+    """The one check that a codebook size (or FSQ level) is a power of two >= 2."""
+    ok = isinstance(k, int) and not isinstance(k, bool) and k >= 2 and k & (k - 1) == 0
+    check(ok, f"{key}: {k} is not a power of two (allowed: 2, 4, ..., 65536, ...)")
+
 
 # ----------------------------------------------------------------------------- data
 
@@ -262,11 +283,6 @@ class DiscriminatorConfig:
 # ----------------------------------------------------------------------------- tdc
 
 
-# The official code converts nats to bits with the truncated constant 1.4426 (not 1/ln 2 =
-# 1.442695...); the reference vectors (shared/reference tdc_*) are only matched with it.
-OFFICIAL_BITS_PER_NAT = 1.4426
-
-
 @dataclass
 class TDCConfig:
     """TDC hyperparameters; defaults are the paper's values (docs/method.md §1)."""
@@ -277,7 +293,17 @@ class TDCConfig:
     weight: float = 0.1  # config weight of the TDC loss (docs/method.md §1)
     lam_max_range: tuple[float, float] = (1.0, 1000.0)  # clamp of lam_max (docs/method.md §1)
     lam_min_range: tuple[float, float] = (0.001, 1.0)  # clamp of lam_min (docs/method.md §1)
-    bits_per_nat: float = OFFICIAL_BITS_PER_NAT  # 1/ln 2 = 1.4426950408889634 is the exact value
+    # the official code's truncated nats-to-bits constant (1/ln 2 = 1.4426950408889634 exactly);
+    # the official TDC steps in tests/data/reference are only matched with it
+    bits_per_nat: float = 1.4426
+
+    def __post_init__(self) -> None:
+        check_power_of_two("tdc.codebook_size", self.codebook_size)
+        check(self.tolerance >= 0, f"tdc.tolerance: must be >= 0, got {self.tolerance}")
+        check(self.factor > 1, f"tdc.factor: must be > 1, got {self.factor}")
+        for key in ("lam_max_range", "lam_min_range"):
+            lo, hi = getattr(self, key)
+            check(0 < lo <= hi, f"tdc.{key}: need 0 < low <= high, got [{lo}, {hi}]")
 
 
 # ----------------------------------------------------------------------------- theory
@@ -316,29 +342,36 @@ class TheoryConfig:
     chunk_elements: int = 1 << 22  # codebook floats held at once (32 MB in float64)
 
     def __post_init__(self) -> None:
-        # ValueError: config.py's strict loader reports it as "theory: <message>"
         for name, allowed in (("kinds", KINDS), ("rules", RULES)):
             values = getattr(self, name)
             if not values or any(v not in allowed for v in values):
-                raise ValueError(f"{name}: {values} not allowed; allowed: {', '.join(allowed)}")
+                raise ConfigError(
+                    f"theory.{name}: {values} not allowed; allowed: {', '.join(allowed)}"
+                )
         for name in ("trials", "sobol_trials", "md_trials", "max_codebook", "chunk_elements"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"theory.{name}: must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.ci_level < 1.0:
-            raise ValueError(f"ci_level: must be in (0, 1), got {self.ci_level}")
+            raise ConfigError(f"theory.ci_level: must be in (0, 1), got {self.ci_level}")
         if not 0.0 <= self.beta <= 1.0:  # beta > 1 leaves the score without a maximum
-            raise ValueError(f"beta: must be in [0, 1], got {self.beta}")
+            raise ConfigError(f"theory.beta: must be in [0, 1], got {self.beta}")
         shares = [*self.mean_shares, self.md_mean_share_max]
         if not self.mean_shares or not all(0.0 <= f < 1.0 for f in shares):
-            raise ValueError(f"mean_shares, md_mean_share_max: need values in [0, 1), got {shares}")
+            raise ConfigError(
+                f"theory.mean_shares, md_mean_share_max: need values in [0, 1), got {shares}"
+            )
         if not self.rates or not all(r > 0 for r in self.rates) or not self.t_grid:
-            raise ValueError("rates, t_grid: need positive rates (nats) and a non-empty grid")
+            raise ConfigError(
+                "theory.rates, t_grid: need positive rates (nats) and a non-empty grid"
+            )
         if self.md_rate_bits < 1 or not self.dims or not all(m >= 1 for m in self.dims):
-            raise ValueError(f"md_rate_bits, dims: need >= 1, got {self.md_rate_bits}, {self.dims}")
+            raise ConfigError(
+                f"theory.md_rate_bits, dims: need >= 1, got {self.md_rate_bits}, {self.dims}"
+            )
         top = math.log2(self.max_codebook)
         if not self.md_t_bits or not all(0 <= self.md_rate_bits + t <= top for t in self.md_t_bits):
-            raise ValueError(
-                f"md_t_bits: {self.md_t_bits} gives K = 2^(md_rate_bits + t) outside "
+            raise ConfigError(
+                f"theory.md_t_bits: {self.md_t_bits} gives K = 2^(md_rate_bits + t) outside "
                 f"[1, max_codebook={self.max_codebook}]"
             )
 
@@ -375,6 +408,21 @@ class ModelConfig:
     vit: ViTConfig = field(default_factory=ViTConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
 
+    def __post_init__(self) -> None:
+        c, f = self.latent_channels, self.downsample
+        check(c > 0, f"model.latent_channels: must be positive, got {c}")
+        check(f >= 1 and f & (f - 1) == 0, f"model.downsample: must be a power of two, got {f}")
+        levels = len(self.unet.ch_mult)
+        check(
+            2 ** (levels - 1) == f,
+            f"model.unet.ch_mult: {levels} levels downsample by {2 ** (levels - 1)}, "
+            f"but model.downsample is {f}",
+        )
+        check(
+            self.vit.patch == f,
+            f"model.vit.patch: {self.vit.patch} must equal model.downsample={f}",
+        )
+
 
 @dataclass
 class LossConfig:
@@ -389,6 +437,10 @@ class LossConfig:
     lpips_precision: str = (
         "fp32"  # the frozen LPIPS-VGG loss network; the paper's fp32 (docs/method.md §5)
     )
+
+    def __post_init__(self) -> None:
+        check(self.disc_start >= 0, f"loss.disc_start: must be >= 0, got {self.disc_start}")
+        check_allowed("loss.lpips_precision", self.lpips_precision, LPIPS_PRECISION)
 
 
 @dataclass
@@ -415,6 +467,9 @@ class VQConfig:
     legacy_loss: bool = True  # taming's beta placement, what the paper's numbers used
     weight: float = 1.0
 
+    def __post_init__(self) -> None:
+        check_power_of_two("vq.codebook_size", self.codebook_size)
+
 
 @dataclass
 class LFQConfig:
@@ -425,6 +480,9 @@ class LFQConfig:
     commit_weight: float = 0.025
     temperature: float = 0.01
 
+    def __post_init__(self) -> None:
+        check(self.temperature > 0, f"lfq.temperature: must be > 0, got {self.temperature}")
+
 
 @dataclass
 class BSQConfig:
@@ -433,12 +491,18 @@ class BSQConfig:
     entropy_weight: float = 0.1
     entropy_rule: str = "repo"  # "repo" (what the numbers used) | "faithful" (BSQ-ViT paper)
 
+    def __post_init__(self) -> None:
+        check_allowed("bsq.entropy_rule", self.entropy_rule, BSQ_ENTROPY_RULES)
+
 
 @dataclass
 class FSQConfig:
     """FSQ (docs/method.md §4): ``bits / log2 level`` levels of ``level`` each per latent position."""
 
     level: int = 16  # the paper's levels of 16 (4 bits each); a power of two >= 2
+
+    def __post_init__(self) -> None:
+        check_power_of_two("fsq.level", self.level)
 
 
 @dataclass(frozen=True)
@@ -486,6 +550,21 @@ class TrainConfig:
     processes: int = 0  # GPUs (one process each) the workflow gives a training/evaluation; 0 = CPU
 
     def __post_init__(self) -> None:
+        check(self.steps >= 1, f"train.steps: must be >= 1, got {self.steps}")
+        for key in ("log_every", "save_every"):
+            check(getattr(self, key) >= 1, f"train.{key}: must be >= 1, got {getattr(self, key)}")
+        check(self.num_workers >= 0, f"train.num_workers: must be >= 0, got {self.num_workers}")
+        check(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            f"train.betas: need two values in [0, 1), got {self.betas}",
+        )
+        check(0 <= self.lr_decay <= 1, f"train.lr_decay: must be in [0, 1], got {self.lr_decay}")
+        check_allowed("train.mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        check_allowed("train.log_with", self.log_with, TRACKERS)
+        for key in ("lr", "batch_size"):  # a section built in code may give no method's value
+            for method, v in getattr(self, key).items():
+                check_allowed(f"train.{key} key", method, HYPER_METHODS)
+                check(v > 0, f"train.{key}.{method}: must be positive, got {v}")
         if self.grad_accum < 1:
             raise ConfigError(f"train.grad_accum: need >= 1, got {self.grad_accum}")
         if self.processes < 0:
@@ -511,6 +590,10 @@ class ExperimentConfig:
     figure1_rates: list[int] = field(default_factory=lambda: [16, 32, 64])  # docs/method.md §7
 
     def __post_init__(self) -> None:
+        for method in self.methods:
+            check_allowed("experiment.methods", method, TABLE1_METHODS)
+        for arch in self.archs:
+            check_allowed("experiment.archs", arch, ARCHS)
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
             raise ConfigError(
                 f"experiment.seeds: need distinct seeds >= 0 (e.g. [0, 1, 2]), got {self.seeds}"
@@ -528,6 +611,12 @@ class EvalConfig:
     # ViT output clamped to [-1, 1] before the metrics; false = the official eval.py (encode +
     # decode, no clamp), true = its forward()/dequant() (this project's protocol before issue 15)
     clamp_output: bool = False
+
+    def __post_init__(self) -> None:
+        check(self.batch_size >= 1, f"eval.batch_size: must be >= 1, got {self.batch_size}")
+        check(
+            self.max_images >= 0, f"eval.max_images: must be >= 0 (0 = all), got {self.max_images}"
+        )
 
 
 @dataclass
@@ -552,6 +641,13 @@ class AblationConfig:
         default_factory=lambda: [0.25, 0.5, 1.0, 2.0]
     )  # TDC alpha, bits
     seeds: list[int] = field(default_factory=lambda: [42, 1, 2, 3, 4])  # GQ codebook seeds
+
+    def __post_init__(self) -> None:
+        check_allowed("ablation.arch", self.arch, ARCHS)
+        check(
+            all(t >= 0 for t in self.tolerances),
+            f"ablation.tolerances: must be >= 0, got {self.tolerances}",
+        )
 
 
 RELEASED_WEIGHTS = "xutongda/GQModel"  # Hugging Face repository of the official checkpoints

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gaussquant.config import Config, config_from_dict, config_to_dict
+from gaussquant.config import Config, check_power_of_two, config_from_dict, config_to_dict
 from gaussquant.errors import GaussquantError
 from gaussquant.methods import GAUSSIAN_METHODS, shape
 from gaussquant.models.autoencoder import Autoencoder
@@ -252,8 +252,7 @@ def byo_config(cfg: Config, vae_config: dict[str, Any], codebook_size: int, dim:
     c, f = int(vae_config["latent_channels"]), downsampling_factor(vae_config)
     log2k = codebook_size.bit_length() - 1
     where = f"VAE with C = {c} latent channels"
-    if codebook_size < 2 or codebook_size != 2**log2k:
-        raise GaussquantError(f"--codebook-size: {codebook_size} is not a power of two >= 2")
+    check_power_of_two("--codebook-size", codebook_size)
     if dim < 1 or c % dim or log2k % dim:
         allowed = [m for m in range(1, c + 1) if c % m == 0 and log2k % m == 0]
         raise GaussquantError(

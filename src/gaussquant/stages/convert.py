@@ -49,14 +49,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gaussquant.errors import ConfigError, GaussquantError
+    from gaussquant.config import check_power_of_two
+    from gaussquant.errors import GaussquantError
 
     cfg = load_stage_config(args)
     k = args.codebook_size
-    if k is not None and (k < 2 or k & (k - 1)):
-        raise ConfigError(
-            f"--codebook-size: {k} is not a power of two (allowed: 2, 4, ..., 65536, ...)"
-        )
+    if k is not None:
+        check_power_of_two("--codebook-size", k)
     if args.from_diffusers is None:
         if args.to == IMPORT_TARGET or args.dim is not None or args.bpp is not None:
             raise GaussquantError("--to vae, --dim and --bpp go with --from-diffusers only")

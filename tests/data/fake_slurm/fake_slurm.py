@@ -2,7 +2,7 @@
 """Stand-in for the SLURM commands the executor plugin calls (tests/test_slurm.py): each one
 records its arguments in $FAKE_SLURM/<command>.jsonl; sbatch runs the job at once, here, in
 its -D directory (SLURM_JOB_ID set, ACCELERATE_USE_CPU=1 so that the GPU processes are CPU
-processes), and sacct reports the state it ended in. Installed under each command's name."""
+processes), and sacct reports the state it ended in. Each command is a wrapper `fake_slurm.py NAME ARGS...`."""
 
 import json
 import os
@@ -74,7 +74,7 @@ OUTPUT = {
 
 
 def main() -> int:
-    name, argv = Path(sys.argv[0]).name, sys.argv[1:]
+    name, argv = sys.argv[1], sys.argv[2:]  # the wrapper passes the command name first
     _record(name, argv)
     handler = {"sbatch": sbatch, "sacct": sacct, "srun": srun}.get(name)
     if handler is not None:

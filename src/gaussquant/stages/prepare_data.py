@@ -1,4 +1,4 @@
-"""`gaussquant prepare-data`: turn the bundled photos or an image folder into prepared shards."""
+"""`gaussquant prepare-data`: bundled photos -> uint8 shards; an image folder -> an index."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from gaussquant.stages.common import add_params_args, load_stage_config
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "prepare-data",
-        help="prepare train/val image shards (bundled photos or an image folder)",
-        description="Write OUT/{train,val}/shard-*.npy (uint8) and OUT/manifest.json from "
+        help="prepare train/val data: bundled photo shards, or an index of an image folder",
+        description="Write OUT/manifest.json and OUT/{train,val}/: uint8 shard-*.npy (bundled "
+        "photos) or index.tsv.gz (an image folder, read in place by the loader) from "
         "params.yaml's `data:` section. The options below override it for ad-hoc use.",
     )
     add_params_args(p)

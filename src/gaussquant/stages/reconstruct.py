@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from gaussquant import load_tokenizer
+    from gaussquant.api import load_tokenizer
     from gaussquant.data import load_center_crop
     from gaussquant.errors import GaussquantError
     from gaussquant.io import atomic_path

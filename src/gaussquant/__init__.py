@@ -15,8 +15,10 @@ __all__ = ["GaussianQuant", "Tokenizer", "from_gaussian_vae", "load_tokenizer", 
 
 
 def __getattr__(name: str):
+    # import_module, not an import statement: gaussquant.codedeps (which files a pipeline stage
+    # runs) reads import statements, and no stage runs the public API through this package
     if name in __all__:
-        from gaussquant import api
+        import importlib
 
-        return getattr(api, name)
+        return getattr(importlib.import_module("gaussquant.api"), name)
     raise AttributeError(f"module 'gaussquant' has no attribute {name!r}")

@@ -15,10 +15,10 @@ __all__ = ["GaussianQuant", "Tokenizer", "from_gaussian_vae", "load_tokenizer", 
 
 
 def __getattr__(name: str):
-    # import_module, not an import statement: gaussquant.codedeps (which files a pipeline stage
-    # runs) reads import statements, and no stage runs the public API through this package
+    # imported on first use: `import gaussquant.config` (the CLI, Snakefile parsing) stays
+    # torch-free; gaussquant.codedeps knows that no stage runs this (PEP 562 lazy exports)
     if name in __all__:
-        import importlib
+        from gaussquant import api
 
-        return getattr(importlib.import_module("gaussquant.api"), name)
+        return getattr(api, name)
     raise AttributeError(f"module 'gaussquant' has no attribute {name!r}")

@@ -77,13 +77,14 @@ def model_card(config: dict[str, Any]) -> str:
     from gaussquant import __version__
 
     cfg, q = config.get("config", {}), config.get("extra", {}).get("quantizer") or {}
-    rate = cfg.get("rates", {}).get(config.get("rate"), {})
+    model = cfg.get("model", {})
+    bits, f = int(config["rate"]), model.get("downsample")  # rates: bits per latent position
     lines = [
         "---",
         "library_name: gaussquant",
         "tags: [image-tokenizer, vector-quantization, gaussian-quant]",
         "---",
-        f"# gaussquant tokenizer: {config['method']} ({config['arch']}, rate {config['rate']})",
+        f"# gaussquant tokenizer: {config['method']} ({config['arch']}, {config['rate']} bits per position)",
         "",
         f"- method `{config['method']}`"
         + (
@@ -92,8 +93,8 @@ def model_card(config: dict[str, Any]) -> str:
             else ""
         ),
         f"- architecture `{config['arch']}`, training step {config.get('step')}",
-        f"- bits per pixel {rate.get('bpp')}, latent channels {cfg.get('model', {}).get('latent_channels')}, "
-        f"downsampling {cfg.get('model', {}).get('downsample')}",
+        f"- {bits} bits per latent position ({bits / f**2:g} bits per pixel), latent channels "
+        f"{model.get('latent_channels')}, downsampling {f}",
     ]
     if q.get("kind") == "gq":
         lines.append(

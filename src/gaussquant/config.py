@@ -16,6 +16,7 @@ in one place (:meth:`Config.derived`).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
@@ -25,7 +26,7 @@ from typing import Any
 import yaml
 
 from gaussquant.errors import ConfigError
-from gaussquant.methods import HYPER_METHODS, rate_shapes
+from gaussquant.methods import HYPER_METHODS, METHODS, rate_shapes, shape
 from gaussquant.sections import (  # noqa: F401 (re-exported: import every section from here)
     ARCHS,
     BSQ_ENTROPY_RULES,
@@ -307,6 +308,36 @@ def _validate_rates(cfg: Config) -> None:
     for key in ("rates", "figure1_rates"):
         for bits in getattr(cfg.experiment, key):
             check_allowed(f"experiment.{key}", bits, tuple(cfg.rates))
+
+
+def run_determinants(cfg: Config, method: str, arch: str, rate: str, processes: int = 1) -> dict:
+    """Everything in ``cfg`` that determines the trajectory of the training (method, arch, rate)
+    on ``processes`` processes, as plain data: the one definition that the resume logic
+    (:func:`gaussquant.runstate.run_settings`) and the workflow's rerun triggers share. Only
+    what this training reads: its method's section, its bottleneck's shape, this backbone,
+    its learning rate and the global batch (per-process batch x processes); not the logging,
+    saving, speed or storage settings, which leave the result unchanged."""
+    spec, d = METHODS[method], config_to_dict(cfg)
+    skip = (*NON_TRAJECTORY_KEYS, "batch_size", "processes")
+    train = {k: v for k, v in d["train"].items() if k not in skip}
+    train["lr"] = cfg.train.lr.get(spec.hyper)
+    model = d["model"]
+    if arch in ("unet", "vit"):  # our backbones: only the one trained
+        keep = ("latent_channels", "downsample", arch, "discriminator")
+        model = {k: model[k] for k in keep}
+    run = {
+        "method": method,
+        "arch": arch,
+        "rate": str(rate),
+        "shape": shape(method, cfg, cfg.rate(rate).bits),  # the bottleneck at this rate
+        "train": train,
+        "global_batch": cfg.train.batch_size.get(spec.hyper, 0) * processes,
+        "data": {k: v for k, v in d["data"].items() if k not in DATA_STORAGE_KEYS},
+        "model": model,
+        "loss": d["loss"],
+        "section": {spec.section: d[spec.section]} if spec.section else {},
+    }
+    return json.loads(json.dumps(run))  # plain JSON types (tuples -> lists), as saved
 
 
 def migrate_rates(data: dict[str, Any], rate: str) -> tuple[dict[str, Any], str]:

@@ -19,10 +19,9 @@ from pathlib import Path
 
 import torch
 
-from gaussquant.config import DATA_STORAGE_KEYS, NON_TRAJECTORY_KEYS, Config, config_to_dict
+from gaussquant.config import Config, run_determinants
 from gaussquant.errors import GaussquantError
 from gaussquant.io import write_json
-from gaussquant.methods import METHODS, shape
 from gaussquant.safeload import accelerate_globals, check_pickles
 
 COMPLETE = "COMPLETE"  # marker written after a state directory is fully saved
@@ -104,28 +103,12 @@ def run_settings(
     data_sha256: str | None = None,
     processes: int = 1,
 ) -> dict:
-    """Everything that determines a training's trajectory, as plain data: the settings, the
-    global batch (per-process batch x processes), the prepared data's hash; and the process
-    count. Saved states are resumed only by a run with equal settings (see
-    :func:`discard_stale_states` for another process count)."""
-    d = config_to_dict(cfg)
-    # batch size and process count: as the global batch and the actual count, below
-    skip = (*NON_TRAJECTORY_KEYS, "batch_size", "processes")
-    train = {k: v for k, v in d["train"].items() if k not in skip}
-    d["data"] = {k: v for k, v in d["data"].items() if k not in DATA_STORAGE_KEYS}
-    sections = {"data", "model", "loss"} | {m.section for m in METHODS.values() if m.section}
-    run = {
-        "method": method,
-        "arch": arch,
-        "rate": rate,
-        "shape": shape(method, cfg, cfg.rate(rate).bits),  # the bottleneck at this rate
-        "train": train,
-        "global_batch": cfg.train.batch_size[METHODS[method].hyper] * processes,
-        "processes": processes,
-        "data_sha256": data_sha256,
-        **{k: d[k] for k in sorted(sections)},
-    }
-    return json.loads(json.dumps(run))  # as read back from run.json (tuples -> lists)
+    """What a saved state must share with this launch to be resumed: the run's determinants
+    (:func:`gaussquant.config.run_determinants`, global batch included), the prepared data's
+    hash, and the process count (another count with the same global batch may resume, see
+    :func:`discard_stale_states`)."""
+    run = run_determinants(cfg, method, arch, rate, processes)
+    return run | {"processes": processes, "data_sha256": data_sha256}
 
 
 def discard_stale_states(state_dir: Path, run: dict) -> None:

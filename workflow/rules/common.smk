@@ -1,16 +1,17 @@
 # Target lists and helpers. Every output path is a pure function of (profile, method, arch, rate,
 # training seed).
+import json
 import math
 import shlex
 import os
 import re
 import sys
-from dataclasses import fields
+from dataclasses import replace
 
 from snakemake.exceptions import WorkflowError
 
 from gaussquant.codedeps import rule_code
-from gaussquant.config import NON_TRAJECTORY_KEYS, config_from_dict, resolve_params
+from gaussquant.config import config_from_dict, resolve_params, run_determinants
 from gaussquant.methods import CONVERSIONS, METHODS, ROWS, TOKENBRIDGE_ROWS, shape, table1_rows
 from gaussquant.sections import RELEASED_WEIGHTS
 
@@ -93,38 +94,21 @@ def eval_json(row, arch, rate, seed):
     return f"{RES}/eval/{cell(row, arch, rate, seed)}/metrics.json"
 
 
-def trajectory_train_keys(method):
-    """Every ``train`` key that changes a run's result (per-method dicts: this method's value)."""
-    t, hyper = CFG.train, METHODS[method].hyper
-    train = {}
-    for f in fields(t):
-        if f.name not in NON_TRAJECTORY_KEYS:
-            v = getattr(t, f.name)
-            train[f.name] = v[hyper] if isinstance(v, dict) else v
-    return train
-
-
 def train_params_for(method, arch, rate, seed):
-    """The params that change a training run (rerun triggers): only what this (method, arch,
-    rate) reads, so editing e.g. the TDC tolerance does not retrain the FSQ baselines, and
-    logging/checkpoint cadence (which do not change the result) retrain nothing."""
-    spec, m = METHODS[method], CFG.model
-    train = trajectory_train_keys(method)
-    train["seed"] = int(seed)  # the pipeline's seed axis, not train.seed
-    return {
-        "model": str((m.latent_channels, m.downsample, getattr(m, arch), m.discriminator)),
-        "loss": str(CFG.loss),
-        "train": str(train),
-        "rate": str(shape(method, CFG, CFG.rate(rate).bits)),  # its bottleneck's shape
-        "method": str(getattr(CFG, spec.section)) if spec.section else "",
-    }
+    """The rerun triggers of a training: what determines its trajectory, as the resume logic
+    defines it (gaussquant.config.run_determinants), at the pipeline's seed and process count;
+    so editing e.g. the TDC tolerance does not retrain the FSQ baselines, and logging or
+    checkpoint cadence retrain nothing."""
+    cfg = replace(CFG, train=replace(CFG.train, seed=int(seed)))  # the pipeline's seed axis
+    run = run_determinants(cfg, method, arch, rate, max(CFG.train.processes, 1))
+    return {k: json.dumps(v, sort_keys=True) for k, v in run.items()}
 
 
 def train_params(wildcards):
     return train_params_for(wildcards.method, wildcards.arch, wildcards.rate, wildcards.tseed)
 
 
-# Every rule that trains, encodes or evaluates a model takes its resources from model_job():
+# model_job() gives the resources of every rule that trains, encodes or evaluates a model -
 # GPUs through the executor's own `gpu` resource (sbatch --gpus, never GRES in slurm_extra),
 # train.processes of them for trainings and evaluations (one process each), one for the other
 # encoding steps; cluster limits per kind (SLURM minutes, MB). train.processes 0 = CPU.
@@ -250,6 +234,19 @@ def byo_outputs():
 
 
 def byo_train_params():
-    """What changes the fine-tuning (rerun triggers): the gq hyperparameters and its sections."""
-    train = trajectory_train_keys("gq")
-    return {"loss": str(CFG.loss), "tdc": str(CFG.tdc), "disc": str(CFG.model.discriminator), "train": str(train)}
+    """What changes the fine-tuning (rerun triggers): the gq run's determinants that do not
+    depend on the VAE (its shapes are derived from the VAE when the stage runs)."""
+    run = run_determinants(CFG, "gq", "diffusers", str(CFG.rates[0]), max(CFG.train.processes, 1))
+    keep = ("train", "global_batch", "loss", "section")
+    return {k: json.dumps(run[k], sort_keys=True) for k in keep} | {"disc": str(CFG.model.discriminator)}
+
+
+def prepared_data_dir():
+    """Where prepare_data writes: results/<profile>/data, or <data.prepared_dir>/<profile> (e.g.
+    on scratch; ~ and $VARS expanded here, where Snakemake runs)."""
+    if not CFG.data.prepared_dir:
+        return f"{RES}/data"
+    path = os.path.expandvars(os.path.expanduser(CFG.data.prepared_dir))
+    if "$" in path:
+        raise ValueError(f"data.prepared_dir: {CFG.data.prepared_dir!r}: a variable in it is not set")
+    return os.path.join(path, PROFILE)

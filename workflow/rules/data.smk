@@ -1,14 +1,3 @@
-def prepared_data_dir():
-    """Where prepare_data writes: results/<profile>/data, or <data.prepared_dir>/<profile> (e.g.
-    on scratch; ~ and $VARS expanded here, where Snakemake runs)."""
-    if not CFG.data.prepared_dir:
-        return f"{RES}/data"
-    path = os.path.expandvars(os.path.expanduser(CFG.data.prepared_dir))
-    if "$" in path:
-        raise ValueError(f"data.prepared_dir: {CFG.data.prepared_dir!r}: a variable in it is not set")
-    return os.path.join(path, PROFILE)
-
-
 rule prepare_data:
     input:
         code=CODE["prepare_data"],

@@ -235,7 +235,8 @@ def main(argv=None) -> int:
         "eval": eval_throughput(cfg, args.weights, device, 4 if args.dry else 500),
     }
     write_section(args.out, markdown(report))
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    # beside the section, never benchmarks/README.json (the CPU benchmarks' record)
+    args.out.with_name("gpu_check.json").write_text(json.dumps(report, indent=2))
     print(markdown(report))
     return 0
 

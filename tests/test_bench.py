@@ -124,7 +124,7 @@ def test_gpu_check_dry_run_writes_its_section(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
     assert text.startswith("# Benchmarks\n\nkept\n") and text.count("<!-- gpu-check:start -->") == 1
-    report = json.loads(out.with_suffix(".json").read_text())
+    report = json.loads(out.with_name("gpu_check.json").read_text())
     assert {(r["arch"], r["precision"]) for r in report["train"]} == {
         (a, p) for a in ("unet", "vit") for p in ("fp32", "tf32", "bf16")
     }

@@ -350,3 +350,17 @@ def test_step_order_is_a_function_of_seed_and_step(bundled):
     torch.testing.assert_close(plain[1], torch.stack([ds[i] for i in full[1]]))
     workers = list(DataLoader(ds, batch_sampler=StepBatchSampler(40, 16, 3, 3), num_workers=2))
     assert len(workers) == 3 and all(torch.equal(a, b) for a, b in zip(workers, plain))
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_processes_split_exactly_the_single_process_batch(world):
+    """At every step, process r's batch is slice r of the global batch a single process with
+    ``world`` times the batch would draw: together the processes see that batch, each image
+    once, in every epoch (the multi-process training equivalence rests on it)."""
+    n, b, steps = 50, 3, 9  # 50 // 12 = 4 steps per epoch (world 4): crosses epochs
+    single = list(StepBatchSampler(n, b * world, steps, seed=5))
+    ranks = [list(StepBatchSampler(n, b, steps, 5, rank=r, world=world)) for r in range(world)]
+    for step in range(steps):
+        parts = [ranks[r][step] for r in range(world)]
+        assert all(len(p) == b for p in parts), step
+        assert sum(parts, []) == single[step], step

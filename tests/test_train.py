@@ -102,6 +102,7 @@ def test_every_method_trains(method, arch, tiny_cfg, tiny_data, weights_dir, tmp
     ckpt = train(tiny_cfg, method, arch, "0.125", tiny_data, tmp_path, weights_dir, progress=False)
     model, payload = load_autoencoder(ckpt)
     assert payload["method"] == method and payload["step"] == tiny_cfg.train.steps
+    assert isinstance(payload["extra"]["logvar"], float)  # the NLL's learned log-variance
     log = pd.read_csv(tmp_path / "metrics.csv")
     assert list(log["step"]) == [2, 4, 6]
     assert log["loss"].notna().all() and log["aux"].notna().all()

@@ -2,18 +2,20 @@
 losses and steps, measured in one run.
 
 References written for this benchmark:
-- ``plain``: :func:`gaussquant.train.train_step` (the library's own generator and discriminator
-  blocks) in a bare loop: no Accelerate, no logging, no resume bookkeeping, a shuffling
-  DataLoader, the UNet in the default contiguous layout where ours trains channels-last on CPU;
-  the LPIPS loss in the configured ``loss.lpips_precision``.
-- ``taming``: the optimizer_idx design of taming/official code: each of the two updates
-  (generator, discriminator) runs its own autoencoder forward.
+- ``plain``: the generator and discriminator updates written out here from the losses
+  (:mod:`gaussquant.losses`), not the library's ``train_step``, in a bare loop with what ours
+  does around a step and nothing else: the same memory layout (UNet and LPIPS channels-last on
+  CPU), the same DataLoader workers (``train.num_workers``), the same finite-loss check and a
+  metrics row written every step (ours runs with ``log_every`` 1 here); no Accelerate, no
+  resume bookkeeping. The LPIPS loss in the configured ``loss.lpips_precision``.
+- ``taming``: the same loop in the optimizer_idx design of taming/official code: each of the
+  two updates (generator, discriminator) runs its own autoencoder forward.
 
 Each measurement runs in a fresh single-threaded process (its own peak RSS), after 2 warm-up
 steps. Rows: the quick profile without GAN (as it trains) and with the discriminator on from
-step 0, and one paper-size step per backbone (docs/method.md §5 networks at 256 px on bundled photos,
-batch 1 on CPU, no GAN as in the first 20k paper steps). ``ours_speedup`` = the row's seconds
-per step / ours.
+step 0, and paper-size steps per backbone (docs/method.md §5 networks at 256 px on bundled photos, batch
+1 on CPU, no GAN as in the first 20k paper steps). Every row times at least 3 steps.
+``ours_speedup`` = the row's seconds per step / ours.
 
 ``floor``: the same step's floating-point operations (torch's FlopCounterMode) divided by this
 core's measured fp32 GEMM throughput (1024 x 1024 products), i.e. the step if every operation
@@ -21,7 +23,7 @@ ran as fast as that matrix product; ``of_gemm_speed`` = floor / the row's second
 a hard bound: large convolutions can beat a 1024 GEMM (``of_gemm_speed`` > 1). The floor row's
 ``timed_steps`` is the one counted step.
 
-Usage: python benchmarks/bench_train.py [--steps 20] [--paper-steps 1] [--no-paper] [--out JSON]
+Usage: python benchmarks/bench_train.py [--steps 20] [--paper-steps 3] [--no-paper] [--out JSON]
 """
 
 from __future__ import annotations
@@ -60,12 +62,14 @@ def _plain_parts(cfg, method, arch, rate, data_dir, weights):
     """The library's step parts without Accelerate, and a shuffling DataLoader."""
     torch.manual_seed(cfg.train.seed)
     model = build_autoencoder(cfg, method, arch, rate).train()
+    if arch == "unet":  # the layout ours trains in on CPU
+        model = model.to(memory_format=torch.channels_last)
     disc = NLayerDiscriminator(cfg.model.discriminator).train()
     perceptual = build_lpips("vgg", weights) if cfg.loss.lpips_weight > 0 else None
     if perceptual is not None:  # the configured loss precision (quick: bf16 on native-bf16 CPUs)
         perceptual = perceptual.to(
             lpips_compute_dtype(cfg.loss.lpips_precision, torch.device("cpu"))
-        )
+        ).to(memory_format=torch.channels_last)
     nll_loss = ReconstructionNLL(cfg.loss)
     lr = cfg.train.lr[method]
     opt_g = torch.optim.Adam(
@@ -74,7 +78,11 @@ def _plain_parts(cfg, method, arch, rate, data_dir, weights):
     opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=tuple(cfg.train.betas))
     data = PreparedDataset(data_dir, "train")
     loader = torch.utils.data.DataLoader(
-        data, batch_size=cfg.train.batch_size[method], shuffle=True, drop_last=True
+        data,
+        batch_size=cfg.train.batch_size[method],
+        shuffle=True,
+        drop_last=True,
+        num_workers=cfg.train.num_workers,
     )
     parts = TrainParts(
         model,
@@ -122,52 +130,66 @@ def floor_step(cfg, method, arch, rate, data_dir, weights) -> dict:
     }
 
 
-def reference_loop(cfg, method, arch, rate, data_dir, steps, weights, taming: bool) -> float:
-    """Seconds per step (after 2 warm-up steps) of a plain PyTorch loop."""
-    parts, loader, lr = _plain_parts(cfg, method, arch, rate, data_dir, weights)
-    model, disc, nll_loss, perceptual, opt_g, opt_d = (
-        parts.model,
-        parts.disc,
-        parts.nll_loss,
-        parts.perceptual,
-        parts.opt_g,
-        parts.opt_d,
-    )
-    lc = cfg.loss
-    it = iter(loader)
-    t0 = None
-    for step in range(steps + 2):
-        if step == 2:
-            t0 = time.perf_counter()
-        try:
-            x = next(it)
-        except StopIteration:
-            it = iter(loader)
-            x = next(it)
-        if not taming:  # the library's step itself, without Accelerate, logging or resume
-            train_step(parts, x, step, lr)
-            continue
-        # taming's optimizer_idx design, written here as the reference: each update runs its
-        # own autoencoder forward (the discriminator's a second one)
-        use_gan = step >= lc.disc_start
-        x_rec, q = model(x)
-        p = perceptual(x, x_rec) if perceptual is not None else None
-        nll, _ = nll_loss(x, x_rec, p)
-        loss = nll + q.loss
-        if use_gan:
-            g = generator_adv_loss(disc(x_rec))
-            loss = loss + lc.disc_weight * adaptive_weight(nll, g, model.last_layer()) * g
-        opt_g.zero_grad()
-        loss.backward()
-        opt_g.step()
-        if use_gan:
+def written_out_step(p, x, step, lr, taming: bool) -> dict:
+    """One training step written out from the losses, independent of ``train_step``: the
+    generator update (NLL + auxiliary + adaptive-weighted hinge generator loss from
+    ``loss.disc_start``), then the discriminator's on the same reconstruction, or (``taming``)
+    on a second autoencoder forward. Returns the detached terms."""
+    lc = p.loss
+    use_gan = step >= lc.disc_start and lc.disc_factor > 0
+    for opt in (p.opt_g, p.opt_d):
+        for group in opt.param_groups:
+            group["lr"] = lr
+    x_rec, q = p.model(x)
+    nll, stats = p.nll_loss(x, x_rec, p.perceptual(x, x_rec) if p.perceptual else None)
+    terms = {"nll": nll, "aux": q.loss, **q.losses}
+    loss = nll + q.loss
+    if use_gan:
+        g = generator_adv_loss(p.disc(x_rec))
+        w = lc.disc_weight * adaptive_weight(nll, g, p.last_layer(), lc.adaptive_weight_max)
+        loss = loss + w * lc.disc_factor * g
+        terms |= {"g_loss": g, "d_weight": w}
+    terms["loss"] = loss
+    p.opt_g.zero_grad(set_to_none=True)
+    loss.backward()
+    p.opt_g.step()
+    if use_gan:
+        if taming:
             with torch.no_grad():
-                x_rec, _ = model(x)
-            d_loss = hinge_d_loss(disc(x), disc(x_rec.detach()))
-            opt_d.zero_grad()
-            d_loss.backward()
-            opt_d.step()
-    return (time.perf_counter() - t0) / steps
+                x_rec, _ = p.model(x)
+        d_loss = lc.disc_factor * hinge_d_loss(p.disc(x), p.disc(x_rec.detach()))
+        terms["d_loss"] = d_loss
+        p.opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        p.opt_d.step()
+    if not all(bool(torch.isfinite(v).all()) for v in terms.values()):
+        raise RuntimeError(f"non-finite loss at step {step}")
+    return {k: v.detach() for k, v in terms.items()} | stats | q.stats
+
+
+def reference_loop(cfg, method, arch, rate, data_dir, steps, weights, taming: bool) -> float:
+    """Seconds per step (after 2 warm-up steps) of a plain PyTorch loop, one metrics row per
+    step appended to a CSV file, as ours does with ``log_every`` 1."""
+    parts, loader, lr = _plain_parts(cfg, method, arch, rate, data_dir, weights)
+    it = iter(loader)
+    with tempfile.TemporaryDirectory() as tmp, open(Path(tmp) / "log.csv", "w") as log:
+        t0 = time.perf_counter()
+        for step in range(steps + 2):
+            if step == 2:
+                t0 = time.perf_counter()
+            try:
+                x = next(it)
+            except StopIteration:
+                it = iter(loader)
+                x = next(it)
+            if arch == "unet":
+                x = x.contiguous(memory_format=torch.channels_last)
+            terms = written_out_step(parts, x, step, lr, taming)
+            row = {"step": step + 1, **{k: float(v) for k, v in sorted(terms.items())}}
+            row["time_s"] = time.perf_counter() - t0
+            log.write(",".join(f"{v:.6g}" for v in row.values()) + "\n")
+            log.flush()
+        return (time.perf_counter() - t0) / steps
 
 
 def ours(cfg, method, arch, rate, data_dir, steps, weights) -> float:
@@ -236,7 +258,7 @@ def _spawn(impl, profile, arch, steps, gan, batch, data, weights, threads) -> di
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--steps", type=int, default=20, help="timed steps, quick profile")
-    ap.add_argument("--paper-steps", type=int, default=1, help="timed steps, paper networks")
+    ap.add_argument("--paper-steps", type=int, default=3, help="timed steps, paper networks")
     ap.add_argument("--paper-batch", type=int, default=1, help="batch of the paper-size step")
     ap.add_argument("--no-paper", action="store_true", help="skip the paper-size rows")
     ap.add_argument("--threads", type=int, default=1, help="threads per measurement")
@@ -252,13 +274,15 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--json", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if min(args.steps, args.paper_steps) < 3:
+        ap.error("time at least 3 steps per row (--steps, --paper-steps)")
     if args.worker:
         args.json.write_text(json.dumps(_measure(args)))
         return []
 
     # (profile, gan, batch, impls, steps): quick without GAN (as the quick profile trains),
     # quick with the discriminator on from step 0 (where the taming design pays a second
-    # forward), and one paper-size step per backbone (no GAN, as the first 20k paper steps)
+    # forward), and paper-size steps per backbone (no GAN, as the first 20k paper steps)
     plan = [
         ("quick", False, None, ("ours", "plain", "floor"), args.steps),
         ("quick", True, None, ("ours", "plain", "taming", "floor"), args.steps),

@@ -10,11 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import diffusers  # noqa: F401 (extra [diffusers], installed by make test: fails if missing)
 import pytest
 import torch
-
-diffusers = pytest.importorskip("diffusers")
-
 from test_diffusers_vae import tiny_vae  # noqa: E402
 
 from gaussquant.checkpoint import load_autoencoder, read_checkpoint  # noqa: E402

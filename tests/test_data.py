@@ -517,3 +517,17 @@ def test_prepared_dir_puts_the_workflow_data_on_scratch(setting, tmp_path, monke
     assert list(found["prepare_data"].output) == [manifest]
     for name in ("train", "evaluate", "fid_reference"):
         assert found[name].input["data"] == manifest, name
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_processes_split_exactly_the_single_process_batch(world):
+    """At every step, process r's batch is slice r of the global batch a single process with
+    ``world`` times the batch would draw: together the processes see that batch, each image
+    once, in every epoch (the multi-process training equivalence rests on it)."""
+    n, b, steps = 50, 3, 9  # 50 // 12 = 4 steps per epoch (world 4): crosses epochs
+    single = list(StepBatchSampler(n, b * world, steps, seed=5))
+    ranks = [list(StepBatchSampler(n, b, steps, 5, rank=r, world=world)) for r in range(world)]
+    for step in range(steps):
+        parts = [ranks[r][step] for r in range(world)]
+        assert all(len(p) == b for p in parts), step
+        assert sum(parts, []) == single[step], step

@@ -4,11 +4,10 @@ offline rebuild, clear errors) and the bits-back rate analysis (against numpy fl
 import json
 import math
 
+import diffusers  # extra [diffusers], installed by make test: fails if missing
 import numpy as np
 import pytest
 import torch
-
-diffusers = pytest.importorskip("diffusers")
 
 from gaussquant.cli import main as cli_main  # noqa: E402
 from gaussquant.errors import GaussquantError  # noqa: E402

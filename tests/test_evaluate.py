@@ -167,3 +167,7 @@ def test_two_processes_agree_with_one(
     assert (a["processes"], b["processes"]) == (1, 2)
     for key in ("psnr", "ssim", "lpips", "rfid", "codebook_usage", "perplexity", "code_bits"):
         assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
+    # per image in dataset order: process r held images r, r + 2, ...; gathered back in order
+    for key in ("psnr", "ssim", "lpips"):
+        assert len(b["per_image"][key]) == 16
+        assert b["per_image"][key] == pytest.approx(a["per_image"][key], rel=1e-5), key

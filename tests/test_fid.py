@@ -1,5 +1,8 @@
 """FID: Fréchet distance closed forms, streaming statistics, and the real Inception network."""
 
+import warnings
+from unittest import mock
+
 import numpy as np
 import pytest
 import torch
@@ -155,35 +158,69 @@ def test_inception_is_frozen_eval_and_pool3(inception):
 
 
 @pytest.fixture(scope="module")
-def regression_features(inception):
-    """Pool3 features of two fixed-seed sets of 5 smooth random 64x64 images (one batch)."""
-    g = torch.Generator().manual_seed(0)
-    z = torch.rand(10, 3, 8, 8, generator=g) * 2 - 1
-    x = torch.nn.functional.interpolate(z, size=(64, 64), mode="bilinear", align_corners=False)
-    x = (x * 0.8 + torch.tensor([0.0] * 5 + [0.1] * 5).view(10, 1, 1, 1)).clamp(-1, 1)
-    f = inception_features(inception, x)
-    return f[:5], f[5:]
+def pytorch_fid_net(weights_dir):
+    """The oracle: pytorch-fid's own InceptionV3 (its network definition, bilinear resize to
+    299 and [0, 1] -> [-1, 1] scaling, what the paper's numbers used) given the same
+    2015-12-05 weights file (identical keys) in place of its download."""
+    from pytorch_fid import inception as pf
+
+    path = weights_dir / WEIGHT_FILES["fid_inception"]
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    with mock.patch.object(pf, "load_state_dict_from_url", lambda *a, **k: state):
+        net = pf.InceptionV3([pf.InceptionV3.BLOCK_INDEX_BY_DIM[2048]])
+    assert net.resize_input and net.normalize_input
+    return net.eval()
 
 
-# Golden values measured once with this code (CPU, torch 2.15, 2 threads; 1 thread agreed to
-# 1e-8 in the means and 6e-6 in FID). They pin the network, its weights and the preprocessing.
-GOLDEN_FEATURE_MEANS = (0.26298571, 0.27282397)
-GOLDEN_FID = 81.21272
+def _oracle_features(net, x):
+    """pytorch-fid's pool3 features of images ``x`` in [-1, 1] (it takes [0, 1])."""
+    with torch.no_grad():
+        return net((x + 1) / 2)[0].flatten(1)
 
 
-def test_pool3_feature_regression(regression_features):
-    fa, fb = regression_features
-    assert fa.shape == (5, 2048) and fa.dtype == torch.float32 and (fa >= 0).all()  # post-ReLU pool
-    got = (fa.double().mean().item(), fb.double().mean().item())
-    assert got == pytest.approx(GOLDEN_FEATURE_MEANS, abs=1e-6)
+def _test_images(n, size, seed):
+    """Smooth random images with some fine detail, in [-1, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 3, 6, 6, generator=g) * 2 - 1
+    x = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic")
+    return (0.8 * x + 0.2 * (torch.rand(n, 3, size, size, generator=g) * 2 - 1)).clamp(-1, 1)
+
+
+@pytest.mark.parametrize("size", [32, 64, 256])
+def test_features_equal_pytorch_fid_at_evaluation_sizes(size, inception, pytorch_fid_net):
+    """At the sizes evaluation runs (32 px tiny/quick, 256 px paper; 64 px in between) our
+    pool3 features equal pytorch-fid's forward: same resize, same scaling, same network."""
+    x = _test_images(3, size, seed=size)
+    ours = inception_features(inception, x)
+    ref = _oracle_features(pytorch_fid_net, x)
+    assert ours.shape == ref.shape == (3, 2048)
+    # channels-last kernels sum in another order: equal up to float32 round-off
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=2e-5)
 
 
 @pytest.mark.slow  # ~10 s: scipy's sqrtm of a 2048 x 2048 matrix on 2 CPU cores
-def test_fid_regression_through_inception(regression_features):
-    sa, sb = FeatureStats(), FeatureStats()
-    sa.update(regression_features[0])
-    sb.update(regression_features[1])
-    assert fid_from_stats(sa, sb) == pytest.approx(GOLDEN_FID, abs=1e-3)
+def test_fid_equals_pytorch_fid_at_evaluation_sizes(inception, pytorch_fid_net):
+    """rFID as evaluation computes it (our features, float64 streaming statistics, eigh trace)
+    against pytorch-fid end to end (its features, np.cov, its calculate_frechet_distance),
+    for 32 and 256 px reconstructions-like pairs."""
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    for size in (32, 256):
+        x = _test_images(12, size, seed=1)
+        y = (x + 0.1 * _test_images(12, size, seed=2)).clamp(-1, 1)  # a perturbed copy
+        stats = [FeatureStats(), FeatureStats()]
+        for s, imgs in zip(stats, (x, y)):
+            for part in imgs.split(5):  # streamed in uneven batches, as evaluation does
+                s.update(inception_features(inception, part))
+        ours = fid_from_stats(*stats)
+        fa, fb = (_oracle_features(pytorch_fid_net, v).double().numpy() for v in (x, y))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # scipy's deprecation of sqrtm(disp=...)
+            ref = calculate_frechet_distance(
+                fa.mean(0), np.cov(fa, rowvar=False), fb.mean(0), np.cov(fb, rowvar=False)
+            )
+        assert ref > 1.0
+        assert ours == pytest.approx(ref, rel=1e-3), size
 
 
 @pytest.mark.parametrize("n", [50, 400])

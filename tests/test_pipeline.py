@@ -194,6 +194,7 @@ def test_editing_code_reruns_exactly_the_rules_that_run_it(tiny_repo, source, ex
         os.utime(path, ns=(0, 0))  # older than every output again
 
 
+@pytest.mark.slow  # the tiny_repo fixture runs `dvc repro` (~150 s)
 @pytest.mark.parametrize(
     "old,new,expected",
     [

@@ -27,7 +27,7 @@ def test_tensorboard_tracker_logs_the_metrics_rows(tiny_cfg, tiny_data, weights_
     train(cfg, "fsq", "unet", "8", tiny_data, tmp_path, weights_dir, progress=False)
     log = pd.read_csv(tmp_path / LOG_FILE)
     runs = list((tmp_path / TRACKING_DIR).glob("*/events.out.tfevents.*"))
-    assert len(runs) == 1 and runs[0].parent.name == "fsq-unet-0.125"
+    assert len(runs) == 1 and runs[0].parent.name == "fsq-unet-8"
     events = EventAccumulator(str(runs[0].parent)).Reload()
     for key in ("loss", "l1", "lpips"):
         scalars = events.Scalars(key)

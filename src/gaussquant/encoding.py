@@ -127,14 +127,16 @@ def posterior_rates(
 
 def checkpoint_rates(ckpt, data_dir, batch_size: int, max_images: int = 512) -> dict[str, Any]:
     """:func:`posterior_rates` of the Gaussian VAE saved at ``ckpt`` on the validation images of
-    the prepared ``data_dir``, on the GPU when there is one (figures and ablations)."""
+    the prepared ``data_dir``, on the GPU when there is one (figures and ablations), with the
+    checkpoint's ``method``."""
     model, payload = load_autoencoder(ckpt)
     if not isinstance(model.bottleneck, GaussianBottleneck):
         raise GaussquantError(
             f"{ckpt}: posterior rates need a Gaussian VAE, got method {payload['method']!r}"
         )
     model.to("cuda" if torch.cuda.is_available() else "cpu")
-    return posterior_rates(model, PreparedDataset(data_dir, "val"), batch_size, max_images)
+    rates = posterior_rates(model, PreparedDataset(data_dir, "val"), batch_size, max_images)
+    return rates | {"method": payload["method"]}
 
 
 def tdc_target(bottleneck) -> dict[str, float | None]:

@@ -136,7 +136,7 @@ def discard_stale_states(state_dir: Path, run: dict) -> None:
 def _check_process_count(saved: dict, run: dict, state_dir: Path) -> None:
     """Resuming on another process count keeps the global batch, or stops here: a silent
     change of the global batch would change the training (docs/method.md §5)."""
-    if saved.get("processes", run.get("processes")) == run.get("processes"):
+    if saved.get("processes", run["processes"]) == run["processes"]:
         return
     if saved.get("global_batch") == run["global_batch"]:
         return

@@ -263,3 +263,60 @@ def test_readme_example_runs(tmp_path, monkeypatch):
     assert isinstance(ns["tok"], Tokenizer) and ns["tokens"].shape == (2, 2, 16, 16)
     assert ns["recon"].shape == (2, 3, 64, 64)
     assert set(gaussquant.__all__) >= {"GaussianQuant", "load_tokenizer", "from_gaussian_vae"}
+
+
+def test_import_official_from_a_hub_repository_offline(tmp_path):
+    """`import-official NAME --hub REPO` downloads through hf_hub_download: from a pre-filled
+    Hugging Face cache with HF_HUB_OFFLINE=1 it imports the same as the local file."""
+    import numpy as np
+    from test_official import FIXTURES, REFERENCE, official_state, save_lightning
+
+    npz = np.load(REFERENCE / "official_models.npz")
+    assert "unet" in FIXTURES
+    commit = "89abcdef0123456789abcdef0123456789abcdef"
+    repo = tmp_path / "hub" / "models--authors--gq"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    ckpt = repo / "snapshots" / commit / "sd3unet_gq_0.25.ckpt"
+    save_lightning(official_state(npz, "unet"), ckpt)
+    env = os.environ | {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    common = ["--params", str(ROOT / "params.yaml"), "--profile", "tiny", "--rate", RATE]
+    argv = ["import-official", "sd3unet_gq_0.25.ckpt", "--hub", "authors/gq", *common]
+    done = subprocess.run(
+        [sys.executable, "-m", "gaussquant.cli", *argv, "--out", str(tmp_path / "hub.pt")],
+        env=env,
+        text=True,
+        capture_output=True,
+    )
+    assert done.returncode == 0, done.stderr
+    from gaussquant.config import load_config
+    from gaussquant.official import import_official
+
+    cfg = load_config(ROOT / "params.yaml", "tiny")
+    import_official(ckpt, tmp_path / "local.pt", cfg, rate=RATE)
+    hub, local = (
+        torch.load(tmp_path / "hub.pt", weights_only=True),
+        torch.load(tmp_path / "local.pt", weights_only=True),
+    )
+    assert hub["extra"]["official"]["source_sha256"] == local["extra"]["official"]["source_sha256"]
+    assert all(torch.equal(hub["model"][k], v) for k, v in local["model"].items())
+    missing = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gaussquant.cli",
+            "import-official",
+            "x.ckpt",
+            "--hub",
+            "authors/gq",
+            *common,
+            "--out",
+            str(tmp_path / "x.pt"),
+        ],
+        env=env,
+        text=True,
+        capture_output=True,
+    )
+    assert missing.returncode == 2 and missing.stderr.strip().count("\n") == 0
+    assert "Hub file authors/gq/x.ckpt" in missing.stderr

@@ -191,7 +191,8 @@ def tdc_dynamics(
     checks: dict[str, dict | None] | None = None,
 ) -> None:
     """Bits per token (mean, min, max) and the three multipliers over training steps; the
-    end-of-training TDC check of each run (validation p05-p95, pinned multipliers) in its label."""
+    end-of-training TDC check of each run (validation p05-p95, share within +-alpha, the
+    verdict; multipliers at a bound are named, not judged) in its label."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"wspace": 0.3})
     for i, (label, log) in enumerate(logs.items()):
         c = f"C{i}"
@@ -200,7 +201,7 @@ def tdc_dynamics(
         if check:
             pinned = [k for k, v in check["pinned_last_20pct"].items() if v]
             verdict = "holds" if check["holds"] else "fails"
-            verdict += f" ({', '.join(pinned)} pinned at bound)" if pinned else ""
+            verdict += f" ({', '.join(pinned)} at bound: shown, not judged)" if pinned else ""
             note = f": val p05-p95 {check['val_p05']:.1f}-{check['val_p95']:.1f}"
             if "val_within_tolerance" in check:  # summaries written before it lack the share
                 note += f", {check['val_within_tolerance']:.0%} within +-alpha"

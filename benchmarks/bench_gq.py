@@ -215,6 +215,7 @@ def bench_dim(m, args, regime, with_official):
         "ours_exact_on_checked": int((ours_idx[check] == exact).sum()),
         "gemm_agree_pct": 100.0 * float((torch.from_numpy(gemm["indices"]) == ours_idx).double().mean()),  # noqa: E501
     }  # fmt: skip
+    row["load_avg_1min"] = os.getloadavg()[0]  # a shared machine: timings vary with its load
     if official is not None:
         off_idx = torch.from_numpy(official["indices"])
         row.update({

@@ -15,14 +15,13 @@ several processes each takes a disjoint slice of the images and the sums are red
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from gaussquant.config import Config
 from gaussquant.encoding import RateStats, encoded_batches, rate_summary, shard, tdc_target
@@ -232,16 +231,20 @@ def weights_fingerprint(weights_dir: Path | None) -> dict[str, str]:
 
 
 @torch.no_grad()
-def reference_stats(dataset, cfg: Config, weights_dir: Path | None = None, progress: bool = True):
-    """Inception feature statistics (float64) of the original images, same subset as evaluation."""
-    subset, _ = shard(dataset, cfg.eval.max_images, 0, 1)
-    inception = build_inception(weights_dir)
+def reference_stats(
+    dataset, cfg: Config, weights_dir: Path | None = None, progress: bool = True, device=None
+):
+    """Inception feature statistics (float64) of the original images, same subset as evaluation,
+    computed as evaluation computes its in-loop statistics: float32 Inception on ``device``
+    (default: the GPU when there is one, as an evaluation job has)."""
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    inception = build_inception(weights_dir).to(device)
     stats = FeatureStats()
-    for x in tqdm(
-        DataLoader(subset, batch_size=cfg.eval.batch_size),
-        desc="fid reference",
-        disable=not progress,
-        dynamic_ncols=True,
+    desc = "fid reference" if progress else None
+    features = functools.partial(inception_features, inception)
+    for _, f in encoded_batches(
+        features, dataset, cfg.eval.batch_size, cfg.eval.max_images, device, desc=desc
     ):
-        stats.update(inception_features(inception, x))
+        stats.update(f)
     return stats

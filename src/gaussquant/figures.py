@@ -258,7 +258,7 @@ def stack_grids(paths: Sequence[str | Path], out: str | Path) -> None:
 
 
 def _grid_title(folder: str) -> str:
-    """``gq-continuous-unet-0.25-s0`` -> "TDC VAE, continuous (reference)" and "UNet" on two lines."""
+    """``gq-continuous-unet-16-s0`` -> "TDC VAE, continuous (reference)" and "UNet" on two lines."""
     for name in sorted(ROWS, key=len, reverse=True):
         if folder.startswith(name + "-"):
             arch = folder[len(name) + 1 :].split("-")[0]

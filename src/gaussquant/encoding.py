@@ -11,6 +11,7 @@ target that checks, tables and figures read.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -56,6 +57,22 @@ def encoded_batches(
             yield x, encoder(x)
 
 
+def gather_rows(local: torch.Tensor, accelerator) -> torch.Tensor:
+    """Float64 rows of every process in image order, on every process: process r holds the
+    rows of images r, r + world, ... (a process may hold one row fewer)."""
+    world = accelerator.num_processes if accelerator is not None else 1
+    if world == 1:
+        return local
+    n = torch.tensor([local.shape[0]], device=local.device)
+    most = int(accelerator.gather(n).max())
+    k = int(accelerator.gather(torch.tensor([local.shape[1]], device=local.device)).max())
+    padded = torch.full((most, k), math.nan, dtype=torch.float64, device=local.device)
+    padded[: local.shape[0], : local.shape[1]] = local
+    everything = accelerator.gather(padded[None]).reshape(world, most, k)
+    rows = everything.transpose(0, 1).reshape(-1, k)  # image i is row i
+    return rows[~torch.isnan(rows).all(1)]
+
+
 class RateStats:
     """Per-token KL (bits, exact) of Gaussian posteriors with tokens of ``dim`` channels
     (strided layout), and the mean KL of each latent channel, batch by batch."""
@@ -69,7 +86,7 @@ class RateStats:
     def update(self, z: torch.Tensor) -> None:
         """``z`` (B, 2C, H, W): the encoder output, ``mu`` then ``logvar``."""
         kl = kl_nats(*split_posterior(z.detach()))
-        self.tokens.append(nats_to_bits(token_rates(kl, self.dim)).flatten().cpu())
+        self.tokens.append(nats_to_bits(token_rates(kl, self.dim)).flatten(1).cpu())  # per image
         self.channel_sum = self.channel_sum + nats_to_bits(kl).sum(dim=(0, 2, 3)).cpu()
         self.positions += kl.shape[0] * kl.shape[2] * kl.shape[3]
 
@@ -78,12 +95,8 @@ class RateStats:
         if accelerator is None or accelerator.num_processes == 1:
             return
         device = accelerator.device
-        local = torch.cat(self.tokens).to(device)
-        counts = accelerator.gather(torch.tensor([local.numel()], device=device))
-        padded = torch.full((int(counts.max()),), torch.nan, device=device)
-        padded[: local.numel()] = local
-        everything = accelerator.gather(padded[None]).cpu()
-        self.tokens = [row[: int(c)] for row, c in zip(everything, counts.cpu())]
+        rows = gather_rows(torch.cat(self.tokens).double().to(device), accelerator)
+        self.tokens = [rows.float().cpu()]  # every image's tokens, in dataset order
         sums = torch.cat(
             [
                 torch.as_tensor(self.channel_sum).double().flatten(),
@@ -96,7 +109,7 @@ class RateStats:
     def result(self) -> dict[str, np.ndarray]:
         """``token_bits`` every token's KL, ``channel_bits`` the mean KL of each channel."""
         return {
-            "token_bits": torch.cat(self.tokens).numpy(),
+            "token_bits": torch.cat(self.tokens).flatten().numpy(),
             "channel_bits": (torch.as_tensor(self.channel_sum) / self.positions).numpy(),
         }
 

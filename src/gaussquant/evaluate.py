@@ -24,7 +24,14 @@ import torch
 from PIL import Image
 
 from gaussquant.config import Config
-from gaussquant.encoding import RateStats, encoded_batches, rate_summary, shard, tdc_target
+from gaussquant.encoding import (
+    RateStats,
+    encoded_batches,
+    gather_rows,
+    rate_summary,
+    shard,
+    tdc_target,
+)
 from gaussquant.errors import GaussquantError
 from gaussquant.io import atomic_path
 from gaussquant.metrics.codebook import CodebookStats
@@ -190,22 +197,6 @@ def _gather_per_image(parts, rank, world, accelerator, k) -> dict[str, list[floa
     if world > 1:
         local = gather_rows(local.to(accelerator.device), accelerator).cpu()
     return {name: local[:, j].tolist() for j, name in enumerate(PER_IMAGE)}
-
-
-def gather_rows(local: torch.Tensor, accelerator) -> torch.Tensor:
-    """Float64 rows of every process in image order, on every process: process r holds the
-    rows of images r, r + world, ... (a process may hold one row fewer)."""
-    world = accelerator.num_processes if accelerator is not None else 1
-    if world == 1:
-        return local
-    n = torch.tensor([local.shape[0]], device=local.device)
-    most = int(accelerator.gather(n).max())
-    k = int(accelerator.gather(torch.tensor([local.shape[1]], device=local.device)).max())
-    padded = torch.full((most, k), math.nan, dtype=torch.float64, device=local.device)
-    padded[: local.shape[0], : local.shape[1]] = local
-    everything = accelerator.gather(padded[None]).reshape(world, most, k)
-    rows = everything.transpose(0, 1).reshape(-1, k)  # image i is row i
-    return rows[~torch.isnan(rows).all(1)]
 
 
 def save_grid(pairs, path: Path) -> None:

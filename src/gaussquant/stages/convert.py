@@ -96,12 +96,12 @@ def convert_checkpoint(
     kept = {k: v for k, v in extra.items() if k == "diffusers"}  # what rebuilds the model
     source = kept | {"source_checkpoint": str(src), "source_step": payload["step"]}
     method, arch, rate = payload["method"], payload["arch"], payload["rate"]
+    if gq_cfg is not None:  # the written checkpoint records the GQ settings it was made with
+        cfg = dataclasses.replace(cfg, gq=gq_cfg)
     try:
-        new = convert_model(model, cfg, method, rate, to, gq_cfg, codebook_size)
+        new = convert_model(model, cfg, method, rate, to, codebook_size=codebook_size)
     except GaussquantError as err:
         raise GaussquantError(f"{src}: {err}") from None
-    if gq_cfg is not None:
-        cfg = dataclasses.replace(cfg, gq=gq_cfg)
     save_checkpoint(out, model, cfg, to, arch, rate, payload["step"], new | source)
     return new["quantizer"]
 

@@ -362,3 +362,30 @@ def test_actnorm_init_is_global_across_processes(tmp_path):
     for key, value in single.state_dict().items():
         assert torch.equal(states[0][key], states[1][key]), key
         torch.testing.assert_close(states[0][key], value, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["unet", "vit"])
+def test_common_random_numbers_across_methods(arch):
+    """For one seed every method starts from the same backbone except the layers whose shape is
+    its bottleneck's, and leaves the global generator where the seed put it (the same training
+    noise): paired comparisons over seeds share this noise (models/streams.py)."""
+    from gaussquant.models.autoencoder import build_autoencoder
+
+    cfg = load_config(Path(__file__).parents[1] / "params.yaml", "tiny")
+    built, after = {}, {}
+    for method in ("gq", "vanilla", "fsq", "lfq", "bsq", "vq"):
+        torch.manual_seed(3)
+        built[method] = build_autoencoder(cfg, method, arch, "8").state_dict()
+        after[method] = torch.rand(4)
+    ref = built["gq"]
+    for method, sd in built.items():
+        backbone = [k for k in sd if k.startswith(("encoder.", "decoder."))]
+        same = [k for k in backbone if sd[k].shape == ref[k].shape and torch.equal(sd[k], ref[k])]
+        # only the encoder's output layer and the decoder's input layer may differ (weight, bias)
+        assert len(backbone) - len(same) <= 4, (method, sorted(set(backbone) - set(same)))
+        assert all(k.split(".")[1] in ("conv_out", "proj_out", "conv_in", "proj_in")
+                   for k in set(backbone) - set(same)), method  # fmt: skip
+        assert torch.equal(after[method], after["gq"]), method
+    torch.manual_seed(4)  # another seed: other weights
+    other = build_autoencoder(cfg, "gq", arch, "8").state_dict()
+    assert not torch.equal(other["decoder.conv_out.weight"], ref["decoder.conv_out.weight"])

@@ -16,6 +16,7 @@ from gaussquant.config import Config
 from gaussquant.errors import GaussquantError
 from gaussquant.methods import TRAINED_METHODS, shape
 from gaussquant.models import build_backbone
+from gaussquant.models.streams import own_stream
 from gaussquant.quantizers import BUILDERS
 from gaussquant.quantizers.base import QuantizerOutput
 
@@ -54,8 +55,9 @@ def build_autoencoder(
     (a converted model's post-training quantizer) replaces the one ``method`` would build."""
     if method not in BUILDERS:
         raise GaussquantError(f"unknown method {method!r}; allowed: {', '.join(TRAINED_METHODS)}")
-    if bottleneck is None:
-        bottleneck = BUILDERS[method](cfg, shape(method, cfg, cfg.rate(rate).bits))
+    if bottleneck is None:  # its draws (a VQ codebook) leave the backbone's as every method's
+        with own_stream("bottleneck"):
+            bottleneck = BUILDERS[method](cfg, shape(method, cfg, cfg.rate(rate).bits))
     arch_cfg = getattr(cfg.model, arch, None) if arch in ("unet", "vit") else None
     if arch_cfg is None:
         raise GaussquantError(f"unknown arch {arch!r}; allowed: unet, vit")

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gaussquant.errors import GaussquantError
+from gaussquant.models.streams import own_stream
 from gaussquant.sections import UNetConfig
 
 GROUPNORM_EPS = 1e-6  # LDM autoencoder value (torch default is 1e-5)
@@ -73,7 +74,8 @@ class UNetEncoder(nn.Module):
             self.down.append(stage)
         self.mid = _Mid(c_in, cfg.mid_attn, g, p)
         self.norm_out = nn.GroupNorm(g, c_in, eps=GROUPNORM_EPS)
-        self.conv_out = nn.Conv2d(c_in, out_channels, 3, padding=1)
+        with own_stream("encoder.out"):  # its shape is the bottleneck's (common random numbers)
+            self.conv_out = nn.Conv2d(c_in, out_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.cfg.downsample
@@ -100,7 +102,8 @@ class UNetDecoder(nn.Module):
         self.cfg = cfg
         g, p = cfg.num_groups, cfg.dropout
         c_in = cfg.ch * cfg.ch_mult[-1]
-        self.conv_in = nn.Conv2d(in_channels, c_in, 3, padding=1)
+        with own_stream("decoder.in"):  # its shape is the bottleneck's (common random numbers)
+            self.conv_in = nn.Conv2d(in_channels, c_in, 3, padding=1)
         self.mid = _Mid(c_in, cfg.mid_attn, g, p)
         up = []
         for level in reversed(range(len(cfg.ch_mult))):

@@ -33,6 +33,7 @@ from einops import rearrange
 from torch import nn
 
 from gaussquant.errors import GaussquantError
+from gaussquant.models.streams import own_stream
 from gaussquant.sections import CLAMP_MODES as CLAMP_MODES  # re-exported
 from gaussquant.sections import ViTConfig
 
@@ -49,7 +50,8 @@ class ViTEncoder(nn.Module):
         self.ln_pre = nn.LayerNorm(w)
         self.blocks = nn.ModuleList(Block(w, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.layers))
         self.ln_post = nn.LayerNorm(w)
-        self.proj_out = nn.Linear(w, out_channels)
+        with own_stream("encoder.out"):  # its shape is the bottleneck's (common random numbers)
+            self.proj_out = nn.Linear(w, out_channels)
         nn.init.normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.patch_embed.weight, std=0.02)
 
@@ -79,7 +81,8 @@ class ViTDecoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         w, hidden = cfg.width, int(cfg.head_ratio * cfg.width)
-        self.proj_in = nn.Linear(in_channels, w)
+        with own_stream("decoder.in"):  # its shape is the bottleneck's (common random numbers)
+            self.proj_in = nn.Linear(in_channels, w)
         self.pos_embed = nn.Parameter(torch.empty(cfg.grid**2, w))
         self.ln_pre = nn.LayerNorm(w)
         self.blocks = nn.ModuleList(Block(w, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.layers))

@@ -129,9 +129,9 @@ def stereo_guard() -> int:
     on the data (scikit-image 0.26): left[y, x] matches right[y, x - d] (mean |grey difference|
     7.8 over the 332k pixels with a disparity) and not right[y, x + d] (45.0); the finite d lie
     in [7.2, 59.9] px (7 % of the map is inf: no ground truth; scikit-image's docstring states
-    the opposite direction and NaN). So the left view's strip
-    x_L >= b shows up in the right view at x_R >= b - max d, and the right view trains on
-    x_R < b - ceil(max d) only (tests/test_data.py asserts the direction).
+    the opposite direction and NaN). So the left view's strip x_L >= b shows up in the right
+    view at x_R >= b - max d, and the right view trains on x_R < b - ceil(max d) only
+    (tests/test_data.py asserts the direction).
     """
     try:
         left, _right, disparity = _stereo_motorcycle()

@@ -13,15 +13,18 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from gaussquant import data as data_module
 from gaussquant.cli import main as cli_main
 from gaussquant.config import DataConfig
 from gaussquant.data import (
     BUNDLED_PHOTOS,
+    STEREO_PAIR,
     PreparedDataset,
     StepBatchSampler,
     bundled_photos,
     list_images,
     prepare,
+    stereo_guard,
     verify_prepared,
 )
 from gaussquant.errors import ConfigError, GaussquantError
@@ -157,6 +160,16 @@ def test_manifest_checksums_and_verify(bundled, tmp_path):
     [
         (dict(val_photos=["lena"]), "data.val_photos: unknown photo"),
         (dict(val_photos=["motorcycle_left"]), "stereo pair"),
+        (dict(val_split="pixels"), "data.val_split: 'pixels' is not allowed; allowed: photos, reg"),
+        (
+            dict(val_split="region", val_region=0.0),
+            r"data.val_region: must be in \(0, 1\), got 0.0",
+        ),
+        (
+            dict(val_split="region", val_region=1.0),
+            r"data.val_region: must be in \(0, 1\), got 1.0",
+        ),
+        (dict(val_region=-0.1), "data.val_region"),
         (dict(n_train=0), "data.n_train"),
         (dict(min_scale=0.0), "data.min_scale"),
         (dict(source="webdataset"), "data.source"),
@@ -167,6 +180,138 @@ def test_bad_data_config_is_a_config_error(edit, match, tmp_path):
     with pytest.raises(ConfigError, match=match):
         prepare(bundled_cfg(**edit), tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- held-out regions
+
+
+def region_cfg(**kw):
+    return bundled_cfg(val_split="region", n_train=64, n_val=32, **kw)
+
+
+@pytest.fixture(scope="module")
+def region(tmp_path_factory):
+    out = tmp_path_factory.mktemp("region") / "data"
+    return out, prepare(region_cfg(), out, progress=False)
+
+
+def boundary(name, val_region=0.25):
+    """The first held-out column b of a photo, and where its training columns stop."""
+    w = bundled_photos()[name].shape[1]
+    b = round(w * (1 - val_region))
+    return b, b - stereo_guard() if name == STEREO_PAIR[1] else b
+
+
+def parsed_boxes(root, split):
+    for line in index_lines(root, split):
+        name, box = line.split()
+        yield name, *(float(v) for v in box.removeprefix("box=").split(","))
+
+
+def test_stereo_disparity_direction_and_guard():
+    """A scene point at x_L in the left view is at x_R = x_L - d in the right view: the left
+    view's pixels match the right view's at x - d far better than at x + d. The guard is the
+    largest finite disparity, rounded up."""
+    left, right, disparity = data_module._stereo_motorcycle()
+    grey_l, grey_r = left.mean(axis=2), right.mean(axis=2)
+    ys, xs = np.nonzero(np.isfinite(disparity))
+    d = np.rint(disparity[ys, xs]).astype(int)
+    err = {}
+    for sign in (-1, 1):
+        xr = xs + sign * d
+        ok = (xr >= 0) & (xr < left.shape[1])
+        err[sign] = np.abs(grey_l[ys[ok], xs[ok]] - grey_r[ys[ok], xr[ok]]).mean()
+    assert err[-1] < 12 < 30 < err[1]  # measured 7.8 vs 45.0 grey levels
+    finite = disparity[np.isfinite(disparity)]  # no ground truth: inf
+    assert finite.min() > 0 and stereo_guard() - 1 < finite.max() <= stereo_guard()
+
+
+def test_region_boxes_stay_in_their_columns(region):
+    """Per photo, every training box lies in x < b (the right stereo view: x < b - guard) and
+    every validation box in x >= b, as the manifest records; validation spans >= 6 photos."""
+    out, manifest = region
+    photos = bundled_photos()
+    assert manifest["counts"] == {"train": 64, "val": 32}
+    assert manifest["splits"]["train"]["stereo_guard"] == stereo_guard()
+    for split in ("train", "val"):
+        recorded = manifest["splits"][split]["photos"]
+        assert list(recorded) == list(BUNDLED_PHOTOS)  # every photo contributes to both
+        for name, x0, y0, side in parsed_boxes(out, split):
+            h, w = photos[name].shape[:2]
+            b, stop = boundary(name)
+            lo, hi = (b, w) if split == "val" else (0, stop)
+            assert recorded[name]["columns"] == [lo, hi], name
+            assert lo - 1e-9 <= x0 and x0 + side <= hi + 1e-9, (split, name, x0, side)
+            assert 0 <= y0 and y0 + side <= h + 1e-9
+            assert side >= RES - 1e-9 or side >= min(hi - lo, h) - 1e-9  # upsample: region only
+    val_names = {name for name, *_ in parsed_boxes(out, "val")}
+    assert len(val_names) >= 6
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_region_crops_never_read_the_other_split_columns(region, tmp_path, monkeypatch, split):
+    """Painting over every column a split may not use (the other split's strip, and the right
+    view's guard) leaves that split's crops byte-identical: the resampling filter reads no pixel
+    outside the region."""
+    out, manifest = region
+    painted = {}
+    for name, photo in bundled_photos().items():
+        b, stop = boundary(name)
+        photo = photo.copy()
+        if split == "train":
+            photo[:, stop:] = 255
+        else:
+            photo[:, :b] = 255
+        painted[name] = photo
+    monkeypatch.setattr(data_module, "bundled_photos", lambda: painted)
+    again = prepare(region_cfg(), tmp_path / "painted", progress=False)
+    assert again["splits"][split]["shards"] == manifest["splits"][split]["shards"]
+    other = "val" if split == "train" else "train"
+    assert again["splits"][other]["shards"] != manifest["splits"][other]["shards"]
+
+
+def test_region_crops_are_the_recorded_boxes_and_deterministic(region, tmp_path):
+    out, manifest = region
+    photos = bundled_photos()
+    images = np.concatenate(shards(out, "val"))
+    for image, (name, x0, y0, side) in zip(images, parsed_boxes(out, "val")):
+        b = boundary(name)[0]
+        box = (x0 - b, y0, x0 - b + side, y0 + side)
+        strip = Image.fromarray(photos[name][:, b:])
+        ref = strip.resize((RES, RES), Image.Resampling.BICUBIC, box=box)
+        # the box went through photo columns and back: a rounding of the last float bit
+        np.testing.assert_allclose(np.asarray(ref), image, atol=1, err_msg=name)
+    again = prepare(region_cfg(), tmp_path / "again", progress=False)
+    assert again == manifest
+    for split in ("train", "val"):
+        for a in sorted((out / split).iterdir()):
+            assert a.read_bytes() == (tmp_path / "again" / split / a.name).read_bytes()
+
+
+def test_photos_mode_ignores_val_region_and_region_mode_val_photos(bundled, region, tmp_path):
+    """``val_region`` belongs to region mode, ``val_photos`` to photos mode."""
+    _, manifest = bundled
+    shares = prepare(bundled_cfg(val_region=0.5), tmp_path / "p", progress=False)
+    assert shares["sha256"] == manifest["sha256"]
+    held = prepare(region_cfg(val_photos=["rocket"]), tmp_path / "r", progress=False)
+    assert held["sha256"] == region[1]["sha256"]
+
+
+def test_region_too_wide_for_the_stereo_guard_is_an_error(tmp_path):
+    # 741 px: b = round(741 * 0.05) = 37 < the guard, so the right view has no training column
+    with pytest.raises(GaussquantError, match="data.val_region: 0.95 leaves motorcycle_right"):
+        prepare(region_cfg(val_region=0.95), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_quick_profile_validates_on_held_out_strips_of_at_least_6_photos(tmp_path):
+    from gaussquant.config import load_config
+
+    cfg = load_config(ROOT / "params.yaml", profile="quick").data
+    assert cfg.source == "bundled" and cfg.val_split == "region"
+    manifest = prepare(dataclasses.replace(cfg, n_train=8), tmp_path / "q", progress=False)
+    assert manifest["counts"]["val"] == cfg.n_val
+    assert len({name for name, *_ in parsed_boxes(tmp_path / "q", "val")}) >= 6
 
 
 # ----------------------------------------------------------------------------- image folders

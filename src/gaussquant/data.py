@@ -3,9 +3,10 @@
 Two sources, one prepared folder:
 
 - ``bundled``: the 12 real RGB photographs that ship inside the scikit-image (9), scikit-learn
-  (2) and matplotlib (1) wheels, cut into random square crops, stored as shards. Whole photos
-  are held out for validation (``val_photos``), so no validation pixel is ever seen in
-  training. Offline.
+  (2) and matplotlib (1) wheels, cut into random square crops, stored as shards. Validation
+  holds out whole photos (``val_split: photos``, ``val_photos``) or the right-most strip of
+  every photo (``val_split: region``, ``val_region``); either way no validation pixel is ever
+  seen in training. Offline.
 - ``folder``: any image folder (ImageNet layout or flat; ``*.jpg|*.jpeg|*.png`` found
   recursively, case-insensitive), read in place: ``prepare-data`` writes an index (relative
   paths, byte sizes, image sizes, optional sha256; ~20 bytes per image gzipped) and each
@@ -77,12 +78,20 @@ def _load_photo(name: str) -> np.ndarray:
 
         with get_sample_data("grace_hopper.jpg") as f, Image.open(f) as im:
             return np.asarray(im.convert("RGB"))
+    if name in STEREO_PAIR:
+        left, right, _disparity = _stereo_motorcycle()
+        return left if name == STEREO_PAIR[0] else right
     import skimage.data
 
-    if name in STEREO_PAIR:
-        left, right, _disparity = skimage.data.stereo_motorcycle()
-        return left if name == STEREO_PAIR[0] else right
     return getattr(skimage.data, name)()
+
+
+@functools.lru_cache(maxsize=1)
+def _stereo_motorcycle() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """scikit-image's rectified stereo pair: (left, right, disparity of the left view)."""
+    import skimage.data
+
+    return skimage.data.stereo_motorcycle()
 
 
 @functools.lru_cache(maxsize=1)
@@ -111,27 +120,91 @@ def bundled_photos() -> dict[str, np.ndarray]:
     return dict(_bundled_photos())
 
 
+@functools.lru_cache(maxsize=1)
+def stereo_guard() -> int:
+    """Columns (px) by which the right stereo view's training region stops short of the
+    validation boundary: the ceiling of the largest finite disparity of the pair.
+
+    A scene point at column x_L of the left view is at x_R = x_L - d in the right view. Checked
+    on the data (scikit-image 0.26): left[y, x] matches right[y, x - d] (mean |grey difference|
+    7.8 over the 332k pixels with a disparity) and not right[y, x + d] (45.0); the finite d lie
+    in [7.2, 59.9] px (7 % of the map is inf: no ground truth; scikit-image's docstring states
+    the opposite direction and NaN). So the left view's strip x_L >= b shows up in the right
+    view at x_R >= b - max d, and the right view trains on x_R < b - ceil(max d) only
+    (tests/test_data.py asserts the direction).
+    """
+    try:
+        left, _right, disparity = _stereo_motorcycle()
+    except Exception as err:  # no scikit-image, or its data cannot be read: no guard, no split
+        raise GaussquantError(
+            f"cannot read the stereo pair's disparity map for data.val_split: region "
+            f"({type(err).__name__}: {err}); pip install scikit-image"
+        ) from None
+    d = np.asarray(disparity, dtype=np.float64)
+    finite = d[np.isfinite(d)]
+    if d.shape != left.shape[:2] or finite.size == 0 or finite.min() < 0:
+        raise GaussquantError(
+            f"the stereo pair's disparity map (shape {d.shape}, {finite.size} finite values) is "
+            f"not a non-negative map of the left view {left.shape[:2]}; an unexpected "
+            "scikit-image version? data.val_split: region cannot bound the stereo guard"
+        )
+    return math.ceil(finite.max())
+
+
+def bundled_regions(cfg: DataConfig, split: str) -> dict[str, tuple[int, int]]:
+    """The column range ``[x0, x1)`` of each bundled photo that ``split``'s crops come from.
+
+    ``photos``: the whole width of the split's photos. ``region``: every photo, validation
+    from ``x >= b``, training from ``x < b`` (the right stereo view: ``x < b - stereo_guard()``),
+    ``b = round(w * (1 - val_region))``.
+    """
+    photos = bundled_photos()
+    if cfg.val_split == "photos":
+        held = set(cfg.val_photos)
+        return {k: (0, v.shape[1]) for k, v in photos.items() if (k in held) == (split == "val")}
+    regions = {}
+    for name, photo in photos.items():
+        w = photo.shape[1]
+        b = round(w * (1.0 - cfg.val_region))
+        stop = b - stereo_guard() if name == STEREO_PAIR[1] else b
+        regions[name] = (b, w) if split == "val" else (0, stop)
+        if regions[name][1] <= regions[name][0]:
+            raise GaussquantError(
+                f"data.val_region: {cfg.val_region} leaves {name} (width {w}) no {split} "
+                "columns; choose a share nearer 0.25"
+            )
+    return regions
+
+
 def _bundled_crops(
-    photos: dict[str, np.ndarray], n: int, cfg: DataConfig, rng: np.random.Generator
+    photos: dict[str, np.ndarray],
+    regions: dict[str, tuple[int, int]],
+    n: int,
+    cfg: DataConfig,
+    rng: np.random.Generator,
 ) -> Iterator[tuple[np.ndarray, str]]:
-    """``n`` random square crops: photo uniform, side fraction log-uniform, position uniform."""
+    """``n`` random square crops inside the ``regions`` (column ranges) of their photos: photo
+    uniform, side fraction log-uniform, position uniform. The side is a fraction of the whole
+    photo's short side (both splits zoom alike), clipped to the region."""
     resolution = cfg.resolution
-    names = list(photos)
-    images = {name: Image.fromarray(photos[name]) for name in names}
+    names = list(regions)
+    # only the region's pixels exist for the resampling filter: none from outside is read
+    images = {k: Image.fromarray(photos[k][:, x0:x1]) for k, (x0, x1) in regions.items()}
     for _ in range(n):
         name = names[rng.integers(len(names))]
-        h, w = photos[name].shape[:2]
-        short = min(h, w)
-        # never upsample, unless the photo's short side is below the resolution
+        short = min(photos[name].shape[:2])
+        w, h = images[name].size
+        # never upsample, unless the photo's (or the region's) short side is below the resolution
         lo = min(1.0, max(cfg.min_scale, resolution / short))
         hi = max(lo, cfg.max_scale)
-        side = short * math.exp(rng.uniform(math.log(lo), math.log(hi)))
+        side = min(short * math.exp(rng.uniform(math.log(lo), math.log(hi))), w, h)
         x0, y0 = rng.uniform(0.0, w - side), rng.uniform(0.0, h - side)
         box = (x0, y0, x0 + side, y0 + side)
         # resize(box=...) resamples only the box: the same pixels as resizing the whole photo
         # to short side resolution/f and cropping, without the full-photo resize per crop.
         crop = images[name].resize((resolution, resolution), Image.Resampling.BICUBIC, box=box)
-        yield np.asarray(crop), f"{name} box={x0!r},{y0!r},{side!r}"  # exact: repr round-trips
+        x = x0 + regions[name][0]  # in photo columns; exact in photos mode (+ 0)
+        yield np.asarray(crop), f"{name} box={x!r},{y0!r},{side!r}"  # exact: repr round-trips
 
 
 # ----------------------------------------------------------------------------- image folders
@@ -275,14 +348,18 @@ def _prepare_split(cfg: DataConfig, split: str, tmp: Path, workers: int, progres
     n = cfg.n_train if split == "train" else cfg.n_val
     rng = np.random.default_rng([cfg.seed, SPLITS.index(split)])  # one stream per split
     if cfg.source == "bundled":
-        held = set(cfg.val_photos)
-        used = {k: v for k, v in bundled_photos().items() if (k in held) == (split == "val")}
-        entry = _write_split(tmp / split, _bundled_crops(used, n, cfg, rng), cfg)
-        photo = {
-            k: {"shape": list(v.shape), "sha256": sha256_bytes(v.tobytes())}
-            for k, v in used.items()
+        photos, regions = bundled_photos(), bundled_regions(cfg, split)
+        entry = _write_split(tmp / split, _bundled_crops(photos, regions, n, cfg, rng), cfg)
+        entry["photos"] = {  # which photos, and which of their columns [x0, x1), this split used
+            k: {
+                "shape": list(photos[k].shape),
+                "sha256": sha256_bytes(photos[k].tobytes()),
+                "columns": list(cols),
+            }
+            for k, cols in regions.items()
         }
-        entry["photos"] = photo
+        if cfg.val_split == "region" and split == "train":
+            entry["stereo_guard"] = stereo_guard()
         return entry
     key, root = f"data.{split}_dir", Path(getattr(cfg, f"{split}_dir"))
     found = list_images(root, key)

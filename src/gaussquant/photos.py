@@ -13,9 +13,11 @@ BUNDLED_PHOTOS = (
     "grace_hopper",  # matplotlib sample_data, 600x512
     "hubble_deep_field",  # skimage, 872x1000, telescope
     "immunohistochemistry",  # skimage, 512x512, microscope
-    "motorcycle_left",  # skimage stereo_motorcycle, 500x741 (stereo pair: same split)
+    "motorcycle_left",  # skimage stereo_motorcycle, 500x741 (stereo pair)
     "motorcycle_right",  # skimage stereo_motorcycle, 500x741
     "retina",  # skimage, 1411x1411, fundus camera
     "rocket",  # skimage, 427x640
 )
-STEREO_PAIR = ("motorcycle_left", "motorcycle_right")  # near-duplicates: never split them
+# Near-duplicates: whole-photo validation holds out both or neither; the region split keeps
+# the right view's training columns clear of the left view's held-out strip (data.py).
+STEREO_PAIR = ("motorcycle_left", "motorcycle_right")

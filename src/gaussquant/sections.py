@@ -44,6 +44,7 @@ def check_power_of_two(key: str, k: int) -> None:
 
 SOURCES = ("bundled", "folder")
 VERIFY_MODES = ("decode", "header")  # how prepare-data checks each image of a folder
+VAL_SPLITS = ("photos", "region")  # bundled: hold out whole photos, or a strip of every photo
 # Keys that say where the prepared data lives and how it was checked, not which images it
 # holds (the manifest's sha256 says that): not part of a training run's settings.
 DATA_STORAGE_KEYS = ("prepared_dir", "verify", "hash", "shard_size")
@@ -58,7 +59,14 @@ class DataConfig:
     - ``resolution``: side of the square images, pixels.
     - ``n_train`` / ``n_val``: bundled: number of random crops (>= 1); folder: at most this
       many images, a seeded random subset kept in path order (0 = every image).
-    - ``val_photos``: bundled photos held out for validation (all others are training photos).
+    - ``val_split``: how the bundled photos are split. ``photos``: whole photos
+      (``val_photos``) are held out for validation, all others are training photos.
+      ``region``: every photo contributes to both splits: validation crops come from its
+      right-most strip (a share ``val_region`` of its width), training crops from the rest, so
+      no pixel is shared (the right stereo view also leaves out the columns that show the left
+      view's strip). ``region`` ignores ``val_photos``.
+    - ``val_photos``: ``photos`` mode: bundled photos held out for validation.
+    - ``val_region``: ``region`` mode: share of each photo's width held out, in (0, 1).
     - ``min_scale``, ``max_scale``: bundled crops cover a fraction ``f`` of the photo's short
       side, ``f`` log-uniform in ``[min_scale, max_scale]`` (and never so small that the crop is
       upsampled);
@@ -83,7 +91,9 @@ class DataConfig:
     resolution: int = 256
     n_train: int = 0
     n_val: int = 0
+    val_split: str = "photos"
     val_photos: list[str] = field(default_factory=lambda: ["coffee", "grace_hopper"])
+    val_region: float = 0.25
     min_scale: float = 0.25
     max_scale: float = 1.0
     seed: int = 0
@@ -97,10 +107,19 @@ class DataConfig:
         val = set(self.val_photos)
         pair = [p in val for p in STEREO_PAIR]
         bundled = self.source == "bundled"
+        by_photos = bundled and self.val_split == "photos"
         checks = [
             (
                 self.source in SOURCES,
                 f"source: {self.source!r} is not allowed; allowed: bundled, folder",
+            ),
+            (
+                self.val_split in VAL_SPLITS,
+                f"val_split: {self.val_split!r} is not allowed; allowed: {', '.join(VAL_SPLITS)}",
+            ),
+            (
+                0.0 < self.val_region < 1.0,
+                f"val_region: must be in (0, 1), got {self.val_region}",
             ),
             (
                 self.verify in VERIFY_MODES,
@@ -121,7 +140,7 @@ class DataConfig:
                 f" allowed: {', '.join(BUNDLED_PHOTOS)}",
             ),
             (
-                not bundled or 1 <= len(val) < len(BUNDLED_PHOTOS),
+                not by_photos or 1 <= len(val) < len(BUNDLED_PHOTOS),
                 "val_photos: hold out at least one photo and leave at least one for training",
             ),
             (

@@ -7,6 +7,8 @@ same validation images, so a metric has two sources of noise:
 - training (seed to seed): :func:`mean_ci` over the per-seed values (Student t, ``ddof=1``) and
   :func:`paired_difference` for GQ minus a baseline, paired by seed. These decide the tables'
   bold marks (:func:`significantly_best`) and verdicts (:func:`verdict`, :func:`verdict_table`).
+  What a verdict could have detected: :func:`min_detectable_difference` (at the measured spread
+  and seed count) and :func:`seeds_needed` (for a given gap), both at :data:`POWER`.
 - evaluation sample (which images): :func:`bootstrap_ci` of one run's mean over its per-image
   values.
 
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import optimize, stats
 
 from gaussquant.errors import GaussquantError
 from gaussquant.published import published as _published
@@ -31,6 +33,8 @@ from gaussquant.records import METRICS, PAPER_METRICS
 # metric key -> higher is better (the ones the paper reports; docs/method.md §7)
 HIGHER_IS_BETTER = {k: METRICS[k][1] for k in PAPER_METRICS}
 VERDICTS = ("GQ better", "no significant difference", "GQ worse")
+POWER = 0.8  # power of the paired t-test behind mde and seeds_needed (docs/method.md §6.5)
+SEEDS_CAP = 10_000  # seeds_needed searches n <= this; beyond it returns inf
 _BOOT_CHUNK = 1 << 22  # resampled values held at once (32 MiB of float64)
 
 
@@ -39,6 +43,7 @@ class CI:
     """A point estimate with a two-sided interval ``[low, high]`` from ``n`` values.
 
     ``half_width`` is ``(high - low) / 2``; for the t interval ``low = mean - half_width``.
+    ``sd``: standard deviation of the ``n`` values (``ddof=1``).
     """
 
     mean: float
@@ -46,6 +51,7 @@ class CI:
     high: float
     half_width: float
     n: int
+    sd: float = math.nan
 
 
 def _check_level(level: float) -> None:
@@ -72,9 +78,9 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> CI:
     """
     _check_level(level)
     x = _as_values(values, "a confidence interval over seeds", "seeds")
-    mean = float(x.mean())
-    half = float(stats.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
-    return CI(mean, mean - half, mean + half, half, int(x.size))
+    mean, sd = float(x.mean()), float(x.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + level / 2, x.size - 1) * sd / math.sqrt(x.size))
+    return CI(mean, mean - half, mean + half, half, int(x.size), sd)
 
 
 def _paired_arrays(a, b) -> tuple[np.ndarray, np.ndarray]:
@@ -122,6 +128,67 @@ def verdict(diff_ci: CI, higher_is_better: bool) -> str:
     return VERDICTS[1]
 
 
+def paired_power(effect: float, n: int, level: float = 0.95) -> float:
+    """Exact power of the two-sided paired t-test of :func:`verdict` at ``level``.
+
+    ``effect``: true mean difference over the standard deviation of the per-seed differences;
+    ``n >= 2`` seeds. The statistic is noncentral t with ``n - 1`` degrees of freedom and
+    noncentrality ``effect * sqrt(n)``; both tails count. (The lower tail is taken as the upper
+    tail at ``-nc``: scipy's ``nct.cdf`` far below the centre returns NaN.)
+    """
+    _check_level(level)
+    df, nc = n - 1, abs(effect) * math.sqrt(n)
+    crit = stats.t.ppf(0.5 + level / 2, df)
+    return float(stats.nct.sf(crit, df, nc) + stats.nct.sf(crit, df, -nc))
+
+
+def _power_short(effect: float, n: int, level: float) -> float:
+    """How far :func:`paired_power` falls short of :data:`POWER` (the root is the MDE)."""
+    return paired_power(effect, n, level) - POWER
+
+
+def min_detectable_difference(sd: float, n: int, level: float = 0.95) -> float:
+    """Smallest |true difference| that :func:`verdict` detects with probability :data:`POWER`.
+
+    ``sd``: measured standard deviation of the ``n`` per-seed differences (``ddof=1``), in the
+    metric's units; the result is in the same units. NaN when ``n < 2`` or ``sd`` is not
+    finite; 0 when ``sd == 0`` (every nonzero difference gives a zero-width interval).
+    """
+    if n < 2 or not math.isfinite(sd):
+        return math.nan
+    if sd == 0:
+        return 0.0
+    hi = 1.0
+    while _power_short(hi, n, level) < 0:  # bracket the root: power rises with the effect
+        hi *= 2
+    effect = optimize.brentq(_power_short, 0.0, hi, args=(n, level), xtol=1e-12, rtol=1e-12)
+    return sd * effect
+
+
+def seeds_needed(gap: float, sd: float, level: float = 0.95, cap: int = SEEDS_CAP) -> float:
+    """Fewest seeds (>= 2) at which :func:`verdict` detects a true difference ``gap`` with
+    probability :data:`POWER`, if the per-seed differences have standard deviation ``sd``.
+
+    NaN when ``gap`` is NaN or 0 or ``sd`` is not finite; 2 when ``sd == 0``; ``inf`` when
+    more than ``cap`` seeds would be needed. Power rises with ``n``: the search doubles ``n``
+    up to ``cap``, then bisects.
+    """
+    if math.isnan(gap) or gap == 0 or not math.isfinite(sd):
+        return math.nan
+    if sd == 0:
+        return 2.0
+    effect = gap / sd
+    lo, hi = 1, 2  # n = 1 detects nothing; hi is the first n tried that does
+    while _power_short(effect, hi, level) < 0:
+        if hi >= cap:
+            return math.inf
+        lo, hi = hi, min(2 * hi, cap)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if _power_short(effect, mid, level) >= 0 else (mid, hi)
+    return float(hi)
+
+
 def bootstrap_ci(
     per_image_values: Sequence[float], level: float = 0.95, n_boot: int = 2000, seed: int = 0
 ) -> CI:
@@ -145,7 +212,8 @@ def bootstrap_ci(
         ]
     )
     low, high = np.quantile(means, [0.5 - level / 2, 0.5 + level / 2])
-    return CI(float(x.mean()), float(low), float(high), float(high - low) / 2, int(x.size))
+    half = float(high - low) / 2
+    return CI(float(x.mean()), float(low), float(high), half, int(x.size), float(x.std(ddof=1)))
 
 
 def significantly_best(
@@ -215,8 +283,8 @@ def _paper_diff(published, arch, bits, reference, baseline, metric) -> float:
 
 
 VERDICT_COLUMNS = [
-    "arch", "bits", "baseline", "metric", "diff", "low", "high", "n", "verdict", "paper_diff",
-    "paper_agrees",
+    "arch", "bits", "baseline", "metric", "diff", "low", "high", "n", "mde", "verdict",
+    "paper_diff", "paper_agrees", "seeds_needed",
 ]  # fmt: skip
 
 
@@ -233,11 +301,15 @@ def verdict_table(
     position), ``name``, ``seed`` and the ``metrics`` (keys of :data:`HIGHER_IS_BETTER`).
     Output: one row per (arch, bits, baseline,
     metric) with ``diff`` = mean of reference - baseline over seeds, its interval ``low``/``high``,
-    ``n`` seeds, ``verdict``, ``paper_diff`` (the same difference in docs/method.md §7's numbers, NaN when
-    not published at these bits per position) and ``paper_agrees``: "yes" when our significant ordering matches the
-    paper's, "no" when it is the opposite (or the paper has a tie), "n/s" when ours is not
-    significant, "-" when there is no published value. A metric missing or all NaN for either
-    method of a pair is left out; seeds must match exactly (else an error naming them).
+    ``n`` seeds, ``mde`` (:func:`min_detectable_difference` of the per-seed differences' spread:
+    the smallest true difference this row detects with probability :data:`POWER`),
+    ``verdict``, ``paper_diff`` (the same difference in docs/method.md §7's numbers, NaN when
+    not published at these bits per position), ``paper_agrees``: "yes" when our significant
+    ordering matches the paper's, "no" when it is the opposite (or the paper has a tie), "n/s"
+    when ours is not significant, "-" when there is no published value, and ``seeds_needed``
+    (:func:`seeds_needed` for ``paper_diff`` at the measured spread; inf beyond
+    :data:`SEEDS_CAP`). A metric missing or all NaN for either method of a pair is left out;
+    seeds must match exactly (else an error naming them).
     """
     unknown = [m for m in metrics if m not in HIGHER_IS_BETTER]
     if unknown:
@@ -256,7 +328,8 @@ def verdict_table(
 
 
 def _verdict_row(group, reference, baseline, metric, published, level) -> list | None:
-    """diff, low, high, n, verdict, paper_diff, paper_agrees for one pair; None if not computed."""
+    """diff ... seeds_needed (:data:`VERDICT_COLUMNS` after the metric) for one pair; None if
+    not computed."""
     arch, bits = group["arch"].iloc[0], int(group["bits"].iloc[0])
     ref = _seed_values(group, reference, metric)
     base = _seed_values(group, baseline, metric)
@@ -275,7 +348,9 @@ def _verdict_row(group, reference, baseline, metric, published, level) -> list |
         ci.low,
         ci.high,
         ci.n,
+        min_detectable_difference(ci.sd, ci.n, level),
         v,
         paper,
         _paper_agrees(v, paper, HIGHER_IS_BETTER[metric]),
+        seeds_needed(paper, ci.sd, level),
     ]

@@ -36,6 +36,9 @@ from gaussquant.records import (  # noqa: F401 (load_metrics re-exported)
 
 ARROW = {True: "\u2191", False: "\u2193"}
 LEVEL = 0.95
+_POWER_PCT = f"{stats.POWER * 100:.0f} %"  # "80 %", for the verdict table's text
+_MDE_HEAD, _SEEDS_HEAD = f"Detectable at {_POWER_PCT} power", "Seeds for the paper's gap"
+_NUMBER_COLUMNS = ("Bits", "Seeds", _MDE_HEAD, "Paper's gap", _SEEDS_HEAD)  # right-aligned
 
 
 def _arch_title(arch: str) -> str:
@@ -222,14 +225,38 @@ def verdicts(df: pd.DataFrame, baselines: Sequence[str]) -> pd.DataFrame:
     keep = df[df["name"].isin(["gq", *baselines])].assign(seed=lambda d: d["seed"].astype(int))
     if keep.groupby(["arch", "bits", "name"])["seed"].nunique().min() < 2:
         rows = [
-            [a, b, n, m, *[math.nan] * 3, 1, "needs >= 2 seeds", math.nan, "-"]
+            {"arch": a, "bits": b, "baseline": n, "metric": m, "n": 1}
+            | {"verdict": "needs >= 2 seeds", "paper_agrees": "-"}
             for (a, b), g in keep.groupby(["arch", "bits"])
             for n in baselines
             if n in set(g["name"])
             for m in metrics
-        ]
+        ]  # every other column is NaN
         return pd.DataFrame(rows, columns=stats.VERDICT_COLUMNS)
     return stats.verdict_table(keep, metrics, reference="gq", level=LEVEL)
+
+
+def _number(x: float, spec: str) -> str:
+    """``x`` formatted by ``spec``, or "-" when it was not computed (NaN)."""
+    return "-" if math.isnan(x) else format(x, spec)
+
+
+def _verdict_cells(v: pd.DataFrame, column: str, decimals: dict[str, int], sign="") -> list[str]:
+    """``v[column]`` as text in each row's metric decimals ("-" where NaN)."""
+    return [_number(x, f"{sign}.{decimals.get(m, 3)}f") for x, m in zip(v[column], v["metric"])]
+
+
+def _seeds_text(n: float) -> str:
+    """A seeds-needed cell: the count, "-" (no published gap) or "> cap"."""
+    if math.isinf(n):
+        return f"> {stats.SEEDS_CAP:,}"
+    return _number(n, ".0f")
+
+
+def _markdown(shown: pd.DataFrame) -> str:
+    """Cells as written (no number parsing: "+0.50" stays "+0.50"), numbers right-aligned."""
+    align = ["right" if c in _NUMBER_COLUMNS else "left" for c in shown]
+    return shown.to_markdown(index=False, disable_numparse=True, colalign=align)
 
 
 def write_verdicts(v: pd.DataFrame, prefix: str | Path, decimals: dict[str, int]) -> list[Path]:
@@ -250,8 +277,11 @@ def write_verdicts(v: pd.DataFrame, prefix: str | Path, decimals: dict[str, int]
                 for r in v.itertuples()
             ],
             "Seeds": v["n"],
+            _MDE_HEAD: _verdict_cells(v, "mde", decimals),
             "Verdict": v["verdict"],
+            "Paper's gap": _verdict_cells(v, "paper_diff", decimals, sign="+"),
             "Paper agrees": v["paper_agrees"],
+            _SEEDS_HEAD: v["seeds_needed"].map(_seeds_text),
         }
     )
     counts = v["verdict"].value_counts().to_dict()
@@ -264,8 +294,14 @@ def write_verdicts(v: pd.DataFrame, prefix: str | Path, decimals: dict[str, int]
         "where the interval excludes 0. `Paper agrees`: our significant ordering against the "
         "published one (docs/method.md §7) at the same architecture and bits per latent position (the "
         "paper's f8 token of those bits; `n/s`: ours not "
-        "significant; `-`: no published value at this rate).\n\n"
-        f"{shown.to_markdown(index=False)}\n\nVerdicts: {summary}.\n"
+        "significant; `-`: no published value at this rate). "
+        f"`{_MDE_HEAD}`: the smallest true difference that this many seeds would find "
+        f"significant {_POWER_PCT} of the time, at the measured spread of the per-seed "
+        "differences; a `no significant difference` row says little about smaller gaps (they "
+        f"would often be missed). `{_SEEDS_HEAD}`: how many seeds would find the published gap "
+        f"significant {_POWER_PCT} of the time at that spread (`> {stats.SEEDS_CAP:,}`: more "
+        "than that; `-`: no published gap).\n\n"
+        f"{_markdown(shown)}\n\nVerdicts: {summary}.\n"
     )
     write_text(paths[1], text)
     return paths

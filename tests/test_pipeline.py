@@ -82,6 +82,7 @@ def test_dvc_repro_tiny_produces_sane_tables_and_figures(tiny_repo):
     assert (verdicts["n"] == 2).all()
     assert set(verdicts["verdict"]) <= {"GQ better", "no significant difference", "GQ worse"}
     assert ((verdicts["low"] <= verdicts["diff"]) & (verdicts["diff"] <= verdicts["high"])).all()
+    assert (verdicts["mde"] >= 0).all()  # finite from 2 seeds on
     tb = pd.read_csv(res / "tables" / "tokenbridge.csv")
     assert {"TokenBridge, vanilla VAE", "TokenBridge, TDC VAE", "GQ (ours)"} <= set(tb["method"])
     # the continuous reference rows carry the validation per-token KL of the TDC VAE

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import integrate, stats
 
 from gaussquant import stats as S
 from gaussquant.errors import GaussquantError
@@ -135,6 +136,96 @@ def test_format_ci():
     assert S.format_ci(S.mean_ci([1, 2, 3]), 3) == "2.000 \u00b1 2.484"
 
 
+def _exact_power(delta, sd, n, level=0.95):
+    """Power of the two-sided paired t-test, written out here independently of the library:
+    T = (Z + nc) / (R / sqrt(df)) with Z standard normal, R ~ chi(df), nc = delta sqrt(n) / sd;
+    P(|T| > crit) integrated over R."""
+    df, nc = n - 1, delta * math.sqrt(n) / sd
+    crit = stats.t.ppf(0.5 + level / 2, df)
+
+    def rejects(r):  # P(|Z + nc| > crit r / sqrt(df)) given R = r
+        c = crit * r / math.sqrt(df)
+        return (stats.norm.sf(c - nc) + stats.norm.cdf(-c - nc)) * stats.chi.pdf(r, df)
+
+    lo, hi = stats.chi.ppf(1e-15, df), stats.chi.isf(1e-15, df)  # where R's mass lies
+    return integrate.quad(rejects, lo, hi, epsabs=1e-12, epsrel=1e-10)[0]
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 10, 30])
+@pytest.mark.parametrize("level", [0.95, 0.90])
+def test_mde_is_where_the_exact_power_reaches_80_percent(n, level):
+    sd = 0.37
+    mde = S.min_detectable_difference(sd, n, level)
+    assert S.POWER == 0.8
+    assert _exact_power(mde, sd, n, level) == pytest.approx(0.8, abs=1e-6)
+    assert _exact_power(mde * (1 - 1e-4), sd, n, level) < 0.8
+    assert S.paired_power(mde / sd, n, level) == pytest.approx(0.8, abs=1e-9)
+    assert S.paired_power(0.0, n, level) == pytest.approx(1 - level, abs=1e-12)  # both tails
+
+
+def test_mde_approaches_the_normal_formula_for_many_seeds():
+    z = stats.norm.ppf(0.975) + stats.norm.ppf(0.8)  # 1.95996 + 0.84162
+    for sd in (0.05, 1.0, 3.0):
+        want = z * sd / math.sqrt(1000)
+        assert S.min_detectable_difference(sd, 1000) == pytest.approx(want, rel=0.01)
+    # few seeds: the t test needs more than the normal formula says
+    assert S.min_detectable_difference(1.0, 3) > 1.5 * z / math.sqrt(3)
+
+
+def test_mde_is_linear_in_sd_and_falls_with_more_seeds():
+    base = S.min_detectable_difference(1.0, 4)
+    for sd in (0.001, 0.25, 7.0):
+        assert S.min_detectable_difference(sd, 4) == pytest.approx(sd * base, rel=1e-9)
+    by_n = [S.min_detectable_difference(1.0, n) for n in range(2, 21)]
+    assert all(a > b for a, b in zip(by_n, by_n[1:]))
+    assert S.min_detectable_difference(1.0, 4, level=0.99) > base  # stricter test, larger MDE
+
+
+def test_mde_edge_cases():
+    assert math.isnan(S.min_detectable_difference(1.0, 1))
+    assert math.isnan(S.min_detectable_difference(math.nan, 3))
+    assert math.isnan(S.min_detectable_difference(math.inf, 3))
+    assert S.min_detectable_difference(0.0, 3) == 0.0
+
+
+@pytest.mark.parametrize("n", [3, 5])
+def test_simulated_t_tests_at_the_mde_reject_80_percent_of_the_time(n):
+    sd, trials = 0.5, 20_000
+    mde = S.min_detectable_difference(sd, n)
+    diffs = np.random.default_rng(n).normal(mde, sd, size=(trials, n))
+    crit = stats.t.ppf(0.975, n - 1)
+    half = crit * diffs.std(axis=1, ddof=1) / math.sqrt(n)
+    mean = diffs.mean(axis=1)
+    rejected = (mean - half > 0) | (mean + half < 0)
+    assert rejected.mean() == pytest.approx(0.80, abs=0.02)
+    # the vectorised test above is the table's: verdict(mean_ci(...)) on a subset
+    table = [S.verdict(S.mean_ci(d), True) != S.VERDICTS[1] for d in diffs[:300]]
+    assert table == rejected[:300].tolist()
+
+
+def test_seeds_needed_is_the_first_n_with_80_percent_power():
+    sd = 0.4
+    for gap in (0.05, 0.3, 1.0, -1.0, 1.27, 5.0):
+        n = int(S.seeds_needed(gap, sd))
+        assert n >= 2 and _exact_power(abs(gap), sd, n) >= 0.8
+        assert n == 2 or _exact_power(abs(gap), sd, n - 1) < 0.8
+    assert S.seeds_needed(-1.0, sd) == S.seeds_needed(1.0, sd)
+    # standard power tables (paired / one-sample t, two-sided 5 %, 80 %): d = 0.2, 0.5, 0.8
+    assert [S.seeds_needed(d, 1.0) for d in (0.2, 0.5, 0.8)] == [199, 34, 15]
+    for n in (3, 6, 12):  # the MDE at n seeds needs n seeds
+        assert S.seeds_needed(S.min_detectable_difference(sd, n) * (1 + 1e-9), sd) == n
+
+
+def test_seeds_needed_edge_cases_and_cap():
+    assert math.isnan(S.seeds_needed(math.nan, 1.0))
+    assert math.isnan(S.seeds_needed(0.0, 1.0))
+    assert math.isnan(S.seeds_needed(1.0, math.nan))
+    assert S.seeds_needed(0.01, 0.0) == 2  # no spread: two seeds give a zero-width interval
+    assert S.seeds_needed(0.2, 1.0, cap=198) == math.inf  # needs 199
+    assert S.seeds_needed(0.2, 1.0, cap=199) == 199
+    assert S.seeds_needed(0.001, 1.0) == math.inf  # about 7.8 million > SEEDS_CAP
+
+
 def _runs():
     rows = []
 
@@ -185,6 +276,10 @@ def test_verdict_table_against_the_published_ordering():
     )
     assert (psnr.low, psnr.high) == pytest.approx((1.2 - 0.248414, 1.2 + 0.248414), abs=1e-6)
     assert psnr.paper_diff == pytest.approx(1.27)
+    # sd of the diffs 0.1: MDE at 3 seeds; the paper's 1.27 dB gap is 12.7 sd: 2 seeds suffice
+    assert _exact_power(psnr.mde, 0.1, 3) == pytest.approx(0.8, abs=1e-6)
+    assert psnr.mde == pytest.approx(0.1 * S.min_detectable_difference(1.0, 3))
+    assert psnr.seeds_needed == 2
     lpips = got[("unet", "fsq", "lpips")]  # ours worse (higher LPIPS), paper has GQ better
     assert (lpips.diff, lpips.verdict, lpips.paper_agrees) == (
         pytest.approx(0.015),
@@ -193,6 +288,7 @@ def test_verdict_table_against_the_published_ordering():
     )
     same = got[("unet", "gq-vanilla", "lpips")]  # identical values, and no published row
     assert (same.diff, same.verdict, same.paper_agrees) == (0.0, "no significant difference", "-")
+    assert same.mde == 0.0 and math.isnan(same.seeds_needed)  # no spread; no published gap
     assert got[("unet", "gq-vanilla", "psnr")].paper_agrees == "-"
     assert math.isnan(got[("unet", "gq-vanilla", "psnr")].paper_diff)
     ssim = got[("vit", "bsq", "ssim")]  # both say GQ worse at ViT 1 bpp
@@ -211,6 +307,14 @@ def test_verdict_table_n_s_and_errors():
         "no significant difference",
         "n/s",
     )
+    sd = math.sqrt((0.3 + 0.4 / 3) ** 2 + (0.5 - 0.4 / 3) ** 2 + (0.2 - 0.4 / 3) ** 2) / math.sqrt(
+        2
+    )
+    assert _exact_power(row.mde, sd, 3) == pytest.approx(0.8, abs=1e-6)
+    assert row.mde > abs(row["diff"])  # a gap as small as the one measured would often be missed
+    # the paper's 1.27 dB gap is 3.14 sd: 3 seeds fall short, 4 reach 80 %
+    assert row.seeds_needed == 4
+    assert _exact_power(1.27, sd, 3) < 0.8 <= _exact_power(1.27, sd, 4)
     with pytest.raises(GaussquantError, match="unknown metrics"):
         S.verdict_table(runs, ["fid"])
     unpaired = runs.copy()

@@ -7,6 +7,7 @@ import math
 import pandas as pd
 import pytest
 
+from gaussquant.stats import VERDICT_COLUMNS
 from gaussquant.tables import build_table, format_table, verdicts, write_tables, write_verdicts
 
 DECIMALS = {"psnr": 2, "ssim": 3, "lpips": 3, "rfid": 2}
@@ -106,6 +107,8 @@ def test_written_csv_and_json_keep_per_seed_values(tmp_path):
 def test_verdicts_need_two_seeds_and_follow_the_paired_differences(tmp_path):
     one = verdicts(_records({"fsq": [15.0], "gq": [16.0]}), ["fsq"])
     assert set(one["verdict"]) == {"needs >= 2 seeds"}
+    assert list(one.columns) == VERDICT_COLUMNS
+    assert one[["diff", "mde", "paper_diff", "seeds_needed"]].isna().all().all()
     runs = _records({"fsq": [15.0, 15.2, 15.1], "gq": [16.0, 16.3, 16.2]})
     v = verdicts(runs, ["fsq"]).set_index("metric")
     assert v.at["psnr", "verdict"] == "GQ better"
@@ -118,6 +121,26 @@ def test_verdicts_need_two_seeds_and_follow_the_paired_differences(tmp_path):
     md = write_verdicts(v.reset_index(), tmp_path / "verdicts", DECIMALS)[1].read_text()
     assert "| UNet   |     16 | FSQ        | PSNR ↑   | +1.07 [+0.92, +1.21]" in md
     assert "Verdicts: 1 GQ better, 3 no significant difference." in md
+    # psnr diffs 1.0, 1.1, 1.1 (sd 0.0577): MDE 3.264 sd; the paper's +1.27 dB needs 2 seeds
+    assert v.at["psnr", "mde"] == pytest.approx(0.1884, abs=1e-4)
+    head, psnr = _md_cells(md, 2), _md_cells(md, 4)
+    assert head[5:] == [
+        "Seeds",
+        "Detectable at 80 % power",
+        "Verdict",
+        "Paper's gap",
+        "Paper agrees",
+        "Seeds for the paper's gap",
+    ]
+    assert psnr[5:] == ["3", "0.19", "GQ better", "+1.27", "yes", "2"]
+    far = v.reset_index().assign(seeds_needed=math.inf, mde=math.nan)
+    md = write_verdicts(far, tmp_path / "far", DECIMALS)[1].read_text()
+    assert _md_cells(md, 4)[5:] == ["3", "-", "GQ better", "+1.27", "yes", "> 10,000"]
+
+
+def _md_cells(md: str, line: int) -> list[str]:
+    """The stripped cells of one line of a written Markdown table."""
+    return [c.strip() for c in md.splitlines()[line].strip("|").split("|")]
 
 
 def test_figure_points_are_seed_means_with_t_intervals_and_say_how_many_seeds():

@@ -130,3 +130,24 @@ def test_gpu_check_dry_run_writes_its_section(tmp_path):
     }
     assert report["gq"]["identical_to_cpu"] and report["gq"]["official_agreement"] > 0.99
     assert all(r["max_abs_diff"] == 0 for r in report["forward"])  # the CPU against itself
+
+
+def test_tdc_probe_takes_a_trained_vae_apart(tiny_data, weights_dir, tmp_path):
+    """benchmarks/tdc_probe.py trains a tiny TDC VAE and writes its rate decomposition: the
+    rate is the sum of its mean and variance parts, the shares add up, the map is drawn."""
+    import os
+    import sys
+
+    env = os.environ | {"GAUSSQUANT_WEIGHTS": str(weights_dir), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "benchmarks/tdc_probe.py", "t", "unet", "--profile", "tiny"]
+    cmd += ["--rate", "8", "--data", str(tiny_data), "--out", str(tmp_path), "--map"]
+    cmd += ["--set", "train.steps=4"]
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
+    row = json.loads((tmp_path / "probe.jsonl").read_text().splitlines()[-1])
+    tdc, post = row["tdc"], row["posterior"]
+    shares = tdc["below_tolerance"] + tdc["within_tolerance"] + tdc["above_tolerance"]
+    assert abs(shares - 1) < 1e-9 and tdc["target"] == 8
+    # bits per position = mean part + variance part (tiny: one token per position, m = C)
+    assert abs(post["mean_part"] + post["var_part"] - tdc["mean"]) < 1e-3
+    assert -1 <= post["corr_mean_var_parts"] <= 1 and post["sd_within_images"] >= 0
+    assert (tmp_path / "t.png").stat().st_size > 0 and row["train_s"] >= 0

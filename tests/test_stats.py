@@ -326,3 +326,28 @@ def test_verdict_table_n_s_and_errors():
     twice = pd.concat([runs, runs.iloc[[0]]])
     with pytest.raises(GaussquantError, match=r"seeds \[0\] appear more than once"):
         S.verdict_table(twice, ["psnr"])
+
+
+def test_seed_correlation_measures_the_noise_methods_share():
+    """Methods that move together over seeds correlate 1, independent draws near 0; the paired
+    difference of two perfectly correlated methods has no seed noise left."""
+    from gaussquant.stats import seed_correlation
+
+    rng = np.random.default_rng(0)
+    seeds = range(200)
+    shared = rng.normal(size=200)
+    rows = []
+    for name, offset in (("gq", 1.0), ("fsq", 0.0), ("bsq", -0.5)):
+        noise = rng.normal(size=200)
+        for s in seeds:
+            # psnr: seed effect shared by every method; ssim: independent per method
+            rows.append(
+                {"arch": "vit", "bits": 16, "name": name, "seed": s, "psnr": offset + shared[s],
+                 "ssim": noise[s]}
+            )  # fmt: skip
+    got = seed_correlation(pd.DataFrame(rows), ["psnr", "ssim", "lpips"]).set_index("metric")
+    assert got.loc["psnr", "correlation"] == pytest.approx(1.0)
+    assert abs(got.loc["ssim", "correlation"]) < 0.15  # 200 seeds: sd of r ~ 0.07
+    assert "lpips" not in got.index and got.loc["psnr", "methods"] == 3
+    few = pd.DataFrame(rows)[lambda d: d["seed"] < 2]
+    assert math.isnan(seed_correlation(few, ["psnr"])["correlation"].iloc[0])

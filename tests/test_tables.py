@@ -173,3 +173,20 @@ def test_usage_is_never_bold_code_bits_are():
     table = build_table(runs)
     assert not table["codebook_usage_best"].any()
     assert table.loc[table["name"] == "gq", "code_bits_best"].item()
+
+
+def test_verdicts_show_the_noise_methods_share(tmp_path):
+    """Below the verdicts: the mean correlation over seeds of the quantized methods' results
+    (a continuous row, which shares GQ's training, is left out)."""
+    from gaussquant.tables import shared_noise
+
+    runs = _records(
+        {"fsq": [15.0, 15.2, 15.1], "gq": [16.0, 16.3, 16.2], "gq-continuous": [9.0, 1.0, 5.0]}
+    )
+    shared = shared_noise(runs, ["fsq"]).set_index("metric")
+    # psnr: fsq and gq both peak at seed 1 and dip at seed 0: r = 0.9820
+    assert shared.at["psnr", "correlation"] == pytest.approx(0.98198, abs=1e-4)
+    assert shared.at["psnr", "methods"] == 2 and shared.at["psnr", "seeds"] == 3
+    v = verdicts(runs, ["fsq"])
+    md = write_verdicts(v, tmp_path / "v", DECIMALS, shared.reset_index())[1].read_text()
+    assert "Shared seed noise" in md and "+0.98" in md

@@ -354,3 +354,26 @@ def _verdict_row(group, reference, baseline, metric, published, level) -> list |
         _paper_agrees(v, paper, HIGHER_IS_BETTER[metric]),
         seeds_needed(paper, ci.sd, level),
     ]
+
+
+SHARED_NOISE_COLUMNS = ["arch", "bits", "metric", "correlation", "methods", "seeds"]
+
+
+def seed_correlation(df: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
+    """How much of the seed-to-seed noise the methods share, per (arch, bits, metric): the mean
+    Pearson correlation over seeds between every two methods' per-seed values (NaN with fewer
+    than 3 seeds common to them). A paired difference loses the shared part,
+    var(a - b) = var(a) + var(b) - 2 cov(a, b): common random numbers (one backbone
+    initialisation, data order and noise per seed for every method) exist to raise it.
+    ``df``: the long frame of :func:`verdict_table`."""
+    rows = []
+    for (arch, bits), group in df.groupby(["arch", "bits"], sort=True):
+        for metric in (m for m in metrics if m in group):
+            wide = group.pivot_table(index="name", columns="seed", values=metric).dropna(axis=1)
+            wide = wide[wide.std(axis=1) > 0]  # a constant method has no correlation
+            corr = np.nan
+            if wide.shape[0] >= 2 and wide.shape[1] >= 3:
+                c = np.corrcoef(wide.to_numpy(float))
+                corr = float(c[np.triu_indices_from(c, k=1)].mean())
+            rows.append([arch, int(bits), metric, corr, wide.shape[0], wide.shape[1]])
+    return pd.DataFrame(rows, columns=SHARED_NOISE_COLUMNS)

@@ -38,7 +38,15 @@ ARROW = {True: "\u2191", False: "\u2193"}
 LEVEL = 0.95
 _POWER_PCT = f"{stats.POWER * 100:.0f} %"  # "80 %", for the verdict table's text
 _MDE_HEAD, _SEEDS_HEAD = f"Detectable at {_POWER_PCT} power", "Seeds for the paper's gap"
-_NUMBER_COLUMNS = ("Bits", "Seeds", _MDE_HEAD, "Paper's gap", _SEEDS_HEAD)  # right-aligned
+_NUMBER_COLUMNS = (
+    "Bits",
+    "Seeds",
+    _MDE_HEAD,
+    "Paper's gap",
+    _SEEDS_HEAD,
+    "Correlation",
+    "Methods",
+)  # right-aligned
 
 
 def _arch_title(arch: str) -> str:
@@ -236,6 +244,36 @@ def verdicts(df: pd.DataFrame, baselines: Sequence[str]) -> pd.DataFrame:
     return stats.verdict_table(keep, metrics, reference="gq", level=LEVEL)
 
 
+def shared_noise(df: pd.DataFrame, baselines: Sequence[str]) -> pd.DataFrame:
+    """:func:`gaussquant.stats.seed_correlation` of the verdicts' metrics over GQ and
+    ``baselines`` (the quantized rows: a continuous row shares its training with GQ's)."""
+    df = df[df["name"].isin(["gq", *baselines])]
+    metrics = [m for m in PAPER_METRICS if m in df and pd.to_numeric(df[m]).notna().any()]
+    return stats.seed_correlation(df.assign(seed=lambda d: d["seed"].astype(int)), metrics)
+
+
+def _shared_text(shared: pd.DataFrame | None) -> str:
+    if shared is None or shared["correlation"].isna().all():
+        return ""
+    shown = pd.DataFrame(
+        {
+            "Arch": shared["arch"].map(_arch_title),
+            "Bits": shared["bits"].map(str),
+            "Metric": shared["metric"].map(lambda m: METRICS[m][0]),
+            "Correlation": shared["correlation"].map(lambda x: _number(x, "+.2f")),
+            "Methods": shared["methods"].map(str),
+            "Seeds": shared["seeds"].map(str),
+        }
+    )
+    return (
+        "\nShared seed noise: the mean correlation over training seeds between every two "
+        "methods' results (1: every method moves with the seed alike, and the paired "
+        "differences above lose that noise; 0: none shared). Each method of a seed starts "
+        "from the same backbone initialisation, data order and noise (common random numbers).\n\n"
+        f"{_markdown(shown)}\n"
+    )
+
+
 def _number(x: float, spec: str) -> str:
     """``x`` formatted by ``spec``, or "-" when it was not computed (NaN)."""
     return "-" if math.isnan(x) else format(x, spec)
@@ -259,7 +297,13 @@ def _markdown(shown: pd.DataFrame) -> str:
     return shown.to_markdown(index=False, disable_numparse=True, colalign=align)
 
 
-def write_verdicts(v: pd.DataFrame, prefix: str | Path, decimals: dict[str, int]) -> list[Path]:
+def write_verdicts(
+    v: pd.DataFrame,
+    prefix: str | Path,
+    decimals: dict[str, int],
+    shared: pd.DataFrame | None = None,
+) -> list[Path]:
+    """``v`` as CSV and Markdown; ``shared``: :func:`shared_noise`, drawn below the verdicts."""
     prefix = Path(prefix)
     paths = [prefix.with_suffix(".csv"), prefix.with_suffix(".md")]
     write_text(paths[0], v.to_csv(index=False, float_format="%.6g"))
@@ -301,7 +345,7 @@ def write_verdicts(v: pd.DataFrame, prefix: str | Path, decimals: dict[str, int]
         f"would often be missed). `{_SEEDS_HEAD}`: how many seeds would find the published gap "
         f"significant {_POWER_PCT} of the time at that spread (`> {stats.SEEDS_CAP:,}`: more "
         "than that; `-`: no published gap).\n\n"
-        f"{_markdown(shown)}\n\nVerdicts: {summary}.\n"
+        f"{_markdown(shown)}\n\nVerdicts: {summary}.\n{_shared_text(shared)}"
     )
     write_text(paths[1], text)
     return paths

@@ -31,7 +31,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from gaussquant.methods import METHODS
-    from gaussquant.tables import build_table, load_metrics, verdicts, write_tables, write_verdicts
+    from gaussquant.tables import (
+        build_table,
+        load_metrics,
+        shared_noise,
+        verdicts,
+        write_tables,
+        write_verdicts,
+    )
 
     cfg = load_stage_config(args)
     runs = load_metrics(args.metrics)
@@ -42,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if args.verdicts is not None:
         baselines = [m for m in cfg.experiment.methods if not METHODS[m].gaussian]
         v = verdicts(runs, baselines)
-        paths += write_verdicts(v, args.verdicts, cfg.table.decimals)
+        paths += write_verdicts(v, args.verdicts, cfg.table.decimals, shared_noise(runs, baselines))
         print(v.to_string(index=False))
     for path in paths:
         print(f"wrote {path}")

@@ -5,6 +5,7 @@ import json
 import os
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
@@ -27,6 +28,9 @@ STAGE_RULES = ("prepare_data", "train", "convert", "evaluate", "fid_reference", 
 # only the data code, codedeps.STAGE_OUTPUT_CODE).
 CODE = {stage: rule_code(stage) for stage in STAGE_RULES}
 
+if any(Path(RES, "train").glob("gq-*")):  # trained when the TDC VAE was named gq
+    print(f"{RES}/train/gq-*: the TDC VAE's runs are now train/tdc-*; rename the folders to keep them", file=sys.stderr)
+
 
 def gaussquant(command, launch=False):
     """The shell command that runs `gaussquant COMMAND` for a rule, with the rule's OMP threads
@@ -47,7 +51,7 @@ wildcard_constraints:
 TABLE1_ROWS = table1_rows(CFG.experiment.methods)
 SEEDS = CFG.experiment.seeds  # training seeds: every trained cell and evaluated row, per seed
 SEED0 = SEEDS[0]  # the one seed of the diagnostics figures and the ablations
-KL_PAIR = ("vanilla", "gq")  # the KL figure and ablation: a vanilla VAE against the TDC VAE
+KL_PAIR = ("vanilla", "tdc")  # the KL figure and ablation: a vanilla VAE against the TDC VAE
 
 # Inception statistics of the originals, computed once; not needed where eval.fid is off.
 FID_REF = [f"{RES}/eval/fid_reference.npz"] if CFG.eval.fid else []

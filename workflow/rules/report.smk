@@ -107,7 +107,7 @@ rule figure_tdc_kl_hist:
 
 rule figure_tdc_dynamics:
     input:
-        logs=[f"{RES}/train/{cell('gq', a, r, s)}/metrics.csv" for a, r, s in grid()],
+        logs=[f"{RES}/train/{cell('tdc', a, r, s)}/metrics.csv" for a, r, s in grid()],
         code=CODE["figure"],
     output:
         report(f"{RES}/figures/tdc_dynamics.png", category="Figures", caption="../report/tdc_dynamics.rst"),

@@ -15,7 +15,7 @@ from gaussquant.sections import RELEASED_WEIGHTS
 # On one (arch, rate) of the TDC VAE (workflow/rules/ablation.smk), under results/<profile>/ablation.
 ABL = CFG.ablation
 ABL_RES = f"{RES}/ablation"
-ABL_BASE = f"{RES}/train/{cell('gq', ABL.arch, ABL.rate, SEED0)}/model.pt"
+ABL_BASE = f"{RES}/train/{cell('tdc', ABL.arch, ABL.rate, SEED0)}/model.pt"
 LOG2K = int(math.log2(CFG.tdc.codebook_size))
 ABL_KS = [2 ** (LOG2K + o) for o in ABL.codebook_log2_offsets]
 BASE_SEED = CFG.gq.seed
@@ -99,9 +99,9 @@ def byo_outputs(wildcards=None):
 
 
 def byo_train_params():
-    """What changes the fine-tuning (rerun triggers): the gq run's determinants that do not
+    """What changes the fine-tuning (rerun triggers): the tdc run's determinants that do not
     depend on the VAE (its shapes are derived from the VAE when the stage runs)."""
-    run = run_determinants(CFG, "gq", "diffusers", str(CFG.rates[0]), max(CFG.train.processes, 1))
+    run = run_determinants(CFG, "tdc", "diffusers", str(CFG.rates[0]), max(CFG.train.processes, 1))
     keep = ("train", "global_batch", "loss", "section")
     triggers = {k: json.dumps(run[k], sort_keys=True) for k in keep}
     return triggers | {"disc": str(CFG.model.discriminator), "byo": json.dumps(BYO_TRIGGERS)}
@@ -145,10 +145,10 @@ def training(wc):
     """A training: a Table 1 cell, the byo fine-tuning or a tolerance of the ablation."""
     run = _variant(wc)
     if run == "byo-tdc":
-        return Run(f"--method gq --init-from-diffusers {BYO_VAE} {BYO_SHAPE}", byo_train_params())
+        return Run(f"--method tdc --init-from-diffusers {BYO_VAE} {BYO_SHAPE}", byo_train_params())
     if run.startswith("tol"):
-        args = f"--set tdc.tolerance={run[3:]} --set train.seed={SEED0} --method gq --arch {ABL.arch} --rate {ABL.rate}"
-        return Run(args, train_params_for("gq", ABL.arch, ABL.rate, SEED0))
+        args = f"--set tdc.tolerance={run[3:]} --set train.seed={SEED0} --method tdc --arch {ABL.arch} --rate {ABL.rate}"
+        return Run(args, train_params_for("tdc", ABL.arch, ABL.rate, SEED0))
     method, arch, rate, seed = parse_cell(run)
     args = f"--set train.seed={seed} --method {method} --arch {arch} --rate {rate}"
     return Run(args, train_params_for(method, arch, rate, seed))

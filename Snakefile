@@ -22,6 +22,7 @@ validate(config, "workflow/schemas/params.schema.json")
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/runs.smk"  # what each train/convert/evaluate run folder holds
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/convert.smk"

@@ -87,18 +87,18 @@ def _setup(args):
     )
     torch.manual_seed(0)
     model = build_autoencoder(cfg, args.method, "unet", str(cfg.experiment.rates[0])).eval()
-    continuous = args.method == "gq"  # fallback Gaussian VAE: posterior-mean reconstruction
+    continuous = args.method == "tdc"  # fallback Gaussian VAE: posterior-mean reconstruction
     label = f"{args.method}-unet" + (" (mean)" if continuous else "")
     return cfg, model, PreparedDataset(args.data, "val"), continuous, label
 
 
 def pick_method() -> str:
-    """fsq if its quantizer and codebook statistics import, else gq (a Gaussian VAE)."""
+    """fsq if its quantizer and codebook statistics import, else tdc (a Gaussian VAE)."""
     try:
         import gaussquant.metrics.codebook  # noqa: F401 (evaluate_model needs it for FSQ)
         from gaussquant.quantizers import FSQ  # noqa: F401
     except ImportError:  # parts of the package still under construction
-        return "gq"
+        return "tdc"
     return "fsq"
 
 

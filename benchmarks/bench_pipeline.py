@@ -134,7 +134,8 @@ def rule_benchmarks(workspace: Path) -> list[tuple[str, re.Pattern]]:
         for m in re.finditer(r"^rule (\w+):(.*?)(?=^rule |\Z)", text, flags=re.M | re.S):
             b = re.search(r'benchmark:\s*\n\s*f?"\{RES\}/benchmarks/([^"]+)"', m.group(2))
             if b:
-                pattern = re.sub(r"\\\{\\\{\w+\\\}\\\}", "[^/]+", re.escape(b.group(1)))
+                # a wildcard may be empty ({ablation}) or span folders ({run}: eval/byo/<row>)
+                pattern = re.sub(r"\\\{\\\{\w+\\\}\\\}", ".*", re.escape(b.group(1)))
                 out.append((m.group(1), re.compile(pattern + r"\Z")))
     return out
 

@@ -213,13 +213,13 @@ def _measure(args) -> dict:
     cfg = _config(args.profile, args.gan, args.batch)
     rate = cfg.experiment.rates[0]
     if args.impl == "floor":
-        floor = floor_step(cfg, "gq", args.arch, rate, args.data, args.weights)
+        floor = floor_step(cfg, "tdc", args.arch, rate, args.data, args.weights)
         return floor | {"peak_rss_mb": _peak_rss_mb()}
     if args.impl == "ours":
-        t = ours(cfg, "gq", args.arch, rate, args.data, args.steps, args.weights)
+        t = ours(cfg, "tdc", args.arch, rate, args.data, args.steps, args.weights)
     else:
         t = reference_loop(
-            cfg, "gq", args.arch, rate, args.data, args.steps, args.weights, args.impl == "taming"
+            cfg, "tdc", args.arch, rate, args.data, args.steps, args.weights, args.impl == "taming"
         )
     return {"seconds_per_step": t, "peak_rss_mb": _peak_rss_mb()}
 
@@ -319,7 +319,7 @@ def main(argv=None) -> list[dict]:
                         args.weights,
                         args.threads,
                     )
-                b = cfg.train.batch_size["gq"]
+                b = cfg.train.batch_size["tdc"]
                 ours_t = res["ours"]["seconds_per_step"]
                 floor = res["floor"]
                 for impl in impls:

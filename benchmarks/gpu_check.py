@@ -79,7 +79,7 @@ def train_steps(cfg, weights, device, batch: int, repeats: int, archs, modes) ->
     rows = []
     for arch in archs:
         torch.manual_seed(0)
-        model = build_autoencoder(cfg, "gq", arch, rate).to(device)
+        model = build_autoencoder(cfg, "tdc", arch, rate).to(device)
         model.bottleneck.tdc.defer_update = True
         nll = ReconstructionNLL(cfg.loss).to(device)
         disc = NLayerDiscriminator(cfg.model.discriminator).to(device)
@@ -150,7 +150,7 @@ def forward_agreement(cfg, device, batch: int) -> list[dict]:
     x = torch.rand(batch, 3, res, res, generator=torch.Generator().manual_seed(0)) * 2 - 1
     for arch in ("unet", "vit"):
         torch.manual_seed(0)
-        model = build_autoencoder(cfg, "gq", arch, next(iter(cfg.rates))).eval()
+        model = build_autoencoder(cfg, "tdc", arch, next(iter(cfg.rates))).eval()
         cpu = model(x)[0]
         with _precision("fp32", device):
             dev = model.to(device)(x.to(device))[0].cpu()
@@ -166,7 +166,7 @@ def eval_throughput(cfg, weights, device, n: int) -> dict:
 
     res = cfg.data.resolution
     images = [torch.rand(3, res, res) * 2 - 1 for _ in range(n)]
-    model = build_autoencoder(cfg, "gq", "unet", next(iter(cfg.rates)))
+    model = build_autoencoder(cfg, "tdc", "unet", next(iter(cfg.rates)))
     accelerator = Accelerator(cpu=device.type == "cpu")
     t0 = time.perf_counter()
     evaluate_model(

@@ -35,8 +35,8 @@ def trained(tiny_cfg, tmp_path_factory):
     its `gaussquant convert --to gq` conversion."""
     d = tmp_path_factory.mktemp("api")
     torch.manual_seed(0)
-    model = build_autoencoder(tiny_cfg, "gq", "unet", RATE)
-    save_checkpoint(d / "vae.pt", model, tiny_cfg, "gq", "unet", RATE, 5)
+    model = build_autoencoder(tiny_cfg, "tdc", "unet", RATE)
+    save_checkpoint(d / "vae.pt", model, tiny_cfg, "tdc", "unet", RATE, 5)
     convert_checkpoint(d / "vae.pt", "gq", d / "gq.pt")
     return d
 
@@ -87,7 +87,7 @@ def test_load_tokenizer_trained_equals_converted(trained):
         ref = model.encode(x)
         ref_images = model.decode(ref.z_q)
     indices = tok.encode(x)
-    assert tok.info["method"] == "gq" and tok.info["extra"]["source_method"] == "gq"
+    assert tok.info["method"] == "gq" and tok.info["extra"]["source_method"] == "tdc"
     assert indices.shape == (2, 1, 4, 4) and torch.equal(indices, ref.indices)
     assert torch.equal(tok.decode(indices), ref_images)
     assert torch.equal(load_tokenizer(trained / "gq.pt").encode(x), indices)

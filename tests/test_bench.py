@@ -94,8 +94,8 @@ def test_train_floor_counts_at_least_the_lpips_loss_in_closed_form(
     import bench_train
 
     rate = tiny_cfg.experiment.rates[0]
-    got = bench_train.floor_step(tiny_cfg, "gq", "unet", rate, tiny_data, weights_dir)
-    size, batch = tiny_cfg.data.resolution, tiny_cfg.train.batch_size["gq"]
+    got = bench_train.floor_step(tiny_cfg, "tdc", "unet", rate, tiny_data, weights_dir)
+    size, batch = tiny_cfg.data.resolution, tiny_cfg.train.batch_size["tdc"]
     per_image = 0
     for layer in build_lpips("vgg", weights_dir).net.modules():
         if isinstance(layer, nn.MaxPool2d):

@@ -57,7 +57,7 @@ def test_byo_config_follows_the_vae(tiny_cfg):
     assert (cfg.model.latent_channels, cfg.model.downsample, cfg.tdc.codebook_size) == (4, 8, 2**16)
     assert (r.name, r.bpp) == ("16", 0.25)  # 1 token x 16 bits per f8 position
     shapes = cfg.derived()["rates"]["16"]["shapes"]
-    assert (shapes["gq"], shapes["tbtdc"]) == (4, 4)  # m = 4, 4 bits per channel
+    assert (shapes["tdc"], shapes["tbtdc"]) == (4, 4)  # m = 4, 4 bits per channel
     sd3 = {"latent_channels": 16, "block_out_channels": [128, 256, 512, 512]}
     for m, bpp, tb in (
         (16, 0.25, 1),
@@ -67,7 +67,7 @@ def test_byo_config_follows_the_vae(tiny_cfg):
         cfg = dv.byo_config(tiny_cfg, sd3, 2**16, m)
         r = cfg.rate(dv.byo_rate(cfg))
         shapes = cfg.derived()["rates"][r.name]["shapes"]
-        assert (r.bpp, shapes["gq"], shapes["tbtdc"]) == (bpp, m, tb)
+        assert (r.bpp, shapes["tdc"], shapes["tbtdc"]) == (bpp, m, tb)
         assert dim_for_bpp(16, 8, 16, bpp) == m
     assert dim_for_bpp(4, 8, 16, 0.25) == 4 and dim_for_bpp(4, 2, 8, 2.0) == 4
     with pytest.raises(GaussquantError, match=r"--bpp 0.3: not reachable .* allowed: 8, 4, 2 "):
@@ -178,7 +178,7 @@ def test_evaluate_measures_it_like_ours(vae_dir, tiny_data, weights_dir, tmp_pat
 
 # ----------------------------------------------------------------------------- fine-tuning
 def _train(vae_dir, data, out, weights, kill_at=None):
-    cmd = [sys.executable, "-m", "gaussquant.cli", "train", *TINY, "--method", "gq"]
+    cmd = [sys.executable, "-m", "gaussquant.cli", "train", *TINY, "--method", "tdc"]
     cmd += ["--init-from-diffusers", str(vae_dir), "--bpp", "2", "--data", str(data)]
     cmd += ["--out", str(out), "--weights", str(weights), "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -193,14 +193,14 @@ def test_initial_model_is_the_pretrained_vae(vae_dir, tiny_cfg):
 
     vae = dv.load_vae(str(vae_dir))
     cfg = dv.byo_config(tiny_cfg, dv.plain_config(vae), 2**8, 4)
-    model, extra = initial_model(cfg, "gq", "diffusers", dv.byo_rate(cfg), str(vae_dir))
+    model, extra = initial_model(cfg, "tdc", "diffusers", dv.byo_rate(cfg), str(vae_dir))
     ours = {k.split(".", 1)[1]: v for k, v in model.state_dict().items() if "bottleneck" not in k}
     assert ours.keys() == vae.state_dict().keys()
     assert all(torch.equal(v, vae.state_dict()[k]) for k, v in ours.items())
     assert extra["diffusers"]["weights_sha256"] == dv.weights_sha256(vae)
     assert model.bottleneck.tdc.target == 8 and model.bottleneck.dim == 4
     with pytest.raises(GaussquantError, match="trains arch 'diffusers', not 'unet'"):
-        initial_model(cfg, "gq", "unet", dv.byo_rate(cfg), str(vae_dir))
+        initial_model(cfg, "tdc", "unet", dv.byo_rate(cfg), str(vae_dir))
 
 
 @pytest.mark.slow
@@ -227,7 +227,7 @@ def test_finetune_resumes_after_kill_and_converts(vae_dir, tiny_data, weights_di
     argv = ["convert", *TINY, "--ckpt", str(tmp_path / "full" / "model.pt"), "--to", "gq"]
     assert cli_main(argv + ["--out", str(tmp_path / "gq.pt")]) == 0
     model, payload = load_autoencoder(tmp_path / "gq.pt")
-    assert payload["extra"]["source_method"] == "gq" and payload["extra"]["source_step"] == 6
+    assert payload["extra"]["source_method"] == "tdc" and payload["extra"]["source_step"] == 6
     x = _images(tiny_data, 2)
     tuned, _ = load_autoencoder(tmp_path / "full" / "model.pt")
     with torch.no_grad():
@@ -250,15 +250,15 @@ def test_byo_target_plans_the_whole_path(tmp_path):
     out = _snakemake_byo(str(tmp_path / "vae"))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     log = out.stdout + out.stderr
-    counts = {k: int(v) for k, v in re.findall(r"^(byo\w*)\s+(\d+)\s*$", log, flags=re.M)}
+    jobs = r"^(byo\w*|train|convert|evaluate)\s+(\d+)\s*$"
+    counts = {k: int(v) for k, v in re.findall(jobs, log, flags=re.M)}
     assert counts == {
         "byo": 1,
         "byo_rate": 1,
-        "byo_convert_pretrained": 3,
-        "byo_train": 1,
-        "byo_convert_tdc": 2,
-        "byo_evaluate": 6,
+        "convert": 5,  # 3 of the pretrained VAE (vae, gq, tokenbridge), 2 after fine-tuning
+        "train": 1,
+        "evaluate": 6,
         "byo_table": 1,
     }, log[-3000:]
     off = _snakemake_byo("")
-    assert off.returncode == 0 and re.search(r"^byo\s+1\s*$", off.stdout + off.stderr, re.M)
+    assert off.returncode != 0 and "byo.vae is empty" in off.stdout + off.stderr

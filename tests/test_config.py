@@ -70,7 +70,7 @@ def test_paper_profile_is_spec():
         and cfg.bsq.entropy_rule == "repo"
     )
     assert cfg.train.lr == {
-        "gq": 1e-4,
+        "tdc": 1e-4,
         "vanilla": 1e-4,
         "fsq": 1e-4,
         "lfq": 4e-5,
@@ -78,7 +78,7 @@ def test_paper_profile_is_spec():
         "vq": 4e-4,
     }
     assert cfg.train.batch_size == {
-        "gq": 16,
+        "tdc": 16,
         "vanilla": 16,
         "fsq": 16,
         "lfq": 16,
@@ -87,14 +87,14 @@ def test_paper_profile_is_spec():
     }
     assert list(cfg.train.betas) == [0.9, 0.999] and cfg.train.mixed_precision == "fp32"
     assert cfg.rates == [16, 32, 64] and [cfg.rate(b).bpp for b in cfg.rates] == [0.25, 0.5, 1.0]
-    assert cfg.experiment.methods == ["vq", "fsq", "lfq", "bsq", "gq"]
+    assert cfg.experiment.methods == ["vq", "fsq", "lfq", "bsq", "tdc"]
     assert cfg.experiment.archs == ["unet", "vit"] and cfg.experiment.rates == [16, 32, 64]
     assert cfg.eval.max_images == 0
     der = cfg.derived()
     assert der["latent_shape"] == [16, 32, 32]
     # the paper's per-position shapes at 0.25 / 0.5 / 1.0 bpp (docs/method.md §2, §4), derived from the bits
     shapes = [der["rates"][str(b)]["shapes"] for b in (16, 32, 64)]
-    assert [s["gq"] for s in shapes] == [16, 8, 4] and [s["vq"] for s in shapes] == [1, 2, 4]
+    assert [s["tdc"] for s in shapes] == [16, 8, 4] and [s["vq"] for s in shapes] == [1, 2, 4]
     assert [s["fsq"] for s in shapes] == [[16] * 4, [16] * 8, [16] * 16]
     assert [(s["lfq"], s["bsq"], s["tbtdc"]) for s in shapes] == [
         (16, 16, 1),
@@ -113,7 +113,7 @@ BAD = [
         ["rates: 24 bits", "vq: tokens = bits / log2 vq.codebook_size = 24 / 16"],
     ),
     ({"rates": [16, 16]}, ["rates: need distinct", "[16, 16]"]),
-    ({"tdc__codebook_size": 8}, ["rates: 16 bits", "gq: m = 3 does not divide C = 16"]),
+    ({"tdc__codebook_size": 8}, ["rates: 16 bits", "tdc: m = 3 does not divide C = 16"]),
     ({"fsq__level": 8}, ["rates: 16 bits", "fsq: dims = bits / log2 fsq.level = 16 / 3"]),
     ({"fsq__level": 6}, ["fsq.level", "power of two"]),
     ({"lfq__sub_codebook_bits": 3}, ["rates: 16 bits", "lfq: sub-codebooks", "16 / 3"]),
@@ -122,12 +122,15 @@ BAD = [
     ({"train__save_every": 0}, ["train.save_every", ">= 1"]),
     ({"train__steps": 1.5}, ["train.steps", "expected an integer"]),
     ({"train__steps": "100"}, ["train.steps", "expected an integer"]),
-    ({"train__lr__gq": "1e-4"}, ["train.lr.gq", "expected a number", "1.0e-4"]),
+    ({"train__lr__tdc": "1e-4"}, ["train.lr.tdc", "expected a number", "1.0e-4"]),
     ({"train__lr__vq": -1.0}, ["train.lr.vq", "positive"]),
     ({"train__mixed_precision": "fp8"}, ["train.mixed_precision", "fp32, fp16, bf16"]),
     ({"bsq__entropy_rule": "paper"}, ["bsq.entropy_rule", "repo, faithful"]),
     ({"vq__legacy_loss": "yes"}, ["vq.legacy_loss", "true or false"]),
-    ({"experiment__methods": ["gq", "rq"]}, ["experiment.methods", "rq", "vq, fsq, lfq, bsq, gq"]),
+    (
+        {"experiment__methods": ["tdc", "rq"]},
+        ["experiment.methods", "rq", "vq, fsq, lfq, bsq, tdc"],
+    ),
     ({"experiment__archs": ["cnn"]}, ["experiment.archs", "unet, vit"]),
     ({"experiment__rates": [8]}, ["experiment.rates", "8", "allowed: 16, 32, 64"]),
     ({"model__downsample": 16}, ["model.unet.ch_mult", "16"]),
@@ -289,3 +292,63 @@ def test_checkpoint_config_with_per_bpp_rate_blocks_migrates():
     assert rate == "8" and new["rates"] == [8] and new["fsq"] == {"level": 4}
     assert config_from_dict(new) == load_config(ROOT / "params.yaml", "tiny")
     assert migrate_rates(new, "8") == (new, "8")  # today's layout passes unchanged
+
+
+def _gq_named(section: dict) -> dict:
+    """A params section as written when the trained TDC VAE was named gq."""
+    out = copy.deepcopy(section)
+    train, exp = out.get("train", {}), out.get("experiment", {})
+    for key in ("batch_size", "lr"):
+        if key in train:
+            train[key] = {("gq" if m == "tdc" else m): v for m, v in train[key].items()}
+    if "methods" in exp:
+        exp["methods"] = ["gq" if m == "tdc" else m for m in exp["methods"]]
+    return out
+
+
+def test_params_naming_the_tdc_vae_gq_load_with_one_line_each(capsys):
+    """train.batch_size / train.lr keys and experiment.methods entries `gq` (the trained TDC
+    VAE's former name) read as `tdc`, one line per section that uses them."""
+    raw = _gq_named(RAW)
+    raw["profiles"] = {k: _gq_named(v) for k, v in RAW["profiles"].items()}
+    for profile in ("tiny", "quick", "paper"):
+        assert config_from_dict(resolve_params(raw, profile)) == load_config(
+            ROOT / "params.yaml", profile
+        )
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 3 * 3  # params, profiles.quick, profiles.tiny, at each of 3 loads
+    assert all("'tdc'" in line and "train.lr.gq" in line for line in lines), lines
+    assert "experiment.methods: gq" in lines[0]
+
+
+def test_checkpoint_and_training_state_of_method_gq_load_as_tdc(tmp_path, tiny_cfg):
+    """A checkpoint written with method gq (its config's batch_size/lr keys too) loads as the
+    tdc model; a converted one keeps method gq (the conversion) with source_method tdc; a saved
+    training state recorded under gq resumes under tdc."""
+    import torch
+
+    from gaussquant import runstate
+    from gaussquant.checkpoint import load_autoencoder, save_checkpoint
+    from gaussquant.config import config_to_dict
+    from gaussquant.models.autoencoder import build_autoencoder
+
+    model = build_autoencoder(tiny_cfg, "tdc", "unet", "8")
+    for name, extra in (("vae", {}), ("gq", {"source_method": "gq"})):
+        path = tmp_path / f"{name}.pt"
+        save_checkpoint(path, model, tiny_cfg, "gq", "unet", "8", step=1, extra=extra)
+        payload = torch.load(path, weights_only=True)
+        payload["config"] = _gq_named(config_to_dict(tiny_cfg))
+        torch.save(payload, path)
+        loaded, payload = load_autoencoder(path)
+        assert config_from_dict(payload["config"]) == tiny_cfg
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(loaded.state_dict().values(), model.state_dict().values())
+        )
+    assert (load_autoencoder(tmp_path / "vae.pt")[1]["method"]) == "tdc"
+    assert payload["method"] == "gq" and payload["extra"]["source_method"] == "tdc"
+    state = tmp_path / "state"
+    runstate.discard_stale_states(state, {"method": "gq", "shape": 4, "processes": 1})
+    (state / "step-00000004").mkdir()
+    runstate.discard_stale_states(state, {"method": "tdc", "shape": 4, "processes": 1})
+    assert (state / "step-00000004").is_dir()  # kept: the same run under its new name

@@ -525,13 +525,13 @@ def test_storage_keys_are_not_run_settings():
 
     cfg = load_config(ROOT / "params.yaml", profile="tiny")
     rate = next(iter(cfg.rates))
-    base = run_settings(cfg, "gq", "unet", rate, "abc")
+    base = run_settings(cfg, "tdc", "unet", rate, "abc")
     edits = dict(prepared_dir="/scratch/x", verify="header", hash=True, shard_size=7)
     assert set(edits) == set(DATA_STORAGE_KEYS)
     moved = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **edits))
-    assert run_settings(moved, "gq", "unet", rate, "abc") == base
+    assert run_settings(moved, "tdc", "unet", rate, "abc") == base
     other = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, resolution=64))
-    assert run_settings(other, "gq", "unet", rate, "abc") != base
+    assert run_settings(other, "tdc", "unet", rate, "abc") != base
 
 
 @pytest.mark.parametrize(

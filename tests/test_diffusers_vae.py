@@ -76,7 +76,7 @@ def byo_cfg(tiny_cfg, vae, dim, codebook_size=2**8):
 def test_gq_tokens_decode_like_vae_decode(tiny_cfg, images, channels, dim):
     vae = tiny_vae(channels)
     cfg = byo_cfg(tiny_cfg, vae, dim)
-    model = dv.diffusers_autoencoder(vae, cfg, "gq")
+    model = dv.diffusers_autoencoder(vae, cfg, "tdc")
     assert model.bottleneck.latent_channels == channels and model.bottleneck.dim == dim
     assert model.bottleneck.tdc.cfg == cfg.tdc and cfg.tdc.codebook_size == 2**8
     gq = GaussianQuant(channels, 2**8, dim)
@@ -117,12 +117,12 @@ def test_raw_scaled_conversions():
 def test_description_rebuilds_offline(tiny_cfg, images):
     vae = tiny_vae(16, quant_conv=False, scaling_factor=1.5305, shift_factor=0.0609)
     cfg = byo_cfg(tiny_cfg, vae, 4, 2**12)
-    model = dv.diffusers_autoencoder(vae, cfg, "gq")
+    model = dv.diffusers_autoencoder(vae, cfg, "tdc")
     desc = json.loads(json.dumps(dv.describe(vae, "some/hub-id:vae")))  # plain data
     assert desc["spec"] == "some/hub-id:vae" and desc["config"]["shift_factor"] == 0.0609
     assert desc["config"]["use_quant_conv"] is False
     assert desc["weights_sha256"] == dv.weights_sha256(vae) != dv.weights_sha256(tiny_vae(16))
-    rebuilt = dv.autoencoder_from_description(desc, cfg, "gq")
+    rebuilt = dv.autoencoder_from_description(desc, cfg, "tdc")
     rebuilt.load_state_dict(model.state_dict())
     assert rebuilt.bottleneck.tdc.cfg == cfg.tdc and rebuilt.bottleneck.dim == 4
     model.eval(), rebuilt.eval()
@@ -131,7 +131,7 @@ def test_description_rebuilds_offline(tiny_cfg, images):
         z = torch.randn(1, 16, 4, 4)
         assert torch.equal(rebuilt.decode(z), vae.decode(z).sample)
     with pytest.raises(GaussquantError, match="16 latent channels, the config 4"):
-        dv.diffusers_autoencoder(vae, byo_cfg(tiny_cfg, tiny_vae(4), 4), "gq")
+        dv.diffusers_autoencoder(vae, byo_cfg(tiny_cfg, tiny_vae(4), 4), "tdc")
     with pytest.raises(GaussquantError, match="a diffusers VAE is a Gaussian VAE"):
         dv.diffusers_autoencoder(vae, cfg, "fsq")
 

@@ -110,7 +110,7 @@ class _SquaredDistance(nn.Module):
         return (x - y).pow(2).mean((1, 2, 3))
 
 
-def _parts(tiny_cfg, method="gq"):
+def _parts(tiny_cfg, method="tdc"):
     from gaussquant.losses import ReconstructionNLL
     from gaussquant.models.autoencoder import build_autoencoder
     from gaussquant.models.discriminator import NLayerDiscriminator
@@ -168,7 +168,7 @@ def _hand_step(p, x, lr):
     return {"loss": total, "nll": nll, "aux": aux, "g_loss": g, "d_loss": d_loss}, model, disc
 
 
-@pytest.mark.parametrize("method", ["gq", "lfq"])
+@pytest.mark.parametrize("method", ["tdc", "lfq"])
 def test_train_step_total_loss_is_the_hand_assembled_sum(tiny_cfg, method):
     """After ``disc_start``: loss = NLL + auxiliary (TDC / entropy) + disc_weight * adaptive
     weight * disc_factor * G, and both optimisers step on exactly these losses."""

@@ -373,11 +373,11 @@ def test_common_random_numbers_across_methods(arch):
 
     cfg = load_config(Path(__file__).parents[1] / "params.yaml", "tiny")
     built, after = {}, {}
-    for method in ("gq", "vanilla", "fsq", "lfq", "bsq", "vq"):
+    for method in ("tdc", "vanilla", "fsq", "lfq", "bsq", "vq"):
         torch.manual_seed(3)
         built[method] = build_autoencoder(cfg, method, arch, "8").state_dict()
         after[method] = torch.rand(4)
-    ref = built["gq"]
+    ref = built["tdc"]
     for method, sd in built.items():
         backbone = [k for k in sd if k.startswith(("encoder.", "decoder."))]
         same = [k for k in backbone if sd[k].shape == ref[k].shape and torch.equal(sd[k], ref[k])]
@@ -385,7 +385,7 @@ def test_common_random_numbers_across_methods(arch):
         assert len(backbone) - len(same) <= 4, (method, sorted(set(backbone) - set(same)))
         assert all(k.split(".")[1] in ("conv_out", "proj_out", "conv_in", "proj_in")
                    for k in set(backbone) - set(same)), method  # fmt: skip
-        assert torch.equal(after[method], after["gq"]), method
+        assert torch.equal(after[method], after["tdc"]), method
     torch.manual_seed(4)  # another seed: other weights
-    other = build_autoencoder(cfg, "gq", arch, "8").state_dict()
+    other = build_autoencoder(cfg, "tdc", arch, "8").state_dict()
     assert not torch.equal(other["decoder.conv_out.weight"], ref["decoder.conv_out.weight"])

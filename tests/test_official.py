@@ -172,7 +172,7 @@ def test_import_then_export_gives_back_every_official_tensor_bit_for_bit(
     for key, tensor in official.items():
         assert back[key].dtype == tensor.dtype and torch.equal(back[key], tensor), key
     assert meta["tensors_mapped"] == len(official) and meta["skipped_loss_tensors"] == 0
-    assert (meta["method"], meta["rate"], meta["global_step"]) == ("gq", RATE, 7)
+    assert (meta["method"], meta["rate"], meta["global_step"]) == ("tdc", RATE, 7)
 
 
 @pytest.mark.parametrize(
@@ -291,8 +291,8 @@ def test_export_refuses_a_unet_the_official_modules_cannot_compute(tiny_cfg, tmp
     from gaussquant.models.autoencoder import build_autoencoder
     from gaussquant.official import export_official
 
-    model = build_autoencoder(tiny_cfg, "gq", "unet", RATE)  # GroupNorm(4)
-    save_checkpoint(tmp_path / "ours.pt", model, tiny_cfg, "gq", "unet", RATE, 0)
+    model = build_autoencoder(tiny_cfg, "tdc", "unet", RATE)  # GroupNorm(4)
+    save_checkpoint(tmp_path / "ours.pt", model, tiny_cfg, "tdc", "unet", RATE, 0)
     with pytest.raises(GaussquantError, match=r"num_groups = 4; .*GroupNorm\(32\)"):
         export_official(tmp_path / "ours.pt", tmp_path / "official.ckpt")
     assert not (tmp_path / "official.ckpt").exists()
@@ -351,11 +351,11 @@ def test_paper_checkpoint_layout_is_recognised_and_loads(paper_keys, name):
     shapes = _official_shapes(paper_keys[name], ("encoder_keys", "decoder_keys", "loss_keys"))
     state = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
     r = recognise(state, base, config=name)
-    assert (r["method"], r["rate"], r["config"]) == ("gq", "16", name)
+    assert (r["method"], r["rate"], r["config"]) == ("tdc", "16", name)
     assert r["cfg"].model == base.model  # the paper's model sections, read off the shapes
     with torch.device("meta"):
-        model = build_autoencoder(r["cfg"], "gq", r["arch"], r["rate"])
-    ours = official_to_ours(state, model, r["arch"], r["cfg"], "gq", r["rate"])
+        model = build_autoencoder(r["cfg"], "tdc", r["arch"], r["rate"])
+    ours = official_to_ours(state, model, r["arch"], r["cfg"], "tdc", r["rate"])
     assert set(ours) == set(model.state_dict())
     assert sum(k.startswith(SKIPPED_PREFIX) for k in state) == 68
 

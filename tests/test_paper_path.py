@@ -20,7 +20,7 @@ RATE = "16"  # bits per latent position: the paper's 0.25 bpp at f8
 # What the test changes from the paper configuration: its size, not its shapes.
 SMALL = [
     "train.steps=2",
-    "train.batch_size.gq=1",
+    "train.batch_size.tdc=1",
     "train.num_workers=0",
     "train.log_every=1",
     "loss.disc_start=0",  # the PatchGAN hinge and the adaptive weight in both steps
@@ -69,7 +69,7 @@ def test_paper_profile_whole_path_at_paper_size(tmp_path, weights_dir):
     for arch in ("unet", "vit"):
         run = tmp_path / f"gq-{arch}"
         _gaussquant(
-            "train", *common, *weights, "--method", "gq", "--arch", arch, "--rate", RATE,
+            "train", *common, *weights, "--method", "tdc", "--arch", arch, "--rate", RATE,
             "--data", str(data), "--out", str(run), "--no-progress",
         )  # fmt: skip
         log = (run / "metrics.csv").read_text().splitlines()

@@ -162,7 +162,7 @@ def test_tdc_parameter_change_retrains_only_tdc_models(tiny_repo):
         out = _run(["snakemake", "-n", "reproduce_table1", "reproduce_tokenbridge"], tiny_repo)
         log = out.stdout + out.stderr
         retrained = set(re.findall(r"output: results/tiny/train/([a-z]+)-", log))
-        assert retrained == {"gq", "tbtdc"}, log[-3000:]
+        assert retrained == {"tdc", "tbtdc"}, log[-3000:]
     finally:
         params.write_text(text)
 
@@ -202,7 +202,7 @@ def test_editing_code_reruns_exactly_the_rules_that_run_it(tiny_repo, source, ex
         (
             "      lr_decay: 0.5  #",
             "      lr_decay: 0.25  #",
-            {"gq", "tbtdc", "vanilla", "vq", "fsq", "lfq", "bsq"},
+            {"tdc", "tbtdc", "vanilla", "vq", "fsq", "lfq", "bsq"},
         ),
         ("      log_every: 2\n", "      log_every: 3\n", set()),
     ],

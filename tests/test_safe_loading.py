@@ -115,7 +115,7 @@ def test_train_resume_refuses_a_crafted_state(tmp_path, marker, name):
 
     from gaussquant import runstate
 
-    run = {"method": "gq", "settings": 1, "processes": 1, "global_batch": 8}
+    run = {"method": "tdc", "settings": 1, "processes": 1, "global_batch": 8}
     runstate.discard_stale_states(tmp_path / "state", run)  # records run.json
     state = tmp_path / "state" / "step-00000004"
     state.mkdir()

@@ -49,7 +49,7 @@ def _paper_params(repo: Path, data: Path) -> None:
         "processes": PROCESSES,
         "batch_size": {k: 2 for k in paper["train"]["batch_size"]},
     }
-    paper["experiment"] |= {"methods": ["gq"], "archs": ["unet"], "seeds": [0]}
+    paper["experiment"] |= {"methods": ["tdc"], "archs": ["unet"], "seeds": [0]}
     raw["profile"], raw["profiles"] = "paper", {"paper": paper}
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
 

@@ -235,7 +235,7 @@ def test_each_method_builds_its_bottleneck_from_its_section(tiny_cfg):
     assert lfq.bits == 8  # the tiny rate: 8 bits per latent position, one sign bit each
     tb = build_autoencoder(tiny_cfg, "tbtdc", "vit", "8").bottleneck
     assert tb.dim == 1 and tb.tdc.target == 1  # 8 bits / C = 8 channels
-    gq = build_autoencoder(tiny_cfg, "gq", "vit", "8").bottleneck
+    gq = build_autoencoder(tiny_cfg, "tdc", "vit", "8").bottleneck
     assert gq.dim == 8 and gq.tdc.cfg == tiny_cfg.tdc  # m = C log2 K / bits = 8 x 8 / 8
     cfg = dataclasses.replace(tiny_cfg, fsq=dataclasses.replace(tiny_cfg.fsq, level=16))
     assert build_autoencoder(cfg, "fsq", "vit", "8").bottleneck.levels == [16, 16]

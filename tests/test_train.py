@@ -44,11 +44,11 @@ def _state(path):
 
 
 RESUME_CASES = [
-    ("gq", "unet", 1),
-    ("gq", "vit", 1),
+    ("tdc", "unet", 1),
+    ("tdc", "vit", 1),
     ("vq", "unet", 1),  # a learned codebook (and its commitment loss)
     ("lfq", "vit", 1),  # an entropy loss
-    ("gq", "unet", 2),  # two processes: every rank's RNG and TDC state
+    ("tdc", "unet", 2),  # two processes: every rank's RNG and TDC state
 ]
 
 
@@ -81,7 +81,7 @@ def test_sigkill_resume_is_bitwise_identical(
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert a["extra"] == b["extra"] and "logvar" in a["extra"]
-    if method == "gq":  # TDC multipliers are part of the state and moved during training
+    if method == "tdc":  # TDC multipliers are part of the state and moved during training
         assert float(a["model"]["bottleneck.tdc.lam"]) != 1.0
     log_a = pd.read_csv(tmp_path / "full" / "metrics.csv")
     log_b = pd.read_csv(out / "metrics.csv")
@@ -94,14 +94,14 @@ def test_sigterm_saves_exits_and_rerun_matches_uninterrupted(tiny_data, weights_
     """SIGTERM (SLURM preemption) after step 4, between the saved states of steps 3 and 6: the
     handler saves step 4 and exits 143; the re-run resumes there and ends with the same
     checkpoint and log as an uninterrupted run, GAN steps included."""
-    full = _train("gq", "unet", tiny_data, tmp_path / "full", weights_dir)
+    full = _train("tdc", "unet", tiny_data, tmp_path / "full", weights_dir)
     assert full.returncode == 0, full.stderr[-3000:]
-    stopped = _train("gq", "unet", tiny_data, tmp_path / "run", weights_dir, signal_at="4:TERM")
+    stopped = _train("tdc", "unet", tiny_data, tmp_path / "run", weights_dir, signal_at="4:TERM")
     assert stopped.returncode == 143, stopped.stderr[-3000:]
     assert "state saved at step 4" in stopped.stdout + stopped.stderr
     assert latest_state(tmp_path / "run" / "state").name == "step-00000004"
     assert not (tmp_path / "run" / "model.pt").exists()
-    resumed = _train("gq", "unet", tiny_data, tmp_path / "run", weights_dir)
+    resumed = _train("tdc", "unet", tiny_data, tmp_path / "run", weights_dir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stdout + resumed.stderr
     a, b = _state(tmp_path / "full" / "model.pt"), _state(tmp_path / "run" / "model.pt")
@@ -155,10 +155,10 @@ def test_two_processes_train_like_one_large_batch(
     in them) reduced across processes equal the single-process ones; at every step both ranks
     hold the same reduced statistics, multipliers and weights (bit for bit)."""
     log1 = ("--set", "train.log_every=1")
-    one = _train("gq", "unet", tiny_data, tmp_path / "one", weights_dir, *log1, "--set",
-                 "train.batch_size.gq=8")  # fmt: skip
+    one = _train("tdc", "unet", tiny_data, tmp_path / "one", weights_dir, *log1, "--set",
+                 "train.batch_size.tdc=8")  # fmt: skip
     assert one.returncode == 0, one.stderr[-3000:]
-    two = _train("gq", "unet", tiny_data, tmp_path / "two", weights_dir, *log1,
+    two = _train("tdc", "unet", tiny_data, tmp_path / "two", weights_dir, *log1,
                  launcher=two_process_launcher, probe=True)  # fmt: skip
     assert two.returncode == 0, two.stderr[-3000:]
     log_one, log_two = (pd.read_csv(tmp_path / d / "metrics.csv") for d in ("one", "two"))
@@ -219,7 +219,7 @@ def test_nan_loss_names_step_and_term(tiny_cfg, tiny_data, weights_dir, tmp_path
 
     monkeypatch.setattr(losses.ReconstructionNLL, "forward", poisoned)
     with pytest.raises(GaussquantError, match=r"non-finite loss at step 0: term 'nll'"):
-        train(tiny_cfg, "gq", "unet", "8", tiny_data, tmp_path, weights_dir, progress=False)
+        train(tiny_cfg, "tdc", "unet", "8", tiny_data, tmp_path, weights_dir, progress=False)
 
 
 def test_missing_lpips_weights_names_fetch_command(tiny_cfg, tiny_data, tmp_path):
@@ -228,7 +228,7 @@ def test_missing_lpips_weights_names_fetch_command(tiny_cfg, tiny_data, tmp_path
     with pytest.raises(GaussquantError, match="gaussquant fetch-weights"):
         train(
             tiny_cfg,
-            "gq",
+            "tdc",
             "unet",
             "8",
             tiny_data,
@@ -270,22 +270,22 @@ def test_final_window_averages_the_last_fifth(tmp_path):
 def test_states_of_other_settings_are_not_resumed(tiny_data, weights_dir, tmp_path):
     """A run killed midway, then params changed (lr): the re-run must start over, giving the
     same checkpoint as a fresh run with the new settings, not continue the old trajectory."""
-    killed = _train("gq", "vit", tiny_data, tmp_path / "run", weights_dir, kill_at=4)
+    killed = _train("tdc", "vit", tiny_data, tmp_path / "run", weights_dir, kill_at=4)
     assert killed.returncode == -9, killed.stderr[-3000:]
-    new_lr = ("--set", "train.lr.gq=2.0e-3")
-    rerun = _train("gq", "vit", tiny_data, tmp_path / "run", weights_dir, *new_lr)
+    new_lr = ("--set", "train.lr.tdc=2.0e-3")
+    rerun = _train("tdc", "vit", tiny_data, tmp_path / "run", weights_dir, *new_lr)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     text = rerun.stdout + rerun.stderr
     assert "differs in: train" in text and "starting from step 0" in text
     assert "resuming from" not in text
-    fresh = _train("gq", "vit", tiny_data, tmp_path / "fresh", weights_dir, *new_lr)
+    fresh = _train("tdc", "vit", tiny_data, tmp_path / "fresh", weights_dir, *new_lr)
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     a, b = _state(tmp_path / "run" / "model.pt"), _state(tmp_path / "fresh" / "model.pt")
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     # settings that do not change the trajectory keep the saved states
     again = _train(
-        "gq",
+        "tdc",
         "vit",
         tiny_data,
         tmp_path / "fresh",

@@ -22,7 +22,7 @@ def _cfg(cfg, **train):
 def _run(cfg, data, out, weights, arch="unet"):
     from gaussquant.train import train
 
-    ckpt = train(cfg, "gq", arch, "8", data, out, weights, progress=False)
+    ckpt = train(cfg, "tdc", arch, "8", data, out, weights, progress=False)
     return load_autoencoder(ckpt)[0].state_dict(), pd.read_csv(out / "metrics.csv")
 
 
@@ -36,7 +36,7 @@ def _step(cfg, weights, x, grad_accum):
     from gaussquant.train import TrainParts, train_step
 
     torch.manual_seed(0)
-    model = build_autoencoder(cfg, "gq", "unet", "8")
+    model = build_autoencoder(cfg, "tdc", "unet", "8")
     model.bottleneck.tdc.defer_update = True
     nll = ReconstructionNLL(cfg.loss)
     opt = torch.optim.SGD(list(model.parameters()) + [nll.logvar], lr=0.0)
@@ -105,8 +105,8 @@ def test_checkpoint_blocks_wraps_every_block(tiny_cfg):
     from gaussquant.models.autoencoder import build_autoencoder
     from gaussquant.train import checkpoint_blocks
 
-    unet = build_autoencoder(tiny_cfg, "gq", "unet", "8")
-    vit = build_autoencoder(tiny_cfg, "gq", "vit", "8")
+    unet = build_autoencoder(tiny_cfg, "tdc", "unet", "8")
+    vit = build_autoencoder(tiny_cfg, "tdc", "vit", "8")
     m = tiny_cfg.model
     levels = len(m.unet.ch_mult)
     res_blocks = levels * m.unet.num_res_blocks + levels * (m.unet.num_res_blocks + 1) + 2
@@ -164,7 +164,7 @@ def test_generator_step_computes_no_discriminator_gradients(tiny_cfg):
     from gaussquant.train import TrainParts, _generator_terms
 
     torch.manual_seed(0)
-    model = build_autoencoder(tiny_cfg, "gq", "unet", "8")
+    model = build_autoencoder(tiny_cfg, "tdc", "unet", "8")
     disc = NLayerDiscriminator(tiny_cfg.model.discriminator)
     opt = torch.optim.Adam(model.parameters())
     parts = TrainParts(
@@ -180,7 +180,7 @@ def test_generator_step_computes_no_discriminator_gradients(tiny_cfg):
 
 
 def _run_record(processes, global_batch):
-    return {"method": "gq", "global_batch": global_batch, "processes": processes}
+    return {"method": "tdc", "global_batch": global_batch, "processes": processes}
 
 
 def test_resume_on_another_process_count_keeps_the_global_batch_or_stops(tmp_path):

@@ -19,12 +19,14 @@ from gaussquant.config import (
     Config,
     config_from_dict,
     config_to_dict,
+    migrate_method_names,
     migrate_rates,
     with_added_keys,
 )
 from gaussquant.conversion import rebuild_post_quantizer
 from gaussquant.errors import GaussquantError
 from gaussquant.io import atomic_path
+from gaussquant.methods import current_method
 from gaussquant.models.autoencoder import Autoencoder, build_autoencoder
 from gaussquant.models.diffusers_vae import autoencoder_from_description
 from gaussquant.safeload import load_pickle
@@ -70,8 +72,19 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path}: not a gaussquant checkpoint (expected format {CHECKPOINT_FORMAT})"
         )
     payload["config"], payload["rate"] = migrate_rates(payload["config"], payload["rate"])
-    payload["config"] = with_added_keys(payload["config"])
+    payload["config"] = with_added_keys(migrate_method_names(payload["config"]))
+    migrate_method(payload)
     return payload
+
+
+def migrate_method(payload: dict[str, Any]) -> None:
+    """A checkpoint written when the trained TDC VAE was named ``gq``: its trained method (the
+    payload's, or a converted checkpoint's ``source_method``) in today's name."""
+    extra = payload.setdefault("extra", {})
+    if "source_method" in extra:
+        extra["source_method"] = current_method(extra["source_method"])
+    elif "quantizer" not in extra:  # a converted checkpoint's method is its quantizer
+        payload["method"] = current_method(payload["method"])
 
 
 def load_autoencoder(

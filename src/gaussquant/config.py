@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 import types
 import typing
 from pathlib import Path
@@ -26,7 +27,14 @@ from typing import Any
 import yaml
 
 from gaussquant.errors import ConfigError
-from gaussquant.methods import HYPER_METHODS, METHODS, rate_shapes, shape
+from gaussquant.methods import (
+    HYPER_METHODS,
+    METHODS,
+    RENAMED_METHODS,
+    current_method,
+    rate_shapes,
+    shape,
+)
 from gaussquant.sections import (  # noqa: F401 (re-exported: import every section from here)
     ARCHS,
     BSQ_ENTROPY_RULES,
@@ -82,8 +90,9 @@ def read_params(path: str | Path = "params.yaml") -> dict[str, Any]:
 
 def resolve_params(raw: dict[str, Any], profile: str | None = None) -> dict[str, Any]:
     """Deep-merge ``profiles[profile]`` onto the top-level (paper) sections."""
-    raw = dict(raw)
+    raw = migrate_method_names(dict(raw), "params")
     profiles = raw.pop("profiles", {}) or {}
+    profiles = {k: migrate_method_names(v or {}, f"profiles.{k}") for k, v in profiles.items()}
     profile = profile or raw.get("profile", "paper")
     if profile not in PROFILES:
         raise ConfigError(f"profile: {profile!r} is not allowed; allowed: {', '.join(PROFILES)}")
@@ -358,6 +367,33 @@ def migrate_rates(data: dict[str, Any], rate: str) -> tuple[dict[str, Any], str]
     out["ablation"] = dict(abl, rate=bits[abl["rate"]])
     out.setdefault("fsq", {"level": next(iter(old.values()))["fsq_levels"][0]})
     return out, str(bits[rate])
+
+
+def migrate_method_names(data: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """A params dict or saved config that names a trained method by its former name (the TDC
+    VAE's ``gq``: ``train.batch_size`` / ``train.lr`` keys, ``experiment.methods``) in today's
+    names (methods.RENAMED_METHODS); ``where``: a params file's section, said in one line."""
+    train, exp = data.get("train") or {}, data.get("experiment") or {}
+    old = [f"train.{k}.{m}" for k in ("batch_size", "lr") for m in train.get(k) or {}]
+    old += [f"experiment.methods: {m}" for m in exp.get("methods") or []]
+    old = [k for k in old if k.split(".")[-1].split(" ")[-1] in RENAMED_METHODS]
+    if not old:
+        return data
+    if where:
+        print(
+            f"{where}: {', '.join(old)}: the trained TDC VAE is now 'tdc'; rename 'gq' to 'tdc' "
+            "there (read as 'tdc' for now)",
+            file=sys.stderr,
+        )
+    out = dict(data)
+    out["train"] = dict(train) | {
+        k: {current_method(m): v for m, v in train[k].items()}
+        for k in ("batch_size", "lr")
+        if isinstance(train.get(k), dict)
+    }
+    if "methods" in exp:
+        out["experiment"] = dict(exp, methods=[current_method(m) for m in exp["methods"]])
+    return out
 
 
 def with_added_keys(data: dict[str, Any], defaults: Any = None) -> dict[str, Any]:

@@ -127,17 +127,17 @@ _METHODS = (
     Method("fsq", "FSQ", "tab:orange", "fsq", fsq_levels),
     Method("lfq", "LFQ", "tab:green", "lfq", lfq_bits),
     Method("bsq", "BSQ", "tab:purple", "bsq", sign_bits),
-    Method("gq", "GQ (ours)", "tab:red", "tdc", gq_dim, gaussian=True),
+    Method("tdc", "TDC VAE", "tab:red", "tdc", gq_dim, gaussian=True),
     Method("vanilla", "vanilla VAE", "tab:gray", "vanilla", gq_dim, gaussian=True, table1=False),
-    # TokenBridge protocol: TDC at m = 1, target B bits per dimension (docs/method.md §4); trains like gq
-    Method("tbtdc", "TDC VAE, m = 1", "tab:pink", "tdc", tokenbridge_bits, True, "gq", False),
+    # TokenBridge protocol: TDC at m = 1, target B bits per dimension (docs/method.md §4); trains like tdc
+    Method("tbtdc", "TDC VAE, m = 1", "tab:pink", "tdc", tokenbridge_bits, True, "tdc", False),
 )
 METHODS: dict[str, Method] = {m.name: m for m in _METHODS}
 
 _ROWS = (
     *(Row(m.name, m.display, m.color, m.name) for m in _METHODS if m.table1 and not m.gaussian),
-    Row("gq", "GQ (ours)", "tab:red", "gq", quantizer="gq"),
-    Row("gq-continuous", "TDC VAE, continuous (reference)", "0.5", "gq", continuous=True),
+    Row("gq", "GQ (ours)", "tab:red", "tdc", quantizer="gq"),
+    Row("gq-continuous", "TDC VAE, continuous (reference)", "0.5", "tdc", continuous=True),
     Row("gq-vanilla", "GQ on vanilla VAE", "tab:olive", "vanilla", quantizer="gq"),
     Row("tb-vanilla", "TokenBridge, vanilla VAE", "tab:brown", "vanilla", quantizer="tokenbridge"),
     Row("tb-tdc", "TokenBridge, TDC VAE", "tab:pink", "tbtdc", quantizer="tokenbridge"),
@@ -152,6 +152,16 @@ HYPER_METHODS = tuple(
 )  # keys of train.lr / batch_size
 CONVERSIONS = {r.name: (r.source, r.quantizer) for r in _ROWS if r.quantizer}
 TOKENBRIDGE_ROWS = ("tb-vanilla", "tb-tdc", "gq")
+
+
+# Trained methods' former names: checkpoints, training states and params files that use them
+# still load (config.migrate_method_names); the trained TDC VAE was "gq", now only its conversion.
+RENAMED_METHODS = {"gq": "tdc"}
+
+
+def current_method(name: str) -> str:
+    """A trained method's name today (``gq`` -> ``tdc``)."""
+    return RENAMED_METHODS.get(name, name)
 
 
 def shape(method: str, cfg: Any, bits: int) -> Any:

@@ -43,7 +43,7 @@ from gaussquant.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, save_check
 from gaussquant.config import Config, config_from_dict, config_to_dict
 from gaussquant.errors import GaussquantError
 from gaussquant.io import atomic_path, sha256_file, write_text
-from gaussquant.methods import gq_dim, shape
+from gaussquant.methods import METHODS, gq_dim, shape
 from gaussquant.models.autoencoder import build_autoencoder
 from gaussquant.published import PAPER_DOWNSAMPLE, published
 from gaussquant.records import METRICS, PAPER_METRICS
@@ -72,12 +72,12 @@ class OfficialSpec:
 # has no persistent tensors, so its rate (m) comes from the name (default 0.25 bpp = 16 bits per
 # latent position, m = 16).
 OFFICIAL_CONFIGS = {
-    "sd3unet_gq_0.25": OfficialSpec("unet", "gq", "16"),
-    "sd3unet_gq_0.50": OfficialSpec("unet", "gq", "32"),
-    "sd3unet_gq_1.00": OfficialSpec("unet", "gq", "64"),
-    "bsqvit_gq_0.25": OfficialSpec("vit", "gq", "16", heads=12),
-    "bsqvit_gq_0.50": OfficialSpec("vit", "gq", "32", heads=12),
-    "bsqvit_gq_1.00": OfficialSpec("vit", "gq", "64", heads=12),
+    "sd3unet_gq_0.25": OfficialSpec("unet", "tdc", "16"),
+    "sd3unet_gq_0.50": OfficialSpec("unet", "tdc", "32"),
+    "sd3unet_gq_1.00": OfficialSpec("unet", "tdc", "64"),
+    "bsqvit_gq_0.25": OfficialSpec("vit", "tdc", "16", heads=12),
+    "bsqvit_gq_0.50": OfficialSpec("vit", "tdc", "32", heads=12),
+    "bsqvit_gq_1.00": OfficialSpec("vit", "tdc", "64", heads=12),
     "sd3unet_vq_16": OfficialSpec("unet", "vq", "16"),
     "sd3unet_fsq_16": OfficialSpec("unet", "fsq", "16"),
     "sd3unet_lfq_16": OfficialSpec("unet", "lfq", "16"),
@@ -356,7 +356,7 @@ def _method_and_rate(
                 f"GQ rate not stored in the checkpoint (no regularizer tensors): assumed {rate} bits "
                 f"per position, m = {gq_dim(base, int(rate))}; pass --config (e.g. sd3unet_gq_0.50) for another"
             )
-        return "gq", rate, None, None
+        return "tdc", rate, None, None
     raise GaussquantError(
         f"encoder gives {enc_out} channels, decoder takes {dec_in}, no regularization tensors: "
         "LFQ or BSQ, which a checkpoint cannot tell apart; pass --config (e.g. sd3unet_lfq_16)"
@@ -562,8 +562,8 @@ def paper_presets(base: Config) -> dict[str, dict[str, tuple[int, ...]]]:
     out = {}
     for name, arch in (("sd3unet_gq_0.25", "unet"), ("bsqvit_gq_0.25", "vit")):
         with torch.device("meta"):
-            model = build_autoencoder(base, "gq", arch, DEFAULT_GQ_RATE)
-        state = ours_to_official(model.state_dict(), arch, base, "gq", DEFAULT_GQ_RATE)
+            model = build_autoencoder(base, "tdc", arch, DEFAULT_GQ_RATE)
+        state = ours_to_official(model.state_dict(), arch, base, "tdc", DEFAULT_GQ_RATE)
         out[name] = {k: tuple(v.shape) for k, v in state.items()}
     return out
 
@@ -578,8 +578,9 @@ def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, run in runs.iterrows():
         name, spec = official_config(run["name"])
-        paper = published(spec.arch, spec.method, int(spec.rate)) or {}
-        row = {"config": name, "arch": spec.arch, "method": spec.method, "bits": int(spec.rate)}
+        method = "gq" if METHODS[spec.method].gaussian else spec.method  # the row evaluated
+        paper = published(spec.arch, method, int(spec.rate)) or {}
+        row = {"config": name, "arch": spec.arch, "method": method, "bits": int(spec.rate)}
         row["bpp"] = row["bits"] / PAPER_DOWNSAMPLE**2
         row |= {"bits_per_pixel": run["bits_per_pixel"], "images": run["n_images"]}
         for key in PAPER_METRICS:

@@ -22,6 +22,7 @@ import torch
 from gaussquant.config import Config, run_determinants
 from gaussquant.errors import GaussquantError
 from gaussquant.io import write_json
+from gaussquant.methods import current_method
 from gaussquant.safeload import accelerate_globals, check_pickles
 
 COMPLETE = "COMPLETE"  # marker written after a state directory is fully saved
@@ -116,6 +117,8 @@ def discard_stale_states(state_dir: Path, run: dict) -> None:
     so that a re-run never continues a different training; record the current settings."""
     record = state_dir / RUN_FILE
     saved = json.loads(record.read_text()) if record.exists() else None
+    if saved and "method" in saved:  # recorded when the TDC VAE was named gq
+        saved["method"] = current_method(saved["method"])
     if saved and any(state_dir.glob("step-*")):
         _check_process_count(saved, run, state_dir)
         saved = {**saved, "processes": run["processes"]}  # same global batch: resumable

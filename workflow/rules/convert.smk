@@ -1,24 +1,28 @@
-# Training-free conversions (docs/method.md §2, §4): a trained Gaussian VAE -> GQ or TokenBridge VQ-VAE.
+# Every training-free conversion (docs/method.md §2, §4; common.smk `conversion`): a trained
+# Gaussian VAE -> GQ or TokenBridge VQ-VAE, for Table 1, your own VAE and the ablations.
+# The released official checkpoints are imported by import_official (official.smk): another
+# command, which maps the official weights' names and converts in the same step.
 
 
 rule convert:
     input:
-        model=lambda wc: f"{RES}/train/{cell(CONVERSIONS[wc.conv][0], wc.arch, wc.rate, wc.tseed)}/model.pt",
+        model=lambda wc: conversion(wc).source,
         code=CODE["convert"],
     output:
-        model=f"{RES}/convert/{{conv}}-{{arch}}-{{rate}}-s{{tseed}}/model.pt",
+        model=f"{RES}/{{ablation}}convert/{{run}}/model.pt",
     wildcard_constraints:
-        conv="|".join(CONVERSIONS),
+        run=CONVERT_RUN,
     params:
         cli=PARAMS,
-        to=lambda wc: CONVERSIONS[wc.conv][1],
-        gq=str(CFG.gq),
+        to=lambda wc: conversion(wc).to,
+        gq=lambda wc: conversion(wc).triggers,
+        args=lambda wc, input: " ".join([f"--ckpt {m}" for m in input.model] + [conversion(wc).args]),
     conda:
-        "../../environment.yml"
+        ENV
     threads: 1
     log:
-        f"{RES}/logs/convert/{{conv}}-{{arch}}-{{rate}}-s{{tseed}}.log",
+        f"{RES}/logs/{{ablation}}convert/{{run}}.log",
     benchmark:
-        f"{RES}/benchmarks/convert/{{conv}}-{{arch}}-{{rate}}-s{{tseed}}.tsv"
+        f"{RES}/benchmarks/{{ablation}}convert/{{run}}.tsv"
     shell:
-        "OMP_NUM_THREADS={threads} gaussquant convert {params.cli} --ckpt {input.model} --to {params.to} --out {output.model} > {log} 2>&1"
+        gaussquant("convert {params.cli} {params.args} --to {params.to} --out {output.model}")

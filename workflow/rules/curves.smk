@@ -13,7 +13,7 @@ rule curves:
     output:
         directory(f"{RES}/curves"),
     conda:
-        "../../environment.yml"
+        ENV
     log:
         f"{RES}/logs/curves.log",
     shell:

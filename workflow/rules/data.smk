@@ -8,11 +8,11 @@ rule prepare_data:
         data=str(CFG.data),
         out=lambda w, output: os.path.dirname(output.manifest),
     conda:
-        "../../environment.yml"
+        ENV
     threads: 1
     log:
         f"{RES}/logs/prepare_data.log",
     benchmark:
         f"{RES}/benchmarks/prepare_data.tsv"
     shell:
-        "OMP_NUM_THREADS={threads} gaussquant prepare-data {params.cli} --out {params.out} > {log} 2>&1"
+        gaussquant("prepare-data {params.cli} --out {params.out}")

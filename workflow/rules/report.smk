@@ -18,13 +18,12 @@ rule table1:
         prefix=lambda w, output: os.path.splitext(output.csv)[0],
         verdicts=lambda w, output: os.path.splitext(output.verdicts)[0],
     conda:
-        "../../environment.yml"
+        ENV
     threads: 1
     log:
         f"{RES}/logs/table1.log",
     shell:
-        "OMP_NUM_THREADS={threads} gaussquant table {params.cli} --kind table1 --out {params.prefix}"
-        " --verdicts {params.verdicts} {input.metrics} > {log} 2>&1"
+        gaussquant("table {params.cli} --kind table1 --out {params.prefix} --verdicts {params.verdicts} {input.metrics}")
 
 
 rule table_tokenbridge:
@@ -41,12 +40,12 @@ rule table_tokenbridge:
         table=str(CFG.table),
         prefix=lambda w, output: os.path.splitext(output.csv)[0],
     conda:
-        "../../environment.yml"
+        ENV
     threads: 1
     log:
         f"{RES}/logs/table_tokenbridge.log",
     shell:
-        "OMP_NUM_THREADS={threads} gaussquant table {params.cli} --kind tokenbridge --out {params.prefix} {input.metrics} > {log} 2>&1"
+        gaussquant("table {params.cli} --kind tokenbridge --out {params.prefix} {input.metrics}")
 
 
 rule figure_rate_distortion:
@@ -58,12 +57,12 @@ rule figure_rate_distortion:
     params:
         cli=PARAMS,
     conda:
-        "../../environment.yml"
+        ENV
     threads: 1
     log:
         f"{RES}/logs/figures/rate_distortion.log",
     shell:
-        "OMP_NUM_THREADS={threads} gaussquant figure {params.cli} --kind rate-distortion --out {output} {input.metrics} > {log} 2>&1"
+        gaussquant("figure {params.cli} --kind rate-distortion --out {output} {input.metrics}")
 
 
 rule figure1:
@@ -76,17 +75,17 @@ rule figure1:
     params:
         cli=PARAMS,
     conda:
-        "../../environment.yml"
+        ENV
     threads: 1
     log:
         f"{RES}/logs/figures/figure1.log",
     shell:
-        "OMP_NUM_THREADS={threads} gaussquant figure {params.cli} --kind figure1 --out {output.png} {input.metrics} > {log} 2>&1"
+        gaussquant("figure {params.cli} --kind figure1 --out {output.png} {input.metrics}")
 
 
 rule figure_tdc_kl_hist:
     input:
-        models=[f"{RES}/train/{cell(m, a, r, SEED0)}/model.pt" for a, r, _ in grid(seeds=[SEED0]) for m in ("vanilla", "gq")],
+        models=[f"{RES}/train/{cell(m, a, r, SEED0)}/model.pt" for a, r, _ in grid(seeds=[SEED0]) for m in KL_PAIR],
         data=rules.prepare_data.output.manifest,
         code=CODE["figure"],
     output:
@@ -98,29 +97,29 @@ rule figure_tdc_kl_hist:
     resources:
         **model_job("encode"),
     conda:
-        "../../environment.yml"
+        ENV
     threads: 1
     log:
         f"{RES}/logs/figures/tdc_kl_hist.log",
     shell:
-        "OMP_NUM_THREADS={threads} gaussquant figure {params.cli} --kind kl-hist --data {params.data} --out {output.fig} --summary {output.summary} {input.models} > {log} 2>&1"
+        gaussquant("figure {params.cli} --kind kl-hist --data {params.data} --out {output.fig} --summary {output.summary} {input.models}")
 
 
 rule figure_tdc_dynamics:
     input:
-        logs=[f"{RES}/train/{cell('gq', a, r, s)}/metrics.csv" for a, r, s in grid()],
+        logs=[f"{RES}/train/{cell('tdc', a, r, s)}/metrics.csv" for a, r, s in grid()],
         code=CODE["figure"],
     output:
         report(f"{RES}/figures/tdc_dynamics.png", category="Figures", caption="../report/tdc_dynamics.rst"),
     params:
         cli=PARAMS,
     conda:
-        "../../environment.yml"
+        ENV
     threads: 1
     log:
         f"{RES}/logs/figures/tdc_dynamics.log",
     shell:
-        "OMP_NUM_THREADS={threads} gaussquant figure {params.cli} --kind tdc-dynamics --out {output} {input.logs} > {log} 2>&1"
+        gaussquant("figure {params.cli} --kind tdc-dynamics --out {output} {input.logs}")
 
 
 rule figure_recon_grid:
@@ -132,12 +131,12 @@ rule figure_recon_grid:
     params:
         cli=PARAMS,
     conda:
-        "../../environment.yml"
+        ENV
     threads: 1
     log:
         f"{RES}/logs/figures/recon_grid.log",
     shell:
-        "OMP_NUM_THREADS={threads} gaussquant figure {params.cli} --kind recon-grid --out {output} {input.grids} > {log} 2>&1"
+        gaussquant("figure {params.cli} --kind recon-grid --out {output} {input.grids}")
 
 
 rule theory:
@@ -150,11 +149,11 @@ rule theory:
         cli=PARAMS,
         theory=str(CFG.theory),
     conda:
-        "../../environment.yml"
+        ENV
     threads: 1
     log:
         f"{RES}/logs/theory.log",
     benchmark:
         f"{RES}/benchmarks/theory.tsv"
     shell:
-        "OMP_NUM_THREADS={threads} gaussquant theory {params.cli} --out-csv {output.csv} --out-fig {output.fig} --no-progress > {log} 2>&1"
+        gaussquant("theory {params.cli} --out-csv {output.csv} --out-fig {output.fig} --no-progress")

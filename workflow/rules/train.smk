@@ -1,25 +1,31 @@
+# Every training (common.smk `training`): a Table 1 cell train/<method>-<arch>-<rate>-s<seed>,
+# the fine-tuning of your own VAE train/byo-tdc, the ablation's ablation/train/tol<alpha>.
+
+
 rule train:
     input:
         data=rules.prepare_data.output.manifest,
         code=CODE["train"],
     output:
-        model=f"{RES}/train/{{method}}-{{arch}}-{{rate}}-s{{tseed}}/model.pt",
-        log_csv=f"{RES}/train/{{method}}-{{arch}}-{{rate}}-s{{tseed}}/metrics.csv",
+        model=f"{RES}/{{ablation}}train/{{run}}/model.pt",
+        log_csv=f"{RES}/{{ablation}}train/{{run}}/metrics.csv",
+    wildcard_constraints:
+        run=TRAIN_RUN,
     params:
         cli=PARAMS,
-        cfg=train_params,
-        out=lambda wc: f"{RES}/train/{cell(wc.method, wc.arch, wc.rate, wc.tseed)}",
+        cfg=lambda wc: training(wc).triggers,
+        args=lambda wc, output: training(wc).args,
+        out=lambda wc: f"{RES}/{wc.ablation}train/{wc.run}",
         data=lambda w, input: os.path.dirname(input.data),
         launch=lambda wc, resources: launch_prefix(resources),
     resources:
         **model_job("train"),
     conda:
-        "../../environment.yml"
+        ENV
     threads: 1
     log:
-        f"{RES}/logs/train/{{method}}-{{arch}}-{{rate}}-s{{tseed}}.log",
+        f"{RES}/logs/{{ablation}}train/{{run}}.log",
     benchmark:
-        f"{RES}/benchmarks/train/{{method}}-{{arch}}-{{rate}}-s{{tseed}}.tsv"
+        f"{RES}/benchmarks/{{ablation}}train/{{run}}.tsv"
     shell:
-        "OMP_NUM_THREADS={threads} {params.launch} train {params.cli} --set train.seed={wildcards.tseed} --method {wildcards.method} --arch {wildcards.arch}"
-        " --rate {wildcards.rate} --data {params.data} --out {params.out} --no-progress > {log} 2>&1"
+        gaussquant("train {params.cli} {params.args} --data {params.data} --out {params.out} --no-progress", launch=True)

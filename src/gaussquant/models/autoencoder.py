@@ -1,7 +1,7 @@
 """Autoencoder = backbone encoder -> bottleneck (Gaussian or quantizer) -> backbone decoder,
 the one place a bottleneck is built from its method name.
 
-Methods (docs/method.md §1, §4): ``gq`` (Gaussian VAE with TDC at the rate's m and K, converted to GQ
+Methods (docs/method.md §1, §4): ``tdc`` (Gaussian VAE with TDC at the rate's m and K, converted to GQ
 for evaluation), ``vanilla`` (Gaussian VAE with summed KL), ``tbtdc`` (Gaussian VAE with TDC at
 m = 1 and target B bits per dimension, for TokenBridge), and the trained tokenizers ``vq``,
 ``fsq``, ``lfq``, ``bsq``. Checkpoint I/O lives in :mod:`gaussquant.checkpoint`.

@@ -313,7 +313,7 @@ def diffusers_autoencoder(
     """:class:`Autoencoder` with ``vae``'s encoder and decoder (shared, not copied) and the
     bottleneck of ``method`` at ``rate`` (default :func:`byo_rate`) built by
     :data:`gaussquant.quantizers.BUILDERS` from ``cfg`` (a :func:`byo_config`), as for our own
-    models: ``gq`` TDC fine-tuning, ``vanilla`` the pretrained VAE as it is (its KL term's weight
+    models: ``tdc`` TDC fine-tuning, ``vanilla`` the pretrained VAE as it is (its KL term's weight
     does not matter once trained); ``bottleneck`` (a converted model's quantizer) replaces the
     one ``method`` would build."""
     if method not in GAUSSIAN_METHODS:

@@ -25,7 +25,7 @@ BUILDERS = {  # method name -> (cfg: Config, shape at a rate: methods.shape) -> 
     "fsq": FSQ.from_config,
     "lfq": LFQ.from_config,
     "bsq": BSQ.from_config,
-    "gq": GaussianBottleneck.tdc_from_config,
+    "tdc": GaussianBottleneck.tdc_from_config,
     "vanilla": GaussianBottleneck.vanilla_from_config,
     "tbtdc": GaussianBottleneck.tokenbridge_tdc_from_config,
 }

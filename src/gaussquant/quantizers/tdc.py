@@ -138,7 +138,7 @@ class GaussianBottleneck(nn.Module):
 
     @classmethod
     def tdc_from_config(cls, cfg: Config, dim: int) -> GaussianBottleneck:
-        """``gq``: TDC at codebook dimension m = ``dim`` and the ``tdc`` section's K."""
+        """``tdc``: TDC at codebook dimension m = ``dim`` and the ``tdc`` section's K."""
         return cls(cfg.model.latent_channels, dim, "tdc", cfg.tdc)
 
     @classmethod

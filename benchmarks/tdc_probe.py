@@ -4,7 +4,7 @@ spread").
 
     python benchmarks/tdc_probe.py NAME ARCH [--data DIR] [--set key=value ...] [--map]
 
-Trains ``gq`` (the TDC VAE) at 16 bits per position with the quick profile (``--profile``,
+Trains ``tdc`` (the TDC VAE) at 16 bits per position with the quick profile (``--profile``,
 ``--rate``) plus ``--set``
 overrides into ``results/probe/NAME`` on the prepared quick data (``make reproduce`` writes it
 to ``results/quick/data``), then encodes the first 128 validation images and appends one JSON
@@ -116,7 +116,7 @@ def main() -> None:
     args = p.parse_args()
     cfg = load_config("params.yaml", args.profile, args.overrides)
     t0 = time.perf_counter()
-    ckpt = train(cfg, "gq", args.arch, args.rate, args.data, args.out / args.name, progress=False)
+    ckpt = train(cfg, "tdc", args.arch, args.rate, args.data, args.out / args.name, progress=False)
     seconds = time.perf_counter() - t0
     model, _ = load_autoencoder(ckpt)
     model.eval()

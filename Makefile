@@ -18,8 +18,8 @@ export PATH := $(BIN):$(PATH)
 .PHONY: help install install-dev weights reproduce pipeline repro report test lint format bench clean-results
 
 help:
-	@echo "make reproduce  - install, fetch metric weights, run Table 1 and its figures (profile from params.yaml, default quick)"
-	@echo "make report     - HTML report (tables, figures, ablations done so far) in results/<profile>/report.html"
+	@echo "make reproduce  - install, fetch metric weights, run Table 1 and its figures (preset from params.yaml, default quick)"
+	@echo "make report     - HTML report (tables, figures, ablations done so far) in results/<preset>/report.html"
 	@echo "make pipeline TARGET=reproduce_figure1 - any Snakemake target (README: Pipeline)"
 	@echo "make repro      - dvc repro: the pipeline, recorded in dvc.lock"
 	@echo "make test       - install (with the [dev] extra) and run the test suite"
@@ -60,7 +60,7 @@ pipeline: weights
 repro: weights
 	$(BIN)/dvc repro
 
-# Snakemake's HTML report of every target already produced, in results/<profile>/report.html
+# Snakemake's HTML report of every target already produced, in results/<preset>/report.html
 report: $(STAMP)
 	$(BIN)/gaussquant report
 

@@ -1,7 +1,7 @@
 # gaussquant pipeline: the only Snakefile. Targets: reproduce_table1 (default), reproduce_figure1,
 # reproduce_tokenbridge, evaluate_official (released official checkpoints),
 # byo (your own diffusers VAE, params `byo`), figures, ablations, all.
-# `snakemake --cores all <target>`; the profile comes from params.yaml (`profile:`).
+# `snakemake --cores all <target>`; the preset comes from params.yaml (`preset:`).
 # HTML report of what has run: `make report` (snakemake --report).
 from snakemake.utils import min_version, validate
 

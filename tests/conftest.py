@@ -1,4 +1,4 @@
-"""Shared fixtures: the tiny profile, its prepared data, and the metric weights."""
+"""Shared fixtures: the tiny preset, its prepared data, and the metric weights."""
 
 import os
 import sys
@@ -21,7 +21,7 @@ def tiny_cfg():
 
 @pytest.fixture(scope="session")
 def tiny_data(tiny_cfg, tmp_path_factory):
-    """The tiny profile's prepared bundled-photo data (prepared once per session)."""
+    """The tiny preset's prepared bundled-photo data (prepared once per session)."""
     from gaussquant.data import prepare
 
     out = tmp_path_factory.mktemp("data") / "tiny"

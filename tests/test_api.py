@@ -22,7 +22,7 @@ from gaussquant.quantizers.gaussian_quant import GaussianQuant as GQModule
 from gaussquant.stages.convert import convert_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-RATE = "8"  # the tiny profile's rate: K = 256, m = 8, C = 8
+RATE = "8"  # the tiny preset's rate: K = 256, m = 8, C = 8
 
 
 def _images(n=2, size=32, seed=0):
@@ -281,7 +281,7 @@ def test_import_official_from_a_hub_repository_offline(tmp_path):
     ckpt = repo / "snapshots" / commit / "sd3unet_gq_0.25.ckpt"
     save_lightning(official_state(npz, "unet"), ckpt)
     env = os.environ | {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
-    common = ["--params", str(ROOT / "params.yaml"), "--profile", "tiny", "--rate", RATE]
+    common = ["--params", str(ROOT / "params.yaml"), "--preset", "tiny", "--rate", RATE]
     argv = ["import-official", "sd3unet_gq_0.25.ckpt", "--hub", "authors/gq", *common]
     done = subprocess.run(
         [sys.executable, "-m", "gaussquant.cli", *argv, "--out", str(tmp_path / "hub.pt")],

@@ -139,7 +139,7 @@ def test_tdc_probe_takes_a_trained_vae_apart(tiny_data, weights_dir, tmp_path):
     import sys
 
     env = os.environ | {"GAUSSQUANT_WEIGHTS": str(weights_dir), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "benchmarks/tdc_probe.py", "t", "unet", "--profile", "tiny"]
+    cmd = [sys.executable, "benchmarks/tdc_probe.py", "t", "unet", "--preset", "tiny"]
     cmd += ["--rate", "8", "--data", str(tiny_data), "--out", str(tmp_path), "--map"]
     cmd += ["--set", "train.steps=4"]
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)

@@ -24,7 +24,7 @@ from gaussquant.quantizers import GaussianQuant, TokenBridge  # noqa: E402
 from gaussquant.runstate import KILL_ENV  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--params", str(ROOT / "params.yaml"), "--profile", "tiny"]  # tdc.codebook_size 256
+TINY = ["--params", str(ROOT / "params.yaml"), "--preset", "tiny"]  # tdc.codebook_size 256
 
 
 @pytest.fixture(scope="module")
@@ -236,11 +236,11 @@ def test_finetune_resumes_after_kill_and_converts(vae_dir, tiny_data, weights_di
 
 
 def _snakemake_byo(vae: str) -> subprocess.CompletedProcess:
-    """Dry-run the byo target on the tiny profile (rules only; nothing runs)."""
+    """Dry-run the byo target on the tiny preset (rules only; nothing runs)."""
     bindir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}
     cmd = [str(bindir / "snakemake"), "byo", "-n", "--quiet", "rules", "--directory", str(ROOT)]
-    cmd += ["--config", "profile=tiny", f'byo={{"vae": "{vae}"}}']
+    cmd += ["--config", "preset=tiny", f'byo={{"vae": "{vae}"}}']
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
 
 

@@ -1,4 +1,4 @@
-"""params.yaml loading: profiles merge onto the paper values; bad input fails before any work,
+"""params.yaml loading: presets merge onto the paper values; bad input fails before any work,
 naming the key and what is allowed."""
 
 import copy
@@ -17,9 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RAW = yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
-def _cfg(profile="paper", **edits):
-    """Resolved params of ``profile`` with dotted-key edits applied."""
-    data = resolve_params(copy.deepcopy(RAW), profile)
+def _cfg(preset="paper", **edits):
+    """Resolved params of ``preset`` with dotted-key edits applied."""
+    data = resolve_params(copy.deepcopy(RAW), preset)
     for dotted, value in edits.items():
         *path, last = dotted.split("__")
         node = data
@@ -29,16 +29,16 @@ def _cfg(profile="paper", **edits):
     return config_from_dict(data)
 
 
-@pytest.mark.parametrize("profile", ["tiny", "quick", "paper"])
-def test_every_profile_loads(profile):
-    cfg = load_config(ROOT / "params.yaml", profile)
-    assert cfg.profile == profile
+@pytest.mark.parametrize("preset", ["tiny", "quick", "paper"])
+def test_every_preset_loads(preset):
+    cfg = load_config(ROOT / "params.yaml", preset)
+    assert cfg.preset == preset
     for name in cfg.experiment.rates:
         assert name in cfg.rates
 
 
-def test_paper_profile_is_spec():
-    """The paper profile encodes docs/method.md §1, §2, §4, §5 exactly."""
+def test_paper_preset_is_spec():
+    """The paper preset encodes docs/method.md §1, §2, §4, §5 exactly."""
     cfg = load_config(ROOT / "params.yaml", "paper")
     assert (
         cfg.data.resolution == 256 and cfg.model.latent_channels == 16 and cfg.model.downsample == 8
@@ -105,7 +105,7 @@ def test_paper_profile_is_spec():
 
 BAD = [
     # (edits, words the message must contain)
-    ({"profile": "huge"}, ["profile", "tiny, quick, paper"]),
+    ({"preset": "huge"}, ["preset", "tiny, quick, paper"]),
     ({"tdc__codebook_size": 1000}, ["tdc.codebook_size", "1000", "power of two"]),
     ({"vq__codebook_size": 3}, ["vq.codebook_size", "power of two"]),
     (
@@ -156,10 +156,10 @@ def test_unknown_key_lists_allowed_keys():
         config_from_dict(data)
 
 
-def test_unknown_key_in_profile_override():
+def test_unknown_key_in_preset_override():
     raw = copy.deepcopy(RAW)
-    raw["profiles"]["quick"]["model"]["unet"]["channels"] = 4
-    with pytest.raises(ConfigError, match=r"profiles\.quick\.model\.unet\.channels: unknown key"):
+    raw["presets"]["quick"]["model"]["unet"]["channels"] = 4
+    with pytest.raises(ConfigError, match=r"presets\.quick\.model\.unet\.channels: unknown key"):
         resolve_params(raw, "quick")
 
 
@@ -170,7 +170,7 @@ def test_missing_method_in_lr_table():
         config_from_dict(data)
 
 
-def test_profile_override_merges_only_given_keys():
+def test_preset_override_merges_only_given_keys():
     quick = load_config(ROOT / "params.yaml", "quick")
     paper = load_config(ROOT / "params.yaml", "paper")
     assert quick.model.unet.ch != paper.model.unet.ch
@@ -228,12 +228,12 @@ def test_vit_image_size_is_derived():
 def test_config_round_trips_through_checkpoint_dict():
     from gaussquant.config import config_to_dict
 
-    for profile in ("tiny", "quick", "paper"):
-        cfg = load_config(ROOT / "params.yaml", profile)
+    for preset in ("tiny", "quick", "paper"):
+        cfg = load_config(ROOT / "params.yaml", preset)
         assert config_from_dict(config_to_dict(cfg)) == cfg
 
 
-def test_overrides_apply_after_profile_and_are_checked():
+def test_overrides_apply_after_preset_and_are_checked():
     cfg = load_config(ROOT / "params.yaml", "quick", ["tdc.tolerance=0.25", "gq.seed=7"])
     assert cfg.tdc.tolerance == 0.25 and cfg.gq.seed == 7
     with pytest.raises(
@@ -270,10 +270,81 @@ def test_checkpoint_written_before_new_keys_still_loads(tmp_path, tiny_cfg):
     )
 
 
-def test_profile_gives_its_own_official_checkpoints():
-    """official.checkpoints is keyed by configuration names: a profile sets the whole dict."""
+def _former_spelling(raw: dict) -> dict:
+    """``raw`` with params.yaml's preset keys spelled as before (profile:, profiles:)."""
+    return {{"preset": "profile", "presets": "profiles"}.get(k, k): v for k, v in raw.items()}
+
+
+def test_params_with_former_profile_keys_load_with_one_line(tmp_path, capsys):
+    """A params file with `profile:` / `profiles:` loads as today's `preset:` / `presets:`, with
+    one line on stderr naming the renames; both spellings of a key in one file: a one-line error."""
+    old = tmp_path / "params.yaml"
+    old.write_text(yaml.safe_dump(_former_spelling(RAW), sort_keys=False))
+    for preset in ("tiny", None):
+        assert load_config(old, preset) == load_config(ROOT / "params.yaml", preset)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and "profile: -> preset:, profiles: -> presets:" in lines[0], lines
+    for both in ({**RAW, "profile": "tiny"}, {**RAW, "profiles": RAW["presets"]}):
+        with pytest.raises(ConfigError, match=r"both 'profiles?' and 'presets?'; keep only") as err:
+            resolve_params(both)
+        assert "\n" not in str(err.value)
+
+
+def test_former_profile_flag_is_an_alias_of_preset(capsys):
+    """`--profile NAME` on a stage's command line is `--preset NAME`, with one line on stderr."""
+    import argparse
+
+    from gaussquant.stages.common import add_params_args
+
+    parser = argparse.ArgumentParser()
+    add_params_args(parser)
+    assert parser.parse_args(["--preset", "tiny"]).preset == "tiny"
+    assert capsys.readouterr().err == ""
+    assert parser.parse_args(["--profile", "tiny"]).preset == "tiny"
+    assert capsys.readouterr().err == "--profile is now --preset (read as --preset tiny)\n"
+    assert parser.parse_args([]).preset is None  # the file's own preset
+
+
+def test_workflow_reads_config_profile_as_preset(tmp_path, capsys):
+    """Snakemake's `--config profile=NAME` (the file has `preset:`) selects that preset."""
+    from gaussquant.config import workflow_params
+
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(RAW, sort_keys=False))
+    out = workflow_params({**RAW, "profile": "paper"}, path)
+    assert out["preset"] == "paper" and "profile" not in out
+    assert capsys.readouterr().err.count("\n") == 1
+    path.write_text(yaml.safe_dump(_former_spelling(RAW), sort_keys=False))  # an old file
+    assert workflow_params(_former_spelling(RAW), path) == RAW
+
+
+def test_stored_config_with_profile_key_loads_and_resumes(tmp_path, tiny_cfg):
+    """A checkpoint whose stored config says `profile` (before presets) loads as `preset`; saved
+    training states compare run settings, which no preset enters, so they resume."""
+    import torch
+
+    from gaussquant.checkpoint import read_checkpoint, save_checkpoint
+    from gaussquant.config import config_to_dict
+    from gaussquant.models.autoencoder import build_autoencoder
+    from gaussquant.runstate import run_settings
+
+    path = tmp_path / "old.pt"
+    save_checkpoint(
+        path, build_autoencoder(tiny_cfg, "fsq", "unet", "8"), tiny_cfg, "fsq", "unet", "8", step=1
+    )
+    payload = torch.load(path, weights_only=True)
+    payload["config"] = _former_spelling(payload["config"])
+    assert "profile" in payload["config"]
+    torch.save(payload, path)
+    assert read_checkpoint(path)["config"] == config_to_dict(tiny_cfg)
+    other = dataclasses.replace(tiny_cfg, preset="paper")
+    assert run_settings(other, "tdc", "unet", "8") == run_settings(tiny_cfg, "tdc", "unet", "8")
+
+
+def test_preset_gives_its_own_official_checkpoints():
+    """official.checkpoints is keyed by configuration names: a preset sets the whole dict."""
     raw = copy.deepcopy(RAW)
-    raw["profiles"]["tiny"]["official"] = {"checkpoints": {"sd3unet_gq_0.25": "w/a.ckpt"}}
+    raw["presets"]["tiny"]["official"] = {"checkpoints": {"sd3unet_gq_0.25": "w/a.ckpt"}}
     cfg = config_from_dict(resolve_params(raw, "tiny"))
     assert cfg.official.checkpoints == {"sd3unet_gq_0.25": "w/a.ckpt"}
     assert config_from_dict(resolve_params(raw, "quick")).official.checkpoints == {}
@@ -310,13 +381,13 @@ def test_params_naming_the_tdc_vae_gq_load_with_one_line_each(capsys):
     """train.batch_size / train.lr keys and experiment.methods entries `gq` (the trained TDC
     VAE's former name) read as `tdc`, one line per section that uses them."""
     raw = _gq_named(RAW)
-    raw["profiles"] = {k: _gq_named(v) for k, v in RAW["profiles"].items()}
-    for profile in ("tiny", "quick", "paper"):
-        assert config_from_dict(resolve_params(raw, profile)) == load_config(
-            ROOT / "params.yaml", profile
+    raw["presets"] = {k: _gq_named(v) for k, v in RAW["presets"].items()}
+    for preset in ("tiny", "quick", "paper"):
+        assert config_from_dict(resolve_params(raw, preset)) == load_config(
+            ROOT / "params.yaml", preset
         )
     lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 3 * 3  # params, profiles.quick, profiles.tiny, at each of 3 loads
+    assert len(lines) == 3 * 3  # params, presets.quick, presets.tiny, at each of 3 loads
     assert all("'tdc'" in line and "train.lr.gq" in line for line in lines), lines
     assert "experiment.methods: gq" in lines[0]
 

@@ -304,10 +304,10 @@ def test_region_too_wide_for_the_stereo_guard_is_an_error(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_quick_profile_validates_on_held_out_strips_of_at_least_6_photos(tmp_path):
+def test_quick_preset_validates_on_held_out_strips_of_at_least_6_photos(tmp_path):
     from gaussquant.config import load_config
 
-    cfg = load_config(ROOT / "params.yaml", profile="quick").data
+    cfg = load_config(ROOT / "params.yaml", preset="quick").data
     assert cfg.source == "bundled" and cfg.val_split == "region"
     manifest = prepare(dataclasses.replace(cfg, n_train=8), tmp_path / "q", progress=False)
     assert manifest["counts"]["val"] == cfg.n_val
@@ -523,7 +523,7 @@ def test_storage_keys_are_not_run_settings():
     from gaussquant.config import DATA_STORAGE_KEYS, load_config
     from gaussquant.runstate import run_settings
 
-    cfg = load_config(ROOT / "params.yaml", profile="tiny")
+    cfg = load_config(ROOT / "params.yaml", preset="tiny")
     rate = next(iter(cfg.rates))
     base = run_settings(cfg, "tdc", "unet", rate, "abc")
     edits = dict(prepared_dir="/scratch/x", verify="header", hash=True, shard_size=7)
@@ -551,7 +551,7 @@ def test_empty_or_wrong_folder_is_a_one_line_error(folder, tmp_path, train_dir, 
 
 def test_cli_reports_a_bad_folder_in_one_line(folder, tmp_path, capsys):
     root, _ = folder
-    argv = ["prepare-data", "--params", str(ROOT / "params.yaml"), "--profile", "tiny"]
+    argv = ["prepare-data", "--params", str(ROOT / "params.yaml"), "--preset", "tiny"]
     argv += ["--out", str(tmp_path / "o"), "--source", "folder", "--val-dir", str(root / "val")]
     assert cli_main(argv + ["--train-dir", str(root / "empty")]) == 2
     err = capsys.readouterr().err
@@ -632,7 +632,7 @@ def test_step_order_is_a_function_of_seed_and_step(bundled):
 
 @pytest.mark.parametrize("setting", ["", "$GQ_TEST_SCRATCH/gq", "$GQ_TEST_UNSET/gq"])
 def test_prepared_dir_puts_the_workflow_data_on_scratch(setting, tmp_path, monkeypatch):
-    """data.prepared_dir moves the prepared data of the workflow (per profile; variables
+    """data.prepared_dir moves the prepared data of the workflow (per preset; variables
     expanded) and every rule reads it there; an unset variable is an error, not a folder."""
     import yaml
     from snakemake.api import SnakemakeApi
@@ -641,7 +641,7 @@ def test_prepared_dir_puts_the_workflow_data_on_scratch(setting, tmp_path, monke
     monkeypatch.setenv("GQ_TEST_SCRATCH", str(tmp_path))
     monkeypatch.delenv("GQ_TEST_UNSET", raising=False)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["profile"], params["data"]["prepared_dir"] = "tiny", setting
+    params["preset"], params["data"]["prepared_dir"] = "tiny", setting
     with SnakemakeApi(OutputSettings()) as api:
 
         def rules():

@@ -120,7 +120,7 @@ def _evaluate_cli(args, launcher=()):
         "evaluate",
         "--params",
         str(ROOT / "params.yaml"),
-        "--profile",
+        "--preset",
         "tiny",
         "--no-progress",
         *args,

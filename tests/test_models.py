@@ -171,10 +171,10 @@ def test_unet_attention_follows_lowest_level_when_shrunk():
     assert enc(torch.zeros(1, 3, 16, 16)).shape == (1, 16, 4, 4)
 
 
-@pytest.mark.parametrize("profile", ["tiny", "quick"])
-def test_profile_models_build_and_run(profile):
-    """The small profiles of params.yaml give working backbones and a discriminator that fits."""
-    cfg = load_config(ROOT / "params.yaml", profile)
+@pytest.mark.parametrize("preset", ["tiny", "quick"])
+def test_preset_models_build_and_run(preset):
+    """The small presets of params.yaml give working backbones and a discriminator that fits."""
+    cfg = load_config(ROOT / "params.yaml", preset)
     res, f, c = cfg.data.resolution, cfg.model.downsample, cfg.model.latent_channels
     x = torch.zeros(2, 3, res, res)
     for arch in ("unet", "vit"):

@@ -21,7 +21,7 @@ PAPER_KEYS = REFERENCE / "official_paper_keys.json"
 TOL = 1e-5  # float32 rounding scale of these networks (json float64_vs_float32: up to 1.08e-5)
 FIXTURES = {"unet": "unet_small", "vit": "vit_small"}
 VIT_HEADS = 2  # vit_small's heads (a checkpoint does not store them)
-RATE = "8"  # the tiny profile's rate (bits per position): m = 8 = the fixtures' z_channels, K = 256
+RATE = "8"  # the tiny preset's rate (bits per position): m = 8 = the fixtures' z_channels, K = 256
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +185,7 @@ def test_trained_tokenizers_export_and_import_back_unchanged(tmp_path, method, c
     from gaussquant.models.autoencoder import build_autoencoder
     from gaussquant.official import export_official, import_official
 
-    # the official UNet normalises with GroupNorm(32): ch 32 instead of the tiny profile's 8
+    # the official UNet normalises with GroupNorm(32): ch 32 instead of the tiny preset's 8
     tiny_cfg = load_config(PARAMS, "tiny", ["model.unet.ch=32", "model.unet.num_groups=32"])
     torch.manual_seed(0)
     model = build_autoencoder(tiny_cfg, method, "unet", RATE)
@@ -235,7 +235,7 @@ def test_cli_import_and_export_round_trip(npz, tmp_path):
     loss = {"loss.logvar": torch.zeros(()), "loss.discriminator.main.0.weight": torch.ones(2, 3)}
     save_lightning({**state, **loss}, tmp_path / "official.ckpt")
     cli = [sys.executable, "-m", "gaussquant.cli"]
-    common = ["--params", str(PARAMS), "--profile", "tiny"]
+    common = ["--params", str(PARAMS), "--preset", "tiny"]
     out = subprocess.run(
         [*cli, "import-official", str(tmp_path / "official.ckpt"), "--out", str(tmp_path / "o.pt")]
         + [*common, "--rate", RATE, "--vit-heads", str(VIT_HEADS)],
@@ -388,7 +388,7 @@ def test_comparison_table_puts_ours_next_to_spec7(tmp_path):
 
 
 def _workflow_copy(dst, weights, checkpoints: dict) -> None:
-    """The workflow in ``dst`` on the tiny profile with ``official.checkpoints`` set and a
+    """The workflow in ``dst`` on the tiny preset with ``official.checkpoints`` set and a
     0.25 bpp rate, so the fixture UNet stands in for sd3unet_gq_0.25."""
     import shutil
 
@@ -401,10 +401,10 @@ def _workflow_copy(dst, weights, checkpoints: dict) -> None:
     for name in ("Snakefile", "environment.yml"):
         shutil.copy2(root / name, dst / name)
     params = yaml.safe_load(PARAMS.read_text())
-    params["profile"] = "tiny"
+    params["preset"] = "tiny"
     params["official"]["checkpoints"] = {k: str(v) for k, v in checkpoints.items()}
     # 16 bits per position (0.25 bpp at f8; C = 8, K = 256): GQ m = 4, 2 tokens x 8 bits
-    params["profiles"]["tiny"]["rates"] = [8, 16]
+    params["presets"]["tiny"]["rates"] = [8, 16]
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (dst / "weights").symlink_to(weights)
 

@@ -1,4 +1,4 @@
-"""The paper profile's whole path at paper size on CPU, on a fake ImageNet folder: prepare (the
+"""The paper preset's whole path at paper size on CPU, on a fake ImageNet folder: prepare (the
 index), 2 training steps of the paper-size UNet and ViT at 256 px, batch 1, GAN from step 0,
 convert to GQ and evaluate 2 images - so a shape, config or device error at paper scale fails
 here, not in a cluster job. Everything else is the top-level (paper) configuration."""
@@ -52,12 +52,12 @@ def _gaussquant(*args: str) -> None:
 
 
 @pytest.mark.slow
-def test_paper_profile_whole_path_at_paper_size(tmp_path, weights_dir):
+def test_paper_preset_whole_path_at_paper_size(tmp_path, weights_dir):
     start = time.perf_counter()
     _fake_imagenet(tmp_path / "imagenet")
     sets = [f"data.train_dir={tmp_path / 'imagenet/train'}"]
     sets += [f"data.val_dir={tmp_path / 'imagenet/val'}", *SMALL]
-    common = ["--params", str(ROOT / "params.yaml"), "--profile", "paper"]
+    common = ["--params", str(ROOT / "params.yaml"), "--preset", "paper"]
     common += [arg for item in sets for arg in ("--set", item)]
     data = tmp_path / "data"
     _gaussquant("prepare-data", *common, "--out", str(data), "--no-progress")

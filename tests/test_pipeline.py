@@ -1,4 +1,4 @@
-"""The pipeline end to end on the tiny profile, through DVC, in a temporary copy of the repo."""
+"""The pipeline end to end on the tiny preset, through DVC, in a temporary copy of the repo."""
 
 import json
 import os
@@ -39,9 +39,9 @@ def _copy_repo(dst: Path, weights: Path) -> Path:
         shutil.copy2(ROOT / f, dst / f)
     params = yaml.safe_load((dst / "params.yaml").read_text())
     text = (dst / "params.yaml").read_text()
-    assert params["profile"] in ("quick", "tiny", "paper")
+    assert params["preset"] in ("quick", "tiny", "paper")
     (dst / "params.yaml").write_text(
-        re.sub(r"^profile: \w+", "profile: tiny", text, count=1, flags=re.M)
+        re.sub(r"^preset: \w+", "preset: tiny", text, count=1, flags=re.M)
     )
     (dst / "weights").symlink_to(weights)
     for cmd in (
@@ -215,7 +215,7 @@ def test_train_keys_trigger_retraining_unless_bookkeeping(tiny_repo, old, new, e
     text = params.read_text()
     i = text.index("  tiny:")
     changed = text[:i] + text[i:].replace(old, new, 1)
-    assert changed != text, f"{old!r} is not in the tiny profile"
+    assert changed != text, f"{old!r} is not in the tiny preset"
     params.write_text(changed)
     try:
         out = _run(["snakemake", "-n", "reproduce_table1", "reproduce_tokenbridge"], tiny_repo)
@@ -254,7 +254,7 @@ def test_snakemake_lint_is_clean():
 def test_paper_dry_run_with_slurm_renders_multi_gpu_launch(tmp_path):
     out = _run(
         ["snakemake", "reproduce_table1", "-n", "-p", "--profile", "profiles/slurm"]
-        + ["--config", "profile=paper"],  # --config takes several values: target first
+        + ["--config", "preset=paper"],  # --config takes several values: target first
         ROOT,
     )
     text = out.stdout + out.stderr
@@ -268,7 +268,7 @@ def test_paper_dry_run_with_slurm_renders_multi_gpu_launch(tmp_path):
 
 
 def test_dvc_outs_cover_every_results_folder():
-    """Every results/<profile>/<folder> a rule writes is a (persisted) DVC out."""
+    """Every results/<preset>/<folder> a rule writes is a (persisted) DVC out."""
     dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     outs = {}
     for out in dvc["stages"]["pipeline"]["outs"]:

@@ -14,7 +14,7 @@ from gaussquant.cli import main as cli_main
 from gaussquant.errors import GaussquantError
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--params", str(ROOT / "params.yaml"), "--profile", "tiny"]
+TINY = ["--params", str(ROOT / "params.yaml"), "--preset", "tiny"]
 
 
 class _RunsCode:

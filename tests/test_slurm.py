@@ -1,6 +1,6 @@
 """The SLURM profile through the real executor plugin, non-dry, against stand-in SLURM commands
 (tests/data/fake_slurm/fake_slurm.py) that record what is submitted and run each job here:
-the paper profile on a tiny ImageNet-like JPEG folder (one method, arch, rate, seed; 2 GPU
+the paper preset on a tiny ImageNet-like JPEG folder (one method, arch, rate, seed; 2 GPU
 processes per model job, as CPU processes)."""
 
 import json
@@ -34,9 +34,9 @@ def _jpeg_folder(root: Path) -> None:
 
 
 def _paper_params(repo: Path, data: Path) -> None:
-    """params.yaml on the paper profile, its sizes overridden by the tiny profile's."""
+    """params.yaml on the paper preset, its sizes overridden by the tiny preset's."""
     raw = yaml.safe_load((repo / "params.yaml").read_text())
-    paper = raw["profiles"]["tiny"]
+    paper = raw["presets"]["tiny"]
     paper["data"] = {
         "source": "folder",
         "train_dir": str(data / "train"),
@@ -50,7 +50,7 @@ def _paper_params(repo: Path, data: Path) -> None:
         "batch_size": {k: 2 for k in paper["train"]["batch_size"]},
     }
     paper["experiment"] |= {"methods": ["tdc"], "archs": ["unet"], "seeds": [0]}
-    raw["profile"], raw["profiles"] = "paper", {"paper": paper}
+    raw["preset"], raw["presets"] = "paper", {"paper": paper}
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
 
 

@@ -244,7 +244,7 @@ def test_each_method_builds_its_bottleneck_from_its_section(tiny_cfg):
 def test_dvc_stage_tracks_every_params_section():
     dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     tracked = set(dvc["stages"]["pipeline"]["params"])
-    assert tracked == {f.name for f in dataclasses.fields(Config)} | {"profiles"}
+    assert tracked == {f.name for f in dataclasses.fields(Config)} | {"presets"}
 
 
 # ----------------------------------------------------------------------------- config loading
@@ -275,7 +275,7 @@ def test_dataclass_defaults_equal_the_paper_values_in_params():
 
 def _prepare(tmp_path, *sets):
     cmd = [sys.executable, "-m", "gaussquant.cli", "prepare-data", "--params"]
-    cmd += [str(ROOT / "params.yaml"), "--profile", "tiny", "--out", str(tmp_path / "out")]
+    cmd += [str(ROOT / "params.yaml"), "--preset", "tiny", "--out", str(tmp_path / "out")]
     for item in sets:
         cmd += ["--set", item]
     return subprocess.run(cmd + ["--no-progress"], capture_output=True, text=True, cwd=ROOT)

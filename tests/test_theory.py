@@ -217,7 +217,7 @@ def test_stage_writes_csv_and_figure(tmp_path, monkeypatch):
     assert sorted(p.name for p in csv.parent.iterdir()) == ["theory.csv", "theory.png"]
 
 
-def test_tiny_profile_has_a_theory_section():
+def test_tiny_preset_has_a_theory_section():
     from gaussquant.config import Config, load_config
 
     assert "theory" in Config.__dataclass_fields__

@@ -54,8 +54,8 @@ def test_dvc_plots_show_draws_each_run_without_errors(tmp_path):
         shutil.copyfile(ROOT / name, tmp_path / name)
     dvc = [sys.executable, "-m", "dvc"]
     subprocess.run([*dvc, "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
-    profile = yaml.safe_load((ROOT / "params.yaml").read_text())["profile"]
-    curves = tmp_path / "results" / profile / "curves"
+    preset = yaml.safe_load((ROOT / "params.yaml").read_text())["preset"]
+    curves = tmp_path / "results" / preset / "curves"
     curves.mkdir(parents=True)
     runs = ("gq-unet-0.25-s0", "fsq-vit-0.25-s0")
     for run in runs:

@@ -1,4 +1,4 @@
-"""Training loop: tiny-profile runs, exact resume after SIGKILL, failure messages."""
+"""Training loop: tiny-preset runs, exact resume after SIGKILL, failure messages."""
 
 import json
 import os
@@ -22,12 +22,12 @@ PROBE = ROOT / "tests" / "helpers" / "train_probe.py"
 def _train(
     method, arch, data, out, weights, *extra, kill_at=None, launcher=(), probe=False, signal_at=None
 ):
-    """``gaussquant train`` on the tiny profile in a subprocess; ``launcher``: a torchrun
+    """``gaussquant train`` on the tiny preset in a subprocess; ``launcher``: a torchrun
     prefix (2 CPU processes); ``probe``: through tests/helpers/train_probe.py, which records
     every rank's weights and TDC state after every step."""
     entry = [str(PROBE)] if probe else ["-m", "gaussquant.cli"]
     cmd = [*(launcher or [sys.executable]), *entry, "train", "--params", str(ROOT / "params.yaml")]
-    cmd += ["--profile", "tiny", "--method", method, "--arch", arch, "--rate", "8"]
+    cmd += ["--preset", "tiny", "--method", method, "--arch", arch, "--rate", "8"]
     cmd += ["--data", str(data), "--out", str(out), "--weights", str(weights), "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
     env.pop(KILL_ENV, None)
@@ -58,7 +58,7 @@ def test_sigkill_resume_is_bitwise_identical(
     method, arch, procs, tiny_data, weights_dir, tmp_path, two_process_launcher
 ):
     """Killed after step 4 (state saved at step 3), re-run: same final checkpoint, bit for bit.
-    The tiny profile starts the discriminator at step 3, so GAN steps are covered too."""
+    The tiny preset starts the discriminator at step 3, so GAN steps are covered too."""
     launcher = two_process_launcher if procs == 2 else ()
     full = _train(method, arch, tiny_data, tmp_path / "full", weights_dir, launcher=launcher)
     assert full.returncode == 0, full.stderr[-3000:]

@@ -14,7 +14,7 @@ from gaussquant.errors import GaussquantError
 
 
 def _cfg(cfg, **train):
-    """The tiny profile with a batch of 16 and the given `train` keys."""
+    """The tiny preset with a batch of 16 and the given `train` keys."""
     batch = {k: 16 for k in cfg.train.batch_size}
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=batch, **train))
 
@@ -91,7 +91,7 @@ def test_activation_checkpointing_trains_the_same_weights(
     tiny_cfg, tiny_data, weights_dir, tmp_path
 ):
     """Recomputing the blocks' activations in the backward is the same arithmetic, GAN steps
-    included (steps 3-5 of the tiny profile): the weights agree bit for bit."""
+    included (steps 3-5 of the tiny preset): the weights agree bit for bit."""
     plain, _ = _run(tiny_cfg, tiny_data, tmp_path / "a", weights_dir, "vit")
     ckpt_cfg = dataclasses.replace(
         tiny_cfg, train=dataclasses.replace(tiny_cfg.train, activation_checkpointing=True)

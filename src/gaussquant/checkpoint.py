@@ -19,9 +19,8 @@ from gaussquant.config import (
     Config,
     config_from_dict,
     config_to_dict,
-    migrate_method_names,
     migrate_rates,
-    with_added_keys,
+    migrate_saved_config,
 )
 from gaussquant.conversion import rebuild_post_quantizer
 from gaussquant.errors import GaussquantError
@@ -72,7 +71,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path}: not a gaussquant checkpoint (expected format {CHECKPOINT_FORMAT})"
         )
     payload["config"], payload["rate"] = migrate_rates(payload["config"], payload["rate"])
-    payload["config"] = with_added_keys(migrate_method_names(payload["config"]))
+    payload["config"] = migrate_saved_config(payload["config"])
     migrate_method(payload)
     return payload
 

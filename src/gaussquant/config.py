@@ -1,9 +1,9 @@
 """Typed, strict configuration loaded from ``params.yaml`` (the sections: :mod:`gaussquant.sections`).
 
 ``params.yaml`` holds the paper's values in its top-level sections (each commented with its
-docs/method.md section) and, under ``profiles.<name>``, the overrides of the small profiles. The active
-profile is the top-level ``profile`` key (``tiny | quick | paper``). :func:`load_config`
-deep-merges the profile's overrides onto the paper values and builds nested dataclasses,
+docs/method.md section) and, under ``presets.<name>``, the overrides of the small presets. The active
+preset is the top-level ``preset`` key (``tiny | quick | paper``). :func:`load_config`
+deep-merges the preset's overrides onto the paper values and builds nested dataclasses,
 failing - before any computation - on unknown keys, wrong types and impossible values, with a
 message that names the key and the allowed values. A key missing from params.yaml is an
 error too (never a silent dataclass default). Every stage loads its config through
@@ -42,7 +42,7 @@ from gaussquant.sections import (  # noqa: F401 (re-exported: import every secti
     LPIPS_PRECISION,
     MIXED_PRECISION,
     NON_TRAJECTORY_KEYS,
-    PROFILES,
+    PRESETS,
     TRACKERS,
     AblationConfig,
     BSQConfig,
@@ -88,24 +88,24 @@ def read_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     return raw
 
 
-def resolve_params(raw: dict[str, Any], profile: str | None = None) -> dict[str, Any]:
-    """Deep-merge ``profiles[profile]`` onto the top-level (paper) sections."""
-    raw = migrate_method_names(dict(raw), "params")
-    profiles = raw.pop("profiles", {}) or {}
-    profiles = {k: migrate_method_names(v or {}, f"profiles.{k}") for k, v in profiles.items()}
-    profile = profile or raw.get("profile", "paper")
-    if profile not in PROFILES:
-        raise ConfigError(f"profile: {profile!r} is not allowed; allowed: {', '.join(PROFILES)}")
-    unknown = set(profiles) - set(PROFILES)
+def resolve_params(raw: dict[str, Any], preset: str | None = None) -> dict[str, Any]:
+    """Deep-merge ``presets[preset]`` onto the top-level (paper) sections."""
+    raw = migrate_method_names(migrate_preset_keys(dict(raw), "params"), "params")
+    presets = raw.pop("presets", {}) or {}
+    presets = {k: migrate_method_names(v or {}, f"presets.{k}") for k, v in presets.items()}
+    preset = preset or raw.get("preset", "paper")
+    if preset not in PRESETS:
+        raise ConfigError(f"preset: {preset!r} is not allowed; allowed: {', '.join(PRESETS)}")
+    unknown = set(presets) - set(PRESETS)
     if unknown:
         raise ConfigError(
-            f"profiles: unknown profile(s) {sorted(unknown)}; allowed: {', '.join(PROFILES)}"
+            f"presets: unknown preset(s) {sorted(unknown)}; allowed: {', '.join(PRESETS)}"
         )
-    raw["profile"] = profile
-    return _merge(raw, profiles.get(profile) or {}, f"profiles.{profile}")
+    raw["preset"] = preset
+    return _merge(raw, presets.get(preset) or {}, f"presets.{preset}")
 
 
-# dicts keyed by names the user chooses (official configuration names): a profile gives the
+# dicts keyed by names the user chooses (official configuration names): a preset gives the
 # whole dict instead of merging into the top level's keys
 NAMED_DICTS = ("checkpoints",)
 
@@ -123,14 +123,14 @@ def _merge(base: dict, override: dict, where: str) -> dict:
 
 
 def load_config(
-    path: str | Path = "params.yaml", profile: str | None = None, overrides: list[str] | None = None
+    path: str | Path = "params.yaml", preset: str | None = None, overrides: list[str] | None = None
 ) -> Config:
     """Load, merge, type-check and validate ``params.yaml``. Raises :class:`ConfigError`.
 
     ``overrides`` are ``dotted.key=value`` strings (value parsed as YAML) applied after the
-    profile, e.g. ``tdc.tolerance=0.25`` (the ablation rules use them).
+    preset, e.g. ``tdc.tolerance=0.25`` (the ablation rules use them).
     """
-    data = resolve_params(read_params(path), profile)
+    data = resolve_params(read_params(path), preset)
     for item in overrides or []:
         apply_override(data, item)
     return config_from_dict(data)
@@ -276,7 +276,7 @@ def validate(cfg: Config) -> None:
     """The checks that relate two sections (each section checks itself when built, in
     :mod:`gaussquant.sections`): :class:`ConfigError` naming the key and what is allowed. Every
     method's shape at every rate is derived here once (:func:`gaussquant.methods.rate_shapes`)."""
-    check_allowed("profile", cfg.profile, PROFILES)
+    check_allowed("preset", cfg.preset, PRESETS)
     res, f, d = cfg.data.resolution, cfg.model.downsample, cfg.model.discriminator
     check(res % f == 0, f"data.resolution: {res} must be a multiple of model.downsample={f}")
     check(
@@ -396,6 +396,45 @@ def migrate_method_names(data: dict[str, Any], where: str = "") -> dict[str, Any
     return out
 
 
+# params.yaml's presets were first called profiles (a word Snakemake's profiles/ folder uses)
+OLD_PRESET_KEYS = {"profile": "preset", "profiles": "presets"}
+
+
+def migrate_preset_keys(data: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """A params dict or saved config with the former ``profile`` / ``profiles`` keys, in
+    today's ``preset`` / ``presets`` (OLD_PRESET_KEYS); both spellings of one key: an error.
+    ``where``: a params file, said in one line on stderr (saved configs migrate silently)."""
+    old = [k for k in OLD_PRESET_KEYS if k in data]
+    both = [k for k in old if OLD_PRESET_KEYS[k] in data]
+    if both:
+        raise ConfigError(
+            f"{where or 'config'}: both {both[0]!r} and {OLD_PRESET_KEYS[both[0]]!r}; "
+            f"keep only {OLD_PRESET_KEYS[both[0]]!r}"
+        )
+    if old and where:
+        renames = ", ".join(f"{k}: -> {OLD_PRESET_KEYS[k]}:" for k in old)
+        print(f"{where}: rename {renames} (read as such for now)", file=sys.stderr)
+    return {OLD_PRESET_KEYS.get(k, k): v for k, v in data.items()} if old else data
+
+
+def migrate_saved_config(data: dict[str, Any]) -> dict[str, Any]:
+    """A saved config (checkpoint, exported tokenizer) of any earlier version in today's terms:
+    former names and keys renamed, keys added since filled in (the one place all such
+    migrations of a saved config meet)."""
+    return with_added_keys(migrate_preset_keys(migrate_method_names(data)))
+
+
+def workflow_params(config: dict[str, Any], path: str | Path = "params.yaml") -> dict[str, Any]:
+    """Snakemake's ``config`` (params.yaml and ``--config``) with the former spellings renamed:
+    ``--config profile=NAME`` (a ``profile`` that the file does not hold) is ``--config
+    preset=NAME``, said in one line on stderr; the file's own old keys as in resolve_params."""
+    config = dict(config)
+    if "profile" in config and "profile" not in read_params(path):
+        print("--config profile=NAME is now --config preset=NAME (read as such)", file=sys.stderr)
+        config["preset"] = config.pop("profile")
+    return migrate_preset_keys(config, "params")
+
+
 def with_added_keys(data: dict[str, Any], defaults: Any = None) -> dict[str, Any]:
     """A saved config (checkpoint) written before some keys existed, completed with their
     defaults: keys added later (e.g. ``eval.clamp_output``, ``official``) do not describe the
@@ -461,13 +500,17 @@ def json_schema() -> dict[str, Any]:
     values that a schema cannot express (powers of two, rates vs bits, ...).
     """
     schema = _schema(Config)
-    schema["properties"]["profile"] = {"type": "string", "enum": list(PROFILES)}
-    schema["properties"]["profiles"] = {
+    props = schema["properties"]
+    props["preset"] = {"type": "string", "enum": list(PRESETS)}
+    props["presets"] = {
         "type": "object",
         "additionalProperties": False,
-        "properties": {p: {"type": "object"} for p in PROFILES},
+        "properties": {p: {"type": "object"} for p in PRESETS},
     }
-    schema["required"] = ["profile"]
+    for old, new in OLD_PRESET_KEYS.items():  # former spellings, still read (migrate_preset_keys)
+        props[old] = props[new]
+    schema.pop("required", None)
+    schema["anyOf"] = [{"required": [k]} for k in ("preset", "profile")]
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "gaussquant params.yaml",

@@ -130,7 +130,7 @@ def metrics_table(record: dict | None) -> list[str]:
             "Not evaluated here: `gaussquant evaluate`, then `save_pretrained(..., metrics=JSON)`."
         ]
     keys = [k for k in METRICS if isinstance(record.get(k), int | float)]
-    head = ["images", "resolution", "profile"]
+    head = ["images", "resolution", "preset", "profile"]  # profile: records before presets
     where = ", ".join(f"{k} {record[k]}" for k in head if record.get(k) is not None)
     rows = [
         "| " + " | ".join(METRICS[k][0] for k in keys) + " |",
@@ -145,7 +145,7 @@ def read_pretrained(folder: str | Path) -> dict[str, Any]:
     """A tokenizer folder's contents as a checkpoint payload (weights under ``"model"``)."""
     from safetensors.torch import load_file
 
-    from gaussquant.config import with_added_keys
+    from gaussquant.config import migrate_saved_config
 
     folder = Path(folder)
     config_path, weights = folder / CONFIG_FILE, folder / WEIGHTS_FILE
@@ -166,7 +166,7 @@ def read_pretrained(folder: str | Path) -> dict[str, Any]:
         raise GaussquantError(
             f"{weights}: cannot be read as safetensors ({_first_line(err)})"
         ) from None
-    payload["config"] = with_added_keys(payload["config"])
+    payload["config"] = migrate_saved_config(payload["config"])
     return payload
 
 

@@ -3,7 +3,7 @@
 The rule between the two config modules: this file says *what* a section is (its fields, their
 defaults, and the checks that read only that section, in ``__post_init__``, so a section built
 directly - a model in a test - is checked too); :mod:`gaussquant.config` says *how* the file is
-read (profiles, ``--set`` overrides, strict types, missing keys, the checks that relate two
+read (presets, ``--set`` overrides, strict types, missing keys, the checks that relate two
 sections, derived values, the JSON schema). Import sections from :mod:`gaussquant.config`.
 Torch-free (config loading and Snakefile parsing stay fast): only the standard library,
 :mod:`gaussquant.errors`, :mod:`gaussquant.methods` and :mod:`gaussquant.photos` here.
@@ -81,8 +81,8 @@ class DataConfig:
       on slow file systems; a file that then fails to decode stops the training, naming it).
     - ``hash``: record each folder image's sha256 in the index; the loader then checks every
       file it reads (a few % of the decode time), else only its byte size.
-    - ``prepared_dir``: where the workflow writes the prepared data (``""``: results/<profile>/
-      data; e.g. ``$SCRATCH/gaussquant``: there, under <profile>/; ``~`` and ``$VARS`` expanded).
+    - ``prepared_dir``: where the workflow writes the prepared data (``""``: results/<preset>/
+      data; e.g. ``$SCRATCH/gaussquant``: there, under <preset>/; ``~`` and ``$VARS`` expanded).
     """
 
     source: str = "folder"
@@ -397,7 +397,7 @@ class TheoryConfig:
 
 # ----------------------------------------------------------------------------- the other sections
 
-PROFILES = ("tiny", "quick", "paper")
+PRESETS = ("tiny", "quick", "paper")
 ARCHS = ("unet", "vit")
 MIXED_PRECISION = ("fp32", "fp16", "bf16")
 TRACKERS = ("none", "tensorboard", "wandb")  # train.log_with: Accelerate's trackers
@@ -698,7 +698,7 @@ class ByoConfig:
 
 @dataclass
 class Config:
-    profile: str = "paper"
+    preset: str = "paper"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -732,7 +732,7 @@ class Config:
         """Values computed from the parameters, logged at the start of every stage."""
         f, res, c = self.model.downsample, self.data.resolution, self.model.latent_channels
         return {
-            "profile": self.profile,
+            "preset": self.preset,
             "latent_shape": [c, res // f, res // f],
             "positions_per_image": (res // f) ** 2,
             "target_bits_per_token": math.log2(self.tdc.codebook_size),

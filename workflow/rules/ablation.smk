@@ -1,5 +1,5 @@
 # Ablations (docs/method.md §3, §7) on one (arch, rate) of the TDC VAE: codebook size, TDC tolerance,
-# codebook seed, KL ranges vanilla vs TDC. Outputs under results/<profile>/ablation/; its
+# codebook seed, KL ranges vanilla vs TDC. Outputs under results/<preset>/ablation/; its
 # trainings, conversions and evaluations are the train, convert and evaluate rules'
 # (ablation/train/tol<alpha>, ablation/{convert,eval}/{K<k>-s<seed>,tol<alpha>}).
 

@@ -1,5 +1,5 @@
 # Settings, target lists and helpers of the rules. Every output path is a pure function of
-# (profile, method or row, arch, rate, training seed); what each run folder of the train,
+# (preset, method or row, arch, rate, training seed); what each run folder of the train,
 # convert and evaluate rules holds is in runs.smk.
 import json
 import os
@@ -10,16 +10,19 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from gaussquant.codedeps import rule_code
-from gaussquant.config import config_from_dict, resolve_params, run_determinants
+from gaussquant.config import config_from_dict, resolve_params, run_determinants, workflow_params
 from gaussquant.methods import TOKENBRIDGE_ROWS, table1_rows
 
 # Rules call `gaussquant`/`accelerate` from the environment that runs Snakemake, activated or not.
 os.environ["PATH"] = f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"
 
+_params = workflow_params(config)  # former spellings (profile:, --config profile=) renamed
+config.clear()  # the rules and the report read today's keys
+config.update(_params)
 CFG = config_from_dict(resolve_params(config))  # strict check of the whole file before any rule
-PROFILE = CFG.profile
-RES = f"results/{PROFILE}"
-PARAMS = f"--params params.yaml --profile {PROFILE}"  # --config profile=... reaches the stages too
+PRESET = CFG.preset
+RES = f"results/{PRESET}"
+PARAMS = f"--params params.yaml --preset {PRESET}"  # --config preset=... reaches the stages too
 ENV = "../../environment.yml"  # every rule's conda environment (relative to this folder)
 STAGE_RULES = ("prepare_data", "train", "convert", "evaluate", "fid_reference", "table", "figure", "theory", "ablation", "official", "rate")
 
@@ -41,7 +44,7 @@ def gaussquant(command, launch=False):
 
 
 wildcard_constraints:
-    ablation="(ablation/)?",  # the ablations' runs live under results/<profile>/ablation/
+    ablation="(ablation/)?",  # the ablations' runs live under results/<preset>/ablation/
     tseed="[0-9]+",
 
 
@@ -145,11 +148,11 @@ def launch_prefix(resources):
 
 
 def prepared_data_dir():
-    """Where prepare_data writes: results/<profile>/data, or <data.prepared_dir>/<profile> (e.g.
+    """Where prepare_data writes: results/<preset>/data, or <data.prepared_dir>/<preset> (e.g.
     on scratch; ~ and $VARS expanded here, where Snakemake runs)."""
     if not CFG.data.prepared_dir:
         return f"{RES}/data"
     path = os.path.expandvars(os.path.expanduser(CFG.data.prepared_dir))
     if "$" in path:
         raise ValueError(f"data.prepared_dir: {CFG.data.prepared_dir!r}: a variable in it is not set")
-    return os.path.join(path, PROFILE)
+    return os.path.join(path, PRESET)

@@ -2,7 +2,7 @@
 # downloaded from Hugging Face xutongda/GQModel) through our protocol: import (a Gaussian VAE
 # also converted to GQ), evaluate on the validation images (the evaluate rule:
 # eval/official-<name>), tabulate next to docs/method.md §7.
-# Target: evaluate_official (meant for the paper profile; README "Use the released weights").
+# Target: evaluate_official (meant for the paper preset; README "Use the released weights").
 # Names and helpers: OFFICIAL, official_source, official_metrics in common.smk.
 
 

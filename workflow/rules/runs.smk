@@ -12,7 +12,7 @@ from gaussquant.sections import RELEASED_WEIGHTS
 
 
 # ----------------------------------------------------------------------------- ablations
-# On one (arch, rate) of the TDC VAE (workflow/rules/ablation.smk), under results/<profile>/ablation.
+# On one (arch, rate) of the TDC VAE (workflow/rules/ablation.smk), under results/<preset>/ablation.
 ABL = CFG.ablation
 ABL_RES = f"{RES}/ablation"
 ABL_BASE = f"{RES}/train/{cell('tdc', ABL.arch, ABL.rate, SEED0)}/model.pt"
@@ -108,7 +108,7 @@ def byo_train_params():
 
 
 # ----------------------------------------------------------------------------- run folders
-# The one train, convert and evaluate rule each write results/<profile>/[ablation/]<stage>/<run>;
+# The one train, convert and evaluate rule each write results/<preset>/[ablation/]<stage>/<run>;
 # the functions below say what the run is: the variant's arguments (`args`, derived from the
 # output path, so no rerun trigger of its own), its rerun triggers, its input checkpoint.
 def cell_regex(names):

@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
             "quantizer": payload.get("extra", {}).get("quantizer"),
         },
         "weights_sha256": fingerprint,
-        "profile": cfg.profile,
+        "preset": cfg.preset,
     }
     write_json(args.out, record)
     print(

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
         pdf = args.out.with_suffix(".pdf") if args.kind == "figure1" else None
         figures.rate_distortion(
-            load_metrics(args.inputs), args.out, with_published=cfg.profile == "paper", pdf=pdf
+            load_metrics(args.inputs), args.out, with_published=cfg.preset == "paper", pdf=pdf
         )
     elif args.kind == "tdc-dynamics":
         logs = {p.parent.name: pd.read_csv(p) for p in args.inputs}

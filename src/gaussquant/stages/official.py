@@ -25,10 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="official checkpoint (e.g. sd3unet_gq_0.25.ckpt) -> our checkpoint",
         description="Map an official Lightning checkpoint onto our UNet/ViT autoencoder. The "
         "model sections come from the checkpoint's shapes and --config; every other section "
-        "(losses, rates, GQ seed) from --params / --profile (default: the paper profile).",
+        "(losses, rates, GQ seed) from --params / --preset (default: the paper preset).",
     )
     add_params_args(p)
-    p.set_defaults(profile="paper")  # official checkpoints are paper-size models
+    p.set_defaults(preset="paper")  # official checkpoints are paper-size models
     p.add_argument(
         "ckpt",
         type=Path,
@@ -132,7 +132,7 @@ def run_table(args: argparse.Namespace) -> int:
     data = "ImageNet" if cfg.data.source == "folder" else "bundled-photo"
     caption = (
         f"Released official checkpoints evaluated with our protocol on the {data} validation "
-        f"set ({cfg.profile} profile), next to the published values (docs/method.md §7); diff = ours - paper."
+        f"set ({cfg.preset} preset), next to the published values (docs/method.md §7); diff = ours - paper."
     )
     for path in write_comparison(table, args.out, cfg.table.decimals, caption):
         print(f"wrote {path}")

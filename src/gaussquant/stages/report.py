@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from gaussquant.stages.common import add_preset_arg
+
 TARGETS = ("reproduce_table1", "reproduce_tokenbridge", "figures", "ablations", "theory")
 
 
@@ -20,8 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "report", help="HTML report (snakemake --report) of the targets already produced"
     )
     p.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
-    p.add_argument("--profile", default=None, help="override the file's `profile`")
-    p.add_argument("--out", type=Path, default=None, help="default results/<profile>/report.html")
+    add_preset_arg(p)
+    p.add_argument("--out", type=Path, default=None, help="default results/<preset>/report.html")
     p.set_defaults(func=run)
 
 
@@ -58,13 +60,13 @@ def run(args: argparse.Namespace) -> int:
     from gaussquant.config import load_config
     from gaussquant.errors import GaussquantError
 
-    profile = load_config(args.params, args.profile).profile
-    config_args = ["--config", f"profile={profile}"] if args.profile else []
-    out = args.out or Path("results") / profile / "report.html"
+    preset = load_config(args.params, args.preset).preset
+    config_args = ["--config", f"preset={preset}"] if args.preset else []
+    out = args.out or Path("results") / preset / "report.html"
     targets = complete_targets(config_args)
     if not targets:
         raise GaussquantError(
-            f"no target of profile {profile!r} is complete yet ({', '.join(TARGETS)}): "
+            f"no target of preset {preset!r} is complete yet ({', '.join(TARGETS)}): "
             "run `make reproduce` (or `snakemake --cores all <target>`) first"
         )
     print(

@@ -8,11 +8,11 @@ from pathlib import Path
 from gaussquant.stages.common import add_params_args, load_stage_config
 
 CAPTIONS = {
-    "table1": "Reconstruction on the {data} validation set ({profile} profile): GQ vs trained "
+    "table1": "Reconstruction on the {data} validation set ({preset} preset): GQ vs trained "
     "tokenizers at equal bits per pixel.",
     "tokenbridge": "TokenBridge (post-training per-channel quantization) on a vanilla vs a TDC "
-    "Gaussian VAE, next to GQ at equal bits ({profile} profile).",
-    "byo": "Your own Gaussian VAE ({profile} profile): the pretrained VAE and its TDC fine-tune, "
+    "Gaussian VAE, next to GQ at equal bits ({preset} preset).",
+    "byo": "Your own Gaussian VAE ({preset} preset): the pretrained VAE and its TDC fine-tune, "
     "each continuous, with GQ and with TokenBridge at equal bits.",
 }
 
@@ -42,9 +42,9 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_stage_config(args)
     runs = load_metrics(args.metrics)
-    table = build_table(runs, with_published=cfg.profile == "paper")
+    table = build_table(runs, with_published=cfg.preset == "paper")
     data = "ImageNet" if cfg.data.source == "folder" else "bundled-photo"
-    caption = CAPTIONS[args.kind].format(profile=cfg.profile, data=data)
+    caption = CAPTIONS[args.kind].format(preset=cfg.preset, data=data)
     paths = write_tables(table, args.out, cfg.table.decimals, caption)
     if args.verdicts is not None:
         baselines = [m for m in cfg.experiment.methods if not METHODS[m].gaussian]

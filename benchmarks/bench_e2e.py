@@ -1,14 +1,14 @@
-"""End to end: `make reproduce` on the quick profile, wall time split by rule.
+"""End to end: `make reproduce` on the quick preset, wall time split by rule.
 
 Builds a clean workspace (the repo's files copied to a temp dir and committed, like
-``bench_pipeline.py``, at ``profile: quick``, metric weights linked; install is excluded, as
+``bench_pipeline.py``, at ``preset: quick``, metric weights linked; install is excluded, as
 the 20-minute limit (goal 10) is "after install") and times ``snakemake --cores all reproduce_table1``
 from empty results, the command ``make reproduce`` runs after its set-up steps. The rows after
 the total split the job time by rule from Snakemake's benchmark files (jobs run two at a time,
 so job seconds add up to about twice the wall time). The last rows are Table 1 of that run,
 its verdicts and the end-of-training TDC check of each Gaussian VAE.
 
-    python benchmarks/bench_e2e.py [--profile quick] [--workspace DIR] [--keep] [--out JSON]
+    python benchmarks/bench_e2e.py [--preset quick] [--workspace DIR] [--keep] [--out JSON]
     python benchmarks/bench_e2e.py --finished DIR --wall-s S   # report a run timed elsewhere
 
 ``--finished`` reads a workspace where ``make reproduce`` already ran from empty results (wall
@@ -35,7 +35,7 @@ LIMIT_S, GOAL_S = 1200.0, 600.0  # issue 14: at most 20 minutes, the goal is 10
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--profile", default="quick")
+    ap.add_argument("--preset", default="quick")
     ap.add_argument("--weights", type=Path, default=ROOT / "weights")
     ap.add_argument("--workspace", type=Path, default=None, help="build and run here")
     ap.add_argument("--keep", action="store_true", help="keep the temporary workspace")
@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         if args.finished is None:
             ws.mkdir(parents=True, exist_ok=True)
-            build_workspace(ws, args.weights, args.profile)
-            print(f"snakemake reproduce_table1 ({args.profile}) in {ws} ...", flush=True)
+            build_workspace(ws, args.weights, args.preset)
+            print(f"snakemake reproduce_table1 ({args.preset}) in {ws} ...", flush=True)
             cmd = ["snakemake", "--cores", "all", "reproduce_table1"]
             r = run_measured(cmd, ws, timeout=4 * 3600)
             if r["rc"] != 0:
@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "note": f"limit {LIMIT_S:.0f} s, goal {GOAL_S:.0f} s: {met}",
             }
         ]
-        rows += rule_split(ws, args.profile)
-        res = ws / "results" / args.profile
+        rows += rule_split(ws, args.preset)
+        res = ws / "results" / args.preset
         tables = res / "tables"
         notes = [
             "Table 1 of this run:\n\n" + (tables / "table1.md").read_text(),

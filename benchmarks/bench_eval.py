@@ -1,6 +1,6 @@
 """Evaluation throughput and memory: streaming `evaluate_model` vs a keep-everything evaluator.
 
-Model: an untrained ``build_autoencoder(cfg, "fsq", "unet", "4")`` of the ``quick`` profile
+Model: an untrained ``build_autoencoder(cfg, "fsq", "unet", "4")`` of the ``quick`` preset
 (32 px) on prepared bundled-photo crops; rFID against the originals (``fid_reference=None``:
 both Inception passes run). Each configuration runs in a fresh child process, which reports
 its own peak RSS (``ru_maxrss`` is a per-process high-water mark) and wall and CPU seconds.
@@ -48,7 +48,7 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PROFILE = "quick"
+PRESET = "quick"
 
 # (label, substring of "file:function" in cProfile's keys) of the evaluation's parts
 PARTS = (
@@ -80,7 +80,7 @@ def _setup(args):
     from gaussquant.data import PreparedDataset
     from gaussquant.models.autoencoder import build_autoencoder
 
-    cfg = load_config(ROOT / "params.yaml", PROFILE)
+    cfg = load_config(ROOT / "params.yaml", PRESET)
     batch = args.batch or cfg.eval.batch_size
     cfg = dataclasses.replace(
         cfg, eval=dataclasses.replace(cfg.eval, max_images=args.images, batch_size=batch)
@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from gaussquant.config import load_config
     from gaussquant.data import prepare
 
-    cfg = load_config(ROOT / "params.yaml", PROFILE)
+    cfg = load_config(ROOT / "params.yaml", PRESET)
     n = args.images or (32 if args.quick else 64)
     batch = args.batch or (16 if args.quick else 32)  # N spans two batches or more
     n_prof = args.profile_images or (64 if args.quick else 128)

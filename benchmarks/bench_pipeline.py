@@ -1,7 +1,7 @@
 """Pipeline overhead on a finished tiny workspace: `snakemake -n`, `dvc status` vs startup.
 
 Builds a workspace like tests/test_pipeline.py (the repo's files from ``git ls-files -co
---exclude-standard`` copied to a temp dir, ``profile: tiny``, metric weights symlinked, git
+--exclude-standard`` copied to a temp dir, ``preset: tiny``, metric weights symlinked, git
 init + commit), runs ``dvc repro`` once, then times each command ``--repeats`` times (median;
 target: under 5 s each):
 
@@ -44,7 +44,7 @@ ENV = {
     "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     "OMP_NUM_THREADS": "1",
 }
-PROFILE = "tiny"
+PRESET = "tiny"
 TARGET_S = 5.0
 
 
@@ -91,8 +91,8 @@ def run_measured(cmd: list[str], cwd: Path, timeout: float | None = None) -> dic
     }
 
 
-def build_workspace(dst: Path, weights: Path, profile: str = PROFILE) -> None:
-    """A git repo with the repo's files at ``profile`` and the metric weights linked."""
+def build_workspace(dst: Path, weights: Path, preset: str = PRESET) -> None:
+    """A git repo with the repo's files at ``preset`` and the metric weights linked."""
     files = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard"],
         cwd=ROOT,
@@ -106,7 +106,7 @@ def build_workspace(dst: Path, weights: Path, profile: str = PROFILE) -> None:
             shutil.copy2(ROOT / f, dst / f)
     params = dst / "params.yaml"
     params.write_text(
-        re.sub(r"^profile: \w+", f"profile: {profile}", params.read_text(), count=1, flags=re.M)
+        re.sub(r"^preset: \w+", f"preset: {preset}", params.read_text(), count=1, flags=re.M)
     )
     (dst / "weights").symlink_to(weights.resolve())
     for cmd in (
@@ -127,7 +127,7 @@ def build_workspace(dst: Path, weights: Path, profile: str = PROFILE) -> None:
 
 
 def rule_benchmarks(workspace: Path) -> list[tuple[str, re.Pattern]]:
-    """(rule, regex of its benchmark path under results/<profile>/benchmarks), from the rules."""
+    """(rule, regex of its benchmark path under results/<preset>/benchmarks), from the rules."""
     out = []
     for smk in sorted((workspace / "workflow" / "rules").glob("*.smk")):
         text = smk.read_text()
@@ -140,9 +140,9 @@ def rule_benchmarks(workspace: Path) -> list[tuple[str, re.Pattern]]:
     return out
 
 
-def rule_split(workspace: Path, profile: str = PROFILE) -> list[dict]:
+def rule_split(workspace: Path, preset: str = PRESET) -> list[dict]:
     """Wall seconds per rule (column ``s`` summed over its jobs), from Snakemake's benchmarks."""
-    bench_dir = workspace / "results" / profile / "benchmarks"
+    bench_dir = workspace / "results" / preset / "benchmarks"
     rules = rule_benchmarks(workspace)
     per_rule: dict[str, list[tuple[float, float, float]]] = {}  # (s, cpu_time, max_rss) per job
     for tsv in sorted(bench_dir.rglob("*.tsv")):
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if not (ws / ".git").exists():
             ws.mkdir(parents=True, exist_ok=True)
             build_workspace(ws, args.weights)
-        if not (ws / "results" / PROFILE / "tables" / "table1.csv").exists():
+        if not (ws / "results" / PRESET / "tables" / "table1.csv").exists():
             print(f"dvc repro in {ws} ...", flush=True)
             r = run_measured(["dvc", "repro"], ws, timeout=1500)
             ok = r["rc"] == 0

@@ -12,7 +12,7 @@ References written for this benchmark:
   two updates (generator, discriminator) runs its own autoencoder forward.
 
 Each measurement runs in a fresh single-threaded process (its own peak RSS), after 2 warm-up
-steps. Rows: the quick profile without GAN (as it trains) and with the discriminator on from
+steps. Rows: the quick preset without GAN (as it trains) and with the discriminator on from
 step 0, and paper-size steps per backbone (docs/method.md §5 networks at 256 px on bundled photos, batch
 1 on CPU, no GAN as in the first 20k paper steps). Every row times at least 3 steps.
 ``ours_speedup`` = the row's seconds per step / ours.
@@ -208,9 +208,9 @@ def ours(cfg, method, arch, rate, data_dir, steps, weights) -> float:
 
 
 def _measure(args) -> dict:
-    """Child side: one (impl, profile, arch) measurement; prints nothing, writes JSON."""
+    """Child side: one (impl, preset, arch) measurement; prints nothing, writes JSON."""
     torch.set_num_threads(args.threads)
-    cfg = _config(args.profile, args.gan, args.batch)
+    cfg = _config(args.preset, args.gan, args.batch)
     rate = cfg.experiment.rates[0]
     if args.impl == "floor":
         floor = floor_step(cfg, "tdc", args.arch, rate, args.data, args.weights)
@@ -224,9 +224,9 @@ def _measure(args) -> dict:
     return {"seconds_per_step": t, "peak_rss_mb": _peak_rss_mb()}
 
 
-def _config(profile: str, gan: bool, batch: int | None):
-    cfg = load_config(ROOT / "params.yaml", profile)
-    if profile == "paper":  # the paper networks on bundled photos at 256 px (no ImageNet here)
+def _config(preset: str, gan: bool, batch: int | None):
+    cfg = load_config(ROOT / "params.yaml", preset)
+    if preset == "paper":  # the paper networks on bundled photos at 256 px (no ImageNet here)
         cfg = dataclasses.replace(
             cfg, data=dataclasses.replace(cfg.data, source="bundled", n_train=64, n_val=4)
         )
@@ -238,26 +238,26 @@ def _config(profile: str, gan: bool, batch: int | None):
     return cfg
 
 
-def _spawn(impl, profile, arch, steps, gan, batch, data, weights, threads) -> dict:
+def _spawn(impl, preset, arch, steps, gan, batch, data, weights, threads) -> dict:
     """Run one measurement in a fresh process (its own peak RSS); return its JSON result."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--impl", impl]
-        cmd += ["--profile", profile, "--arch", arch, "--steps", str(steps), "--data", str(data)]
+        cmd += ["--preset", preset, "--arch", arch, "--steps", str(steps), "--data", str(data)]
         cmd += ["--weights", str(weights), "--threads", str(threads), "--json", str(out)]
         cmd += (["--gan"] if gan else []) + (["--batch", str(batch)] if batch else [])
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
         if proc.returncode != 0 or not out.exists():
             raise RuntimeError(
-                f"bench_train child {impl} {profile} {arch} failed:\n{proc.stderr[-3000:]}"
+                f"bench_train child {impl} {preset} {arch} failed:\n{proc.stderr[-3000:]}"
             )
         return json.loads(out.read_text())
 
 
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--steps", type=int, default=20, help="timed steps, quick profile")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps, quick preset")
     ap.add_argument("--paper-steps", type=int, default=3, help="timed steps, paper networks")
     ap.add_argument("--paper-batch", type=int, default=1, help="batch of the paper-size step")
     ap.add_argument("--no-paper", action="store_true", help="skip the paper-size rows")
@@ -267,7 +267,7 @@ def main(argv=None) -> list[dict]:
     # child-process options
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--impl", choices=("ours", "plain", "taming", "floor"), help=argparse.SUPPRESS)
-    ap.add_argument("--profile", default="quick", help=argparse.SUPPRESS)
+    ap.add_argument("--preset", default="quick", help=argparse.SUPPRESS)
     ap.add_argument("--arch", help=argparse.SUPPRESS)
     ap.add_argument("--gan", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, default=None, help=argparse.SUPPRESS)
@@ -280,7 +280,7 @@ def main(argv=None) -> list[dict]:
         args.json.write_text(json.dumps(_measure(args)))
         return []
 
-    # (profile, gan, batch, impls, steps): quick without GAN (as the quick profile trains),
+    # (preset, gan, batch, impls, steps): quick without GAN (as the quick preset trains),
     # quick with the discriminator on from step 0 (where the taming design pays a second
     # forward), and paper-size steps per backbone (no GAN, as the first 20k paper steps)
     plan = [
@@ -294,28 +294,28 @@ def main(argv=None) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         data = {}
-        for profile in sorted({p[0] for p in plan}):
-            cfg = _config(profile, False, None)
-            data[profile] = Path(tmp) / profile
+        for preset in sorted({p[0] for p in plan}):
+            cfg = _config(preset, False, None)
+            data[preset] = Path(tmp) / preset
             prepare(
                 dataclasses.replace(cfg.data, n_train=min(cfg.data.n_train or 64, 512)),
-                data[profile],
+                data[preset],
                 progress=False,
             )
-        for profile, gan, batch, impls, steps in plan:
-            cfg = _config(profile, gan, batch)
+        for preset, gan, batch, impls, steps in plan:
+            cfg = _config(preset, gan, batch)
             for arch in cfg.experiment.archs:
                 res = {}
                 for impl in impls:
-                    print(f"bench train: {profile} {arch} gan={gan} {impl}", flush=True)
+                    print(f"bench train: {preset} {arch} gan={gan} {impl}", flush=True)
                     res[impl] = _spawn(
                         impl,
-                        profile,
+                        preset,
                         arch,
                         steps,
                         gan,
                         batch,
-                        data[profile],
+                        data[preset],
                         args.weights,
                         args.threads,
                     )
@@ -326,7 +326,7 @@ def main(argv=None) -> list[dict]:
                     t = res[impl]["seconds_per_step"]
                     rows.append(
                         {
-                            "profile": profile,
+                            "preset": preset,
                             "px": cfg.data.resolution,
                             "arch": arch,
                             "gan": gan,

@@ -5,7 +5,7 @@ TF32 and bf16 autocast (images/s, peak memory by torch.cuda.max_memory_allocated
 search on CUDA vs CPU (identical indices; time; memory vs the official N x K buffer
 formulation); paper-size models' forward on CUDA vs CPU (max abs difference, fp32); evaluation
 throughput. Every timing synchronises the device before reading the clock. ``--dry``: the same
-code on the CPU with tiny-profile models, batch 2 and a small search (the test of this script).
+code on the CPU with tiny-preset models, batch 2 and a small search (the test of this script).
 """
 
 from __future__ import annotations
@@ -206,7 +206,7 @@ def main(argv=None) -> int:
     from gaussquant.config import load_config
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dry", action="store_true", help="CPU, tiny-profile sizes: checks the script")
+    ap.add_argument("--dry", action="store_true", help="CPU, tiny-preset sizes: checks the script")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "README.md")
     ap.add_argument(
         "--weights", type=Path, default=Path(os.environ.get("GAUSSQUANT_WEIGHTS", ROOT / "weights"))

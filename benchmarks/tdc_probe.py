@@ -4,7 +4,7 @@ spread").
 
     python benchmarks/tdc_probe.py NAME ARCH [--data DIR] [--set key=value ...] [--map]
 
-Trains ``tdc`` (the TDC VAE) at 16 bits per position with the quick profile (``--profile``,
+Trains ``tdc`` (the TDC VAE) at 16 bits per position with the quick preset (``--preset``,
 ``--rate``) plus ``--set``
 overrides into ``results/probe/NAME`` on the prepared quick data (``make reproduce`` writes it
 to ``results/quick/data``), then encodes the first 128 validation images and appends one JSON
@@ -108,13 +108,13 @@ def main() -> None:
     p.add_argument("name")
     p.add_argument("arch", choices=["unet", "vit"])
     p.add_argument("--data", type=Path, default=Path("results/quick/data"))
-    p.add_argument("--profile", default="quick")
+    p.add_argument("--preset", default="quick")
     p.add_argument("--rate", default="16", help="bits per latent position (default 16)")
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--out", type=Path, default=Path("results/probe"))
     p.add_argument("--map", action="store_true")
     args = p.parse_args()
-    cfg = load_config("params.yaml", args.profile, args.overrides)
+    cfg = load_config("params.yaml", args.preset, args.overrides)
     t0 = time.perf_counter()
     ckpt = train(cfg, "tdc", args.arch, args.rate, args.data, args.out / args.name, progress=False)
     seconds = time.perf_counter() - t0

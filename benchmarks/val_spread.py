@@ -3,7 +3,7 @@ standard deviation over training seeds of the mean PSNR over (a) every validatio
 crops of two photos only (the earlier validation set's coffee and grace_hopper, here from their
 held-out strips) and (c) random subsets of (b)'s size (mean over 200 draws).
 
-    python benchmarks/val_spread.py [WORKSPACE] [--profile quick]
+    python benchmarks/val_spread.py [WORKSPACE] [--preset quick]
 
 WORKSPACE: where `make reproduce` ran (default: this checkout). Reads the evaluations'
 per-image values (``per_image``, in dataset order) and the validation index.
@@ -32,9 +32,9 @@ def seed_values(root: Path) -> dict[tuple[str, str], list[np.ndarray]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("workspace", type=Path, nargs="?", default=Path("."))
-    ap.add_argument("--profile", default="quick")
+    ap.add_argument("--preset", default="quick")
     args = ap.parse_args()
-    root = args.workspace / "results" / args.profile
+    root = args.workspace / "results" / args.preset
     photos = [line.split()[0] for line in (root / "data/val/index.txt").read_text().splitlines()]
     two = np.isin(photos, TWO_PHOTOS)
     print(

@@ -60,11 +60,11 @@ def rate_distortion(
 ) -> None:
     """Metrics vs bits per pixel (Figure 1 of the paper): one panel row per backbone, one
     column per metric, one curve per evaluated row, points = means over training seeds with
-    95 % CI error bars. Published numbers (paper profile) are drawn dashed beside ours,
+    95 % CI error bars. Published numbers (paper preset) are drawn dashed beside ours,
     labelled "paper", never joined to our data. With one rate: grouped bars instead."""
     keys = [k for k in ("psnr", "ssim", "lpips") if pd.to_numeric(df[k]).notna().any()]
     if "rfid" in df and pd.to_numeric(df["rfid"]).notna().any():
-        keys.append("rfid")  # absent where evaluation ran with eval.fid: false (quick profile)
+        keys.append("rfid")  # absent where evaluation ran with eval.fid: false (quick preset)
     summary = seed_summary(df, keys)
     if summary["bpp"].nunique() == 1:  # a curve has no x-extent: compare as bars
         _metric_bars(summary, keys, out, pdf)

@@ -12,7 +12,7 @@ Adding a quantizer (tried with a trivial sign quantizer on a scratch branch: 3 f
 shape)`` classmethod) and one line in ``quantizers.BUILDERS``; one :class:`Method` here, whose
 ``shape`` derives its bottleneck from the rate's bits (a function below, or an existing one);
 ``hp`` borrows another method's ``train.lr`` / ``batch_size`` (else give its own in every
-profile of params.yaml). Hyperparameters of its own also need a section dataclass in
+preset of params.yaml). Hyperparameters of its own also need a section dataclass in
 ``sections.py`` (and a ``dvc.yaml`` param); the JSON schema is regenerated.
 """
 

@@ -4,7 +4,7 @@ our results.
 
 ``PUBLISHED[(arch, method, bits)] = (psnr, lpips, ssim, rfid)``, keyed by the rate's bits per
 latent position: the paper's 0.25 / 0.5 / 1.0 bpp at f8 are 16 / 32 / 64 bits per position, so a
-run at another downsampling (the quick profile's f4) meets the paper's token of the same bits.
+run at another downsampling (the quick preset's f4) meets the paper's token of the same bits.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ among the quantized rows of its (arch, rate): paired by seed, better than every 
 (:func:`gaussquant.stats.significantly_best`); otherwise nothing is bold. The verdict table
 (:func:`verdicts`) gives GQ minus each baseline with its interval and a verdict word.
 
-For the ``paper`` profile the published numbers of docs/method.md §7 go in separate ``paper ...``
+For the ``paper`` preset the published numbers of docs/method.md §7 go in separate ``paper ...``
 columns, never mixed with ours.
 """
 

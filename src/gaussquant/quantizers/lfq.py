@@ -84,7 +84,7 @@ class LFQ(nn.Module):
             entropy_weight=lf.entropy_weight,
             commit_weight=lf.commit_weight,
             temperature=lf.temperature,
-            token_bits=min(bits, 16),  # one index per 16 bits (tiny profile: 8)
+            token_bits=min(bits, 16),  # one index per 16 bits (tiny preset: 8)
         )
 
     def __init__(

@@ -139,6 +139,6 @@ def test_slurm_profile_submits_every_kind_of_job(tmp_path, weights_dir):
     )
     assert metrics["processes"] == PROCESSES and metrics["n_images"] == 8
     summary = json.loads(
-        next((repo / "results" / "paper" / "train").glob("gq-*/summary.json")).read_text()
+        next((repo / "results" / "paper" / "train").glob("tdc-*/summary.json")).read_text()
     )
     assert summary["processes"] == PROCESSES and summary["tdc"]["val_mean"] > 0

@@ -229,3 +229,63 @@ def test_heads_come_from_the_installed_lpips_without_a_download(monkeypatch):
     for net, blob in heads.items():
         state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
         assert W.tensor_digest(state) == W.PYPI_CONTENT_SHA256[f"lpips_{net}_heads"]
+
+
+class _Payload:
+    """A pickle that runs a command when loaded: creates the file named ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_official_source_refuses_cached_files_that_fail_their_sha256(tmp_path):
+    """`fetch-weights --source official` offline, from a cache holding crafted pickles: the
+    first file read fails its sha256 with a one-line error, the payload never runs, and no
+    manifest is written."""
+    marker = tmp_path / "ran"
+    hub = tmp_path / "cache" / "official"
+    hub.mkdir(parents=True)
+    for url in W.OFFICIAL_URLS.values():
+        torch.save({"x": _Payload(marker)}, hub / url.rsplit("/", 1)[1])
+    out = tmp_path / "w"
+    with pytest.raises(GaussquantError, match=r"alexnet-owt-7be5be79\.pth has sha256 \w{64}, "
+                       r"expected 7be5be79\.\.\.; refusing to read it") as err:  # fmt: skip
+        W.fetch_weights(out, source="official", cache_dir=tmp_path / "cache", log=lambda s: None)
+    assert "\n" not in str(err.value) and not marker.exists()
+    assert not (out / W.MANIFEST).exists()
+    fid = hub / W.OFFICIAL_URLS["fid"].rsplit("/", 1)[1]
+    with pytest.raises(GaussquantError, match=f"expected {W.OFFICIAL_SHA256['fid']};"):
+        W.official_file("fid", hub, log=lambda s: None)
+    assert not marker.exists() and fid.exists()  # a cached file is the user's: reported, kept
+
+
+def test_official_file_checks_a_download_before_keeping_it(tmp_path, monkeypatch):
+    """A download is checked before it lands in the cache: the whole digest for the FID file,
+    the published 8-digit prefix for a torchvision trunk; a failing one is not kept."""
+    good = tmp_path / "good.pth"
+    torch.save({"w": torch.arange(4.0)}, good)
+    served = {"bytes": good.read_bytes()}
+
+    def fake_download(url, dst, progress=True):
+        Path(dst).write_bytes(served["bytes"])
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    digest = sha256_file(good)
+    monkeypatch.setitem(W.OFFICIAL_SHA256, "fid", digest)
+    monkeypatch.setitem(W.OFFICIAL_SHA256, "alex", digest[:8])
+    hub = tmp_path / "hub"
+    for key in ("fid", "alex"):
+        path = W.official_file(key, hub, log=lambda s: None)
+        assert sha256_file(path) == digest
+        assert torch.equal(torch.load(path, weights_only=True)["w"], torch.arange(4.0))
+    blob = good.read_bytes()
+    served["bytes"] = blob[:-1] + bytes([blob[-1] ^ 1])  # one bit off
+    monkeypatch.setitem(W.OFFICIAL_SHA256, "vgg", digest[:8])
+    with pytest.raises(GaussquantError, match=r"vgg16-397923af\.pth served a file with sha256"):
+        W.official_file("vgg", hub, log=lambda s: None)
+    assert sorted(p.name for p in hub.iterdir()) == sorted(
+        W.OFFICIAL_URLS[k].rsplit("/", 1)[1] for k in ("fid", "alex")
+    )  # the failed download left nothing behind, not even a temporary file

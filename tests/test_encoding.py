@@ -60,3 +60,63 @@ def test_encoded_batches_cover_each_image_once_across_processes():
             assert torch.equal(z, 2 * x)
             seen += x[:, 0, 0, 0].tolist()
     assert sorted(seen) == [0, 1, 2, 3, 4] and shard(data, 5, 1, 2)[1] == 5
+
+
+def test_training_records_the_rates_that_reencoding_its_checkpoint_gives(
+    tiny_cfg, tiny_data, weights_dir, tmp_path
+):
+    """A Gaussian VAE's training writes rates.npz from the model in memory: the same rates as
+    loading model.pt and encoding the validation images again (what the KL figure and the
+    ablations did before), and the summary's TDC check is the summary of those rates."""
+    import json
+
+    from gaussquant.encoding import RATES_FILE, checkpoint_rates, load_rates, rates_of
+    from gaussquant.train import train
+
+    ckpt = train(tiny_cfg, "tdc", "unet", "8", tiny_data, tmp_path, weights_dir, progress=False)
+    saved = load_rates(tmp_path / RATES_FILE)
+    again = checkpoint_rates(ckpt, tiny_data, tiny_cfg.eval.batch_size)
+    assert saved["method"] == again["method"] == "tdc" and saved["dim"] == again["dim"]
+    assert saved["target"] == again["target"] == 8.0
+    assert saved["tolerance"] == again["tolerance"] == tiny_cfg.tdc.tolerance
+    assert saved["token_bits"].shape == again["token_bits"].shape == (16 * 16,)
+    np.testing.assert_allclose(saved["token_bits"], again["token_bits"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(saved["channel_bits"], again["channel_bits"], rtol=1e-5)
+    check = json.loads((tmp_path / "summary.json").read_text())["tdc"]
+    s = rate_summary(saved["token_bits"], 8.0, tiny_cfg.tdc.tolerance)
+    assert check["val_p05"] == pytest.approx(s["p05"], rel=1e-6)
+    assert check["val_within_tolerance"] == pytest.approx(s["within_tolerance"])
+    assert rates_of(tmp_path / RATES_FILE, None, 8)["token_bits"].tobytes() == (
+        saved["token_bits"].tobytes()
+    )
+
+
+def test_rates_file_round_trip_and_refusals(tmp_path):
+    """save_rates/load_rates keep every field (no target: None); a file holding a pickle or
+    missing a field is refused with one line, and nothing in it is unpickled."""
+    from gaussquant.encoding import load_rates, save_rates
+    from gaussquant.errors import GaussquantError
+
+    rates = {
+        "token_bits": np.array([1.5, 2.25, 7.0], dtype=np.float32),
+        "channel_bits": np.array([0.5, 0.25], dtype=np.float32),
+        "dim": 2,
+        "target": None,
+        "tolerance": None,
+        "method": "vanilla",
+    }
+    save_rates(tmp_path / "r.npz", rates)
+    back = load_rates(tmp_path / "r.npz")
+    assert back["target"] is None and back["tolerance"] is None and back["method"] == "vanilla"
+    assert back["dim"] == 2 and back["token_bits"].tolist() == [1.5, 2.25, 7.0]
+    save_rates(tmp_path / "t.npz", rates | {"target": 16.0, "tolerance": 0.5})
+    assert load_rates(tmp_path / "t.npz")["target"] == 16.0
+    np.savez(tmp_path / "obj.npz", token_bits=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(GaussquantError, match=r"obj\.npz is not a rates file") as err:
+        load_rates(tmp_path / "obj.npz")
+    assert "\n" not in str(err.value)
+    np.savez(tmp_path / "part.npz", token_bits=np.zeros(3))
+    with pytest.raises(
+        GaussquantError, match=r"part\.npz is not a rates file written by training \(KeyError"
+    ):
+        load_rates(tmp_path / "part.npz")

@@ -171,7 +171,7 @@ def test_tdc_parameter_change_retrains_only_tdc_models(tiny_repo):
 @pytest.mark.parametrize(
     "source, expected",
     [
-        ("metrics/lpips.py", {"train", "evaluate", "table1"}),
+        ("metrics/lpips.py", {"train", "train_gaussian", "evaluate", "table1"}),
         ("tables.py", {"table1", "table_tokenbridge"}),
     ],
     ids=["lpips-retrains", "tables-only-tables"],

@@ -104,7 +104,8 @@ def test_slurm_profile_submits_every_kind_of_job(tmp_path, weights_dir):
     assert "Error" not in text and "not allowed" not in text
 
     jobs = _submissions(state)
-    expected = {"prepare_data", "train", "convert", "fid_reference", "evaluate", "table1"}
+    # experiment.methods [tdc]: its training is the train rule's Gaussian variant
+    expected = {"prepare_data", "train_gaussian", "convert", "fid_reference", "evaluate", "table1"}
     assert expected <= set(jobs), sorted(jobs)
     states = {p.read_text() for p in (state / "jobs").iterdir()}
     assert states == {"COMPLETED"}
@@ -112,7 +113,7 @@ def test_slurm_profile_submits_every_kind_of_job(tmp_path, weights_dir):
     for rule, argv in jobs.items():
         assert not any(a.startswith("--gres") for a in argv), rule
     kinds = {
-        "train": ("train", PROCESSES),
+        "train_gaussian": ("train", PROCESSES),
         "evaluate": ("evaluate", PROCESSES),
         "fid_reference": ("encode", 1),
     }
@@ -124,7 +125,7 @@ def test_slurm_profile_submits_every_kind_of_job(tmp_path, weights_dir):
         assert _flag(argv, "--nodes") == "1"
         assert _flag(argv, "-t") == str(runtime) and _flag(argv, "--mem") == str(mem), argv
         assert _flag(argv, "--cpus-per-task") == str(cpus), argv
-    assert "--signal=TERM@600" in jobs["train"]
+    assert "--signal=TERM@600" in jobs["train_gaussian"]
     for rule in ("prepare_data", "convert", "table1"):  # CPU jobs: no GPU
         assert _flag(jobs[rule], "--gpus") is None and _flag(jobs[rule], "--ntasks") == "1"
         assert _flag(jobs[rule], "-t") == "120"
@@ -142,3 +143,18 @@ def test_slurm_profile_submits_every_kind_of_job(tmp_path, weights_dir):
         next((repo / "results" / "paper" / "train").glob("tdc-*/summary.json")).read_text()
     )
     assert summary["processes"] == PROCESSES and summary["tdc"]["val_mean"] > 0
+
+
+def test_slurm_profile_sets_resources_of_rules_that_exist():
+    """A renamed or merged rule leaves no dead key in the profile's set-resources (its jobs
+    would silently lose the time-limit signal), and every training rule gets that signal."""
+    profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
+    out = subprocess.run(
+        ["snakemake", "--list-rules"], cwd=ROOT, capture_output=True, text=True, env=ENV
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    rules = set(out.stdout.split())
+    assert "train" in rules and set(profile["set-resources"]) <= rules, profile["set-resources"]
+    trainings = {r for r in rules if r.startswith("train")}
+    for rule in trainings:
+        assert "--signal=TERM@600" in profile["set-resources"][rule]["slurm_extra"], rule

@@ -140,7 +140,7 @@ def test_tdc_check_reports_pinned_multipliers_without_judging_them(tiny_cfg, tmp
     assert c["pinned_last_20pct"] == {"lam_max": False, "lam_min": True}
 
 
-def test_end_of_training_check_is_none_for_runs_without_tdc(tiny_cfg):
-    from gaussquant.train import end_of_training_tdc
+def test_end_of_training_rates_are_none_without_a_gaussian_posterior():
+    from gaussquant.train import end_of_training_rates
 
-    assert end_of_training_tdc(tiny_cfg, "fsq", None, None, None, 100, None) is None
+    assert end_of_training_rates("fsq", None, None, 8, None) is None

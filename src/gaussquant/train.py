@@ -35,7 +35,13 @@ from gaussquant import runstate
 from gaussquant.checkpoint import save_checkpoint
 from gaussquant.config import Config, LossConfig, config_to_dict
 from gaussquant.data import PreparedDataset, StepBatchSampler
-from gaussquant.encoding import posterior_rates, rate_summary
+from gaussquant.encoding import (
+    RATE_IMAGES,
+    RATES_FILE,
+    posterior_rates,
+    rate_summary,
+    save_rates,
+)
 from gaussquant.errors import GaussquantError
 from gaussquant.io import write_json
 from gaussquant.losses import ReconstructionNLL, adaptive_weight, generator_adv_loss, hinge_d_loss
@@ -186,7 +192,8 @@ def train(
     """Train (method, arch, rate) on the prepared data in ``data_dir``.
 
     Writes ``out/model.pt`` (final checkpoint), ``out/metrics.csv`` (one row per log step),
-    ``out/summary.json``, and keeps resumable states in ``out/state/``. Returns the
+    ``out/summary.json``, for a Gaussian VAE ``out/rates.npz`` (its validation posterior
+    rates, :func:`end_of_training_rates`), and keeps resumable states in ``out/state/``. Returns the
     checkpoint path. ``init_from_diffusers``: start from a pretrained diffusers VAE (folder or
     hub id) instead of our backbone; ``cfg`` is then its ``diffusers_vae.byo_config``.
     """
@@ -261,9 +268,11 @@ def train(
 
     ckpt = out / "model.pt"
     val = PreparedDataset(data_dir, "val")
-    check = end_of_training_tdc(
-        cfg, method, raw_model, val, out / runstate.LOG_FILE, loop.step, accelerator
-    )
+    rates = end_of_training_rates(method, raw_model, val, cfg.eval.batch_size, accelerator)
+    check = None
+    if METHODS[method].section == "tdc":
+        bits, target, tol = rates["token_bits"], rates["target"], rates["tolerance"]
+        check = tdc_check(cfg, bits, target, tol, out / runstate.LOG_FILE, loop.step)
     if accelerator.is_main_process:
         logvar = accelerator.unwrap_model(parts.nll_loss).logvar.item()
         extra = {"logvar": logvar} | init  # init: what rebuilds a pretrained architecture
@@ -283,6 +292,8 @@ def train(
             "tdc": check,
             "config": config_to_dict(cfg.train),
         }
+        if rates is not None:
+            save_rates(out / RATES_FILE, rates)
         write_json(out / "summary.json", summary)
     accelerator.wait_for_everyone()
     for tracker in accelerator.trackers:  # train.log_with: flush and close (none: no trackers)
@@ -313,21 +324,19 @@ def _stop_for_requeue(accelerator, out: Path, step: int, signum: int, save_every
     raise SystemExit(runstate.PREEMPTED_EXIT + signum)
 
 
-TDC_CHECK_IMAGES = 512  # validation images the end-of-training check encodes
-
-
-def end_of_training_tdc(cfg, method, model, dataset, log, steps, accelerator) -> dict | None:
-    """:func:`tdc_check` of the trained ``model`` in memory, encoded by every process on its
-    device, each a slice of the first ``TDC_CHECK_IMAGES`` validation images, before the final
-    barrier (all processes call it and get the result); None if not a TDC run."""
-    if METHODS[method].section != "tdc":
+def end_of_training_rates(method, model, dataset, batch_size, accelerator) -> dict | None:
+    """Posterior rates of the trained Gaussian VAE ``model`` in memory
+    (:func:`gaussquant.encoding.posterior_rates` plus ``method``), encoded by every process on
+    its device, each a slice of the first ``RATE_IMAGES`` validation images, before the final
+    barrier (all processes call it and get the result); None for a method without a Gaussian
+    posterior. Training writes them to ``rates.npz``: the TDC check, the KL figure and the
+    ablations read them there instead of loading the checkpoint and encoding again."""
+    if not METHODS[method].gaussian:
         return None
     was_training = model.training
-    rates = posterior_rates(
-        model.eval(), dataset, cfg.eval.batch_size, TDC_CHECK_IMAGES, accelerator
-    )
+    rates = posterior_rates(model.eval(), dataset, batch_size, RATE_IMAGES, accelerator)
     model.train(was_training)
-    return tdc_check(cfg, rates["token_bits"], rates["target"], rates["tolerance"], log, steps)
+    return rates | {"method": method}
 
 
 def tdc_check(cfg, bits, target: float, tolerance: float, log: Path, steps: int) -> dict:

@@ -7,17 +7,13 @@
 rule ablation_codebook:
     input:
         metrics=[f"{ABL_RES}/eval/K{k}-s{BASE_SEED}/metrics.json" for k in ABL_KS],
-        vae=ABL_BASE,
-        data=rules.prepare_data.output.manifest,
+        rates=ABL_BASE_RATES,
         code=CODE["ablation"],
     output:
         _abl_tables("codebook"),
     params:
         prefix=lambda w, output: os.path.splitext(output[0])[0],
         cli=PARAMS,
-        data=lambda w, input: os.path.dirname(input.data),
-    resources:
-        **model_job("encode"),
     conda:
         ENV
     threads: 1
@@ -25,7 +21,7 @@ rule ablation_codebook:
         f"{RES}/logs/ablation/codebook.log",
     shell:
         gaussquant(
-            "ablation {params.cli} --kind codebook --data {params.data} --vae {input.vae} --out {params.prefix} {input.metrics}"
+            "ablation {params.cli} --kind codebook --vae {input.rates} --out {params.prefix} {input.metrics}"
         )
 
 
@@ -50,18 +46,14 @@ rule ablation_seed:
 rule ablation_tolerance:
     input:
         metrics=[f"{ABL_RES}/eval/tol{t}/metrics.json" for t in ABL.tolerances],
-        vaes=[tol_checkpoint(t) for t in ABL.tolerances],
-        data=rules.prepare_data.output.manifest,
+        rates=[tol_rates(t) for t in ABL.tolerances],
         code=CODE["ablation"],
     output:
         _abl_tables("tolerance"),
     params:
         prefix=lambda w, output: os.path.splitext(output[0])[0],
         cli=PARAMS,
-        data=lambda w, input: os.path.dirname(input.data),
         tols=" ".join(str(t) for t in ABL.tolerances),
-    resources:
-        **model_job("encode"),
     conda:
         ENV
     threads: 1
@@ -69,28 +61,24 @@ rule ablation_tolerance:
         f"{RES}/logs/ablation/tolerance.log",
     shell:
         gaussquant(
-            "ablation {params.cli} --kind tolerance --data {params.data} --vae {input.vaes}"
+            "ablation {params.cli} --kind tolerance --vae {input.rates}"
             " --tolerances {params.tols} --out {params.prefix} {input.metrics}"
         )
 
 
 rule ablation_kl:
     input:
-        vaes=[f"{RES}/train/{cell(m, ABL.arch, ABL.rate, SEED0)}/model.pt" for m in KL_PAIR],
-        data=rules.prepare_data.output.manifest,
+        rates=[f"{RES}/train/{cell(m, ABL.arch, ABL.rate, SEED0)}/rates.npz" for m in KL_PAIR],
         code=CODE["ablation"],
     output:
         _abl_tables("kl"),
     params:
         prefix=lambda w, output: os.path.splitext(output[0])[0],
         cli=PARAMS,
-        data=lambda w, input: os.path.dirname(input.data),
-    resources:
-        **model_job("encode"),
     conda:
         ENV
     threads: 1
     log:
         f"{RES}/logs/ablation/kl.log",
     shell:
-        gaussquant("ablation {params.cli} --kind kl --data {params.data} --vae {input.vaes} --out {params.prefix}")
+        gaussquant("ablation {params.cli} --kind kl --vae {input.rates} --out {params.prefix}")

@@ -85,29 +85,26 @@ rule figure1:
 
 rule figure_tdc_kl_hist:
     input:
-        models=[f"{RES}/train/{cell(m, a, r, SEED0)}/model.pt" for a, r, _ in grid(seeds=[SEED0]) for m in KL_PAIR],
-        data=rules.prepare_data.output.manifest,
+        rates=[f"{RES}/train/{cell(m, a, r, SEED0)}/rates.npz" for a, r, _ in grid(seeds=[SEED0]) for m in KL_PAIR],
         code=CODE["figure"],
     output:
         fig=report(f"{RES}/figures/tdc_kl_hist.png", category="Figures", caption="../report/tdc_kl_hist.rst"),
         summary=f"{RES}/figures/tdc_kl_hist.json",
     params:
         cli=PARAMS,
-        data=lambda w, input: os.path.dirname(input.data),
-    resources:
-        **model_job("encode"),
     conda:
         ENV
     threads: 1
     log:
         f"{RES}/logs/figures/tdc_kl_hist.log",
     shell:
-        gaussquant("figure {params.cli} --kind kl-hist --data {params.data} --out {output.fig} --summary {output.summary} {input.models}")
+        gaussquant("figure {params.cli} --kind kl-hist --out {output.fig} --summary {output.summary} {input.rates}")
 
 
 rule figure_tdc_dynamics:
     input:
         logs=[f"{RES}/train/{cell('tdc', a, r, s)}/metrics.csv" for a, r, s in grid()],
+        checks=[f"{RES}/train/{cell('tdc', a, r, s)}/summary.json" for a, r, s in grid()],  # read beside each log
         code=CODE["figure"],
     output:
         report(f"{RES}/figures/tdc_dynamics.png", category="Figures", caption="../report/tdc_dynamics.rst"),

@@ -16,6 +16,7 @@ from gaussquant.sections import RELEASED_WEIGHTS
 ABL = CFG.ablation
 ABL_RES = f"{RES}/ablation"
 ABL_BASE = f"{RES}/train/{cell('tdc', ABL.arch, ABL.rate, SEED0)}/model.pt"
+ABL_BASE_RATES = f"{os.path.dirname(ABL_BASE)}/rates.npz"
 LOG2K = int(math.log2(CFG.tdc.codebook_size))
 ABL_KS = [2 ** (LOG2K + o) for o in ABL.codebook_log2_offsets]
 BASE_SEED = CFG.gq.seed
@@ -26,6 +27,11 @@ def tol_checkpoint(tol):
     if float(tol) == CFG.tdc.tolerance:
         return ABL_BASE
     return f"{ABL_RES}/train/tol{tol}/model.pt"
+
+
+def tol_rates(tol):
+    """The validation posterior rates that the training of ``tol_checkpoint(tol)`` recorded."""
+    return f"{os.path.dirname(tol_checkpoint(tol))}/rates.npz"
 
 
 def _abl_tables(kind, for_report=True):
@@ -129,7 +135,9 @@ class Run:
     continuous: bool = False  # an evaluation of the posterior mean (gaussquant evaluate --continuous)
 
 
-TRAIN_RUN = f"{cell_regex(METHODS)}|byo-tdc|tol[0-9.]+"
+# Gaussian VAEs also write rates.npz (their validation posterior rates: KL figure, ablations)
+GAUSSIAN_RUN = f"{cell_regex([m for m in METHODS if METHODS[m].gaussian])}|byo-tdc|tol[0-9.]+"
+TRAIN_RUN = cell_regex([m for m in METHODS if not METHODS[m].gaussian])
 CONVERT_RUN = f"{cell_regex(CONVERSIONS)}|byo-pretrained-(?:vae|gq|tokenbridge)|byo-tdc-(?:gq|tokenbridge)|K[0-9]+-s[0-9]+|tol[0-9.]+"
 EVAL_RUN = f"{cell_regex(ROWS)}|byo/(?:{'|'.join(BYO_ROWS)})|official-(?:{'|'.join(map(re.escape, OFFICIAL)) or '(?!)'})|K[0-9]+-s[0-9]+|tol[0-9.]+"
 

@@ -9,6 +9,7 @@ rule train:
     output:
         model=f"{RES}/{{ablation}}train/{{run}}/model.pt",
         log_csv=f"{RES}/{{ablation}}train/{{run}}/metrics.csv",
+        summary=f"{RES}/{{ablation}}train/{{run}}/summary.json",
     wildcard_constraints:
         run=TRAIN_RUN,
     params:
@@ -29,3 +30,14 @@ rule train:
         f"{RES}/benchmarks/{{ablation}}train/{{run}}.tsv"
     shell:
         gaussquant("train {params.cli} {params.args} --data {params.data} --out {params.out} --no-progress", launch=True)
+
+
+# The same training for a Gaussian VAE, which also records its validation posterior rates.
+use rule train as train_gaussian with:
+    output:
+        model=f"{RES}/{{ablation}}train/{{run}}/model.pt",
+        log_csv=f"{RES}/{{ablation}}train/{{run}}/metrics.csv",
+        summary=f"{RES}/{{ablation}}train/{{run}}/summary.json",
+        rates=f"{RES}/{{ablation}}train/{{run}}/rates.npz",
+    wildcard_constraints:
+        run=GAUSSIAN_RUN,

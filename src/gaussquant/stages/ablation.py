@@ -24,9 +24,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_params_args(p)
     p.add_argument("--kind", choices=sorted(CAPTIONS), required=True)
     p.add_argument("--out", required=True, type=Path, help="output prefix (.csv, .md, .png)")
-    p.add_argument("--data", type=Path, help="prepared data (codebook, tolerance, kl)")
+    p.add_argument("--data", type=Path, help="prepared data, for --vae checkpoints (model.pt)")
     p.add_argument(
-        "--vae", type=Path, nargs="*", default=[], help="trained Gaussian VAE checkpoints"
+        "--vae",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="trained Gaussian VAEs: their trainings' rates.npz (or model.pt, encoded again)",
     )
     p.add_argument(
         "--tolerances", type=float, nargs="*", default=[], help="tolerance of each metrics file"
@@ -37,12 +41,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from gaussquant import ablations as ab
-    from gaussquant.encoding import checkpoint_rates
+    from gaussquant.encoding import rates_of
     from gaussquant.errors import GaussquantError
 
     cfg = load_stage_config(args)
     records = [json.loads(p.read_text()) for p in args.metrics]
-    rates = {p.parent.name: checkpoint_rates(p, args.data, cfg.eval.batch_size) for p in args.vae}
+    rates = {p.parent.name: rates_of(p, args.data, cfg.eval.batch_size) for p in args.vae}
     if args.kind == "codebook":
         if len(rates) != 1:
             raise GaussquantError("--kind codebook needs exactly one --vae (the converted TDC VAE)")

@@ -19,11 +19,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_params_args(p)
     p.add_argument("--kind", choices=KINDS, required=True)
     p.add_argument("--out", required=True, type=Path, help="output PNG")
-    p.add_argument("--data", type=Path, help="prepared data (kl-hist)")
+    p.add_argument(
+        "--data", type=Path, help="kl-hist from model.pt inputs: the prepared data they encode"
+    )
     p.add_argument(
         "--summary", type=Path, help="kl-hist: JSON with the per-token KL range of each model"
     )
-    p.add_argument("inputs", nargs="+", type=Path, help="metrics JSONs, checkpoints, logs or grids")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        type=Path,
+        help="metrics JSONs, logs, grids; kl-hist: trainings' rates.npz (or Gaussian model.pt)",
+    )
     p.set_defaults(func=run)
 
 
@@ -54,12 +61,10 @@ def run(args: argparse.Namespace) -> int:
     elif args.kind == "recon-grid":
         figures.stack_grids(args.inputs, args.out)
     else:
-        from gaussquant.encoding import checkpoint_rates
+        from gaussquant.encoding import rates_of
 
-        if args.data is None:
-            raise GaussquantError("--data is required for --kind kl-hist")
         rates = {
-            p.parent.name: checkpoint_rates(p, args.data, cfg.eval.batch_size)["token_bits"]
+            p.parent.name: rates_of(p, args.data, cfg.eval.batch_size)["token_bits"]
             for p in args.inputs
         }
         ranges = figures.kl_histograms(rates, target, args.out)

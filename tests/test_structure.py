@@ -59,7 +59,8 @@ def test_stage_code_contains_what_the_issue_found_missing():
     evaluate = set(codedeps.stage_code("evaluate", ROOT))
     assert "src/gaussquant/data.py" in evaluate and "src/gaussquant/metrics/lpips.py" in evaluate
     figure = set(codedeps.stage_code("figure", ROOT))
-    assert "src/gaussquant/models/unet.py" in figure  # kl-hist encodes with the trained models
+    assert "src/gaussquant/records.py" in figure  # kl-hist reads the rates training recorded
+    assert "src/gaussquant/models/unet.py" not in figure  # and encodes nothing
     table = set(codedeps.stage_code("table", ROOT))
     assert "src/gaussquant/models/unet.py" not in table and "src/gaussquant/tables.py" in table
 

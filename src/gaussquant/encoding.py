@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,12 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from gaussquant.checkpoint import load_autoencoder
-from gaussquant.data import PreparedDataset
-from gaussquant.errors import GaussquantError
-from gaussquant.io import atomic_path
 from gaussquant.posterior import kl_nats, nats_to_bits, split_posterior, token_rates
-from gaussquant.quantizers.tdc import GaussianBottleneck
 
 TDC_BAND_BITS = 2.0  # TDC holds: validation p05-p95 of token bits within target +- this
 TDC_MIN_WITHIN = 0.7  # ... and at least this share of tokens within target +- tolerance
@@ -141,67 +135,6 @@ def posterior_rates(
 
 
 RATE_IMAGES = 512  # validation images whose posterior rates a training records (rates.npz)
-RATES_FILE = "rates.npz"  # beside a Gaussian VAE's model.pt: its validation posterior rates
-
-
-def checkpoint_rates(ckpt, data_dir, batch_size: int, max_images: int = RATE_IMAGES) -> dict:
-    """:func:`posterior_rates` of the Gaussian VAE saved at ``ckpt`` on the validation images of
-    the prepared ``data_dir``, on the GPU when there is one, with the checkpoint's ``method``.
-    The pipeline reads what training recorded instead (:func:`load_rates`)."""
-    model, payload = load_autoencoder(ckpt)
-    if not isinstance(model.bottleneck, GaussianBottleneck):
-        raise GaussquantError(
-            f"{ckpt}: posterior rates need a Gaussian VAE, got method {payload['method']!r}"
-        )
-    model.to("cuda" if torch.cuda.is_available() else "cpu")
-    rates = posterior_rates(model, PreparedDataset(data_dir, "val"), batch_size, max_images)
-    return rates | {"method": payload["method"]}
-
-
-def save_rates(path: Path, rates: dict[str, Any]) -> None:
-    """Write :func:`posterior_rates` (plus ``method``) as plain arrays, atomically."""
-    target = rates["target"]
-    arrays = {
-        "token_bits": np.asarray(rates["token_bits"], dtype=np.float32),
-        "channel_bits": np.asarray(rates["channel_bits"], dtype=np.float32),
-        "dim": np.asarray(rates["dim"], dtype=np.int64),
-        "target": np.asarray(np.nan if target is None else target, dtype=np.float64),
-        "tolerance": np.asarray(np.nan if target is None else rates["tolerance"]),
-        "method": np.asarray(rates["method"]),
-    }
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-
-
-def load_rates(path: Path) -> dict[str, Any]:
-    """What :func:`save_rates` wrote (numbers and strings only: no pickle is read)."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        target = float(arrays["target"])
-        return {
-            "token_bits": arrays["token_bits"],
-            "channel_bits": arrays["channel_bits"],
-            "dim": int(arrays["dim"]),
-            "target": None if np.isnan(target) else target,
-            "tolerance": None if np.isnan(target) else float(arrays["tolerance"]),
-            "method": str(arrays["method"]),
-        }
-    except (OSError, ValueError, KeyError, EOFError) as err:
-        raise GaussquantError(
-            f"{path} is not a rates file written by training ({type(err).__name__}: {err})"
-        ) from None
-
-
-def rates_of(path: Path, data_dir: Path | None, batch_size: int) -> dict[str, Any]:
-    """Posterior rates from a training's ``rates.npz``, or by encoding the validation images of
-    ``data_dir`` with a Gaussian VAE checkpoint (a model.pt given by hand)."""
-    path = Path(path)
-    if path.suffix == ".npz":
-        return load_rates(path)
-    if data_dir is None:
-        raise GaussquantError(f"{path}: encoding a checkpoint's posteriors needs --data")
-    return checkpoint_rates(path, data_dir, batch_size)
 
 
 def tdc_target(bottleneck) -> dict[str, float | None]:

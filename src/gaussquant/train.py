@@ -35,13 +35,7 @@ from gaussquant import runstate
 from gaussquant.checkpoint import save_checkpoint
 from gaussquant.config import Config, LossConfig, config_to_dict
 from gaussquant.data import PreparedDataset, StepBatchSampler
-from gaussquant.encoding import (
-    RATE_IMAGES,
-    RATES_FILE,
-    posterior_rates,
-    rate_summary,
-    save_rates,
-)
+from gaussquant.encoding import RATE_IMAGES, posterior_rates, rate_summary
 from gaussquant.errors import GaussquantError
 from gaussquant.io import write_json
 from gaussquant.losses import ReconstructionNLL, adaptive_weight, generator_adv_loss, hinge_d_loss
@@ -50,6 +44,7 @@ from gaussquant.metrics.lpips import build_lpips, lpips_compute_dtype
 from gaussquant.models.autoencoder import build_autoencoder
 from gaussquant.models.diffusers_vae import BYO_ARCH, pretrained_autoencoder
 from gaussquant.models.discriminator import NLayerDiscriminator
+from gaussquant.records import RATES_FILE, save_rates
 
 
 class NonFiniteLoss(GaussquantError):

@@ -24,13 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_params_args(p)
     p.add_argument("--kind", choices=sorted(CAPTIONS), required=True)
     p.add_argument("--out", required=True, type=Path, help="output prefix (.csv, .md, .png)")
-    p.add_argument("--data", type=Path, help="prepared data, for --vae checkpoints (model.pt)")
     p.add_argument(
         "--vae",
         type=Path,
         nargs="*",
         default=[],
-        help="trained Gaussian VAEs: their trainings' rates.npz (or model.pt, encoded again)",
+        help="trained Gaussian VAEs: the rates.npz each training wrote beside its model.pt",
     )
     p.add_argument(
         "--tolerances", type=float, nargs="*", default=[], help="tolerance of each metrics file"
@@ -41,15 +40,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from gaussquant import ablations as ab
-    from gaussquant.encoding import rates_of
     from gaussquant.errors import GaussquantError
+    from gaussquant.records import load_rates
 
-    cfg = load_stage_config(args)
+    load_stage_config(args)  # a bad params file or preset fails here, as in every stage
     records = [json.loads(p.read_text()) for p in args.metrics]
-    rates = {p.parent.name: rates_of(p, args.data, cfg.eval.batch_size) for p in args.vae}
+    rates = {p.parent.name: load_rates(p) for p in args.vae}
     if args.kind == "codebook":
         if len(rates) != 1:
-            raise GaussquantError("--kind codebook needs exactly one --vae (the converted TDC VAE)")
+            raise GaussquantError(
+                "--kind codebook needs exactly one --vae (the TDC VAE's rates.npz)"
+            )
         df = ab.codebook_size_table(records, ab.mean_bits(next(iter(rates.values()))))
     elif args.kind == "seed":
         df = ab.seed_table(records)

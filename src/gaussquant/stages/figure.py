@@ -20,16 +20,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kind", choices=KINDS, required=True)
     p.add_argument("--out", required=True, type=Path, help="output PNG")
     p.add_argument(
-        "--data", type=Path, help="kl-hist from model.pt inputs: the prepared data they encode"
-    )
-    p.add_argument(
         "--summary", type=Path, help="kl-hist: JSON with the per-token KL range of each model"
     )
     p.add_argument(
         "inputs",
         nargs="+",
         type=Path,
-        help="metrics JSONs, logs, grids; kl-hist: trainings' rates.npz (or Gaussian model.pt)",
+        help="metrics JSONs, training logs, grids; kl-hist: the rates.npz of Gaussian VAE trainings",
     )
     p.set_defaults(func=run)
 
@@ -61,12 +58,9 @@ def run(args: argparse.Namespace) -> int:
     elif args.kind == "recon-grid":
         figures.stack_grids(args.inputs, args.out)
     else:
-        from gaussquant.encoding import rates_of
+        from gaussquant.records import load_rates
 
-        rates = {
-            p.parent.name: rates_of(p, args.data, cfg.eval.batch_size)["token_bits"]
-            for p in args.inputs
-        }
+        rates = {p.parent.name: load_rates(p)["token_bits"] for p in args.inputs}
         ranges = figures.kl_histograms(rates, target, args.out)
         if args.summary is not None:
             write_json(args.summary, {"target_bits": target, "ranges_bits": ranges})

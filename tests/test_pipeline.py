@@ -17,8 +17,14 @@ BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
 
 
+def repo_env(repo: Path) -> dict:
+    """ENV in which a repo copy's jobs run the copy's own code (not the checkout's editable
+    install, which an edit during the run would change under them)."""
+    return {**ENV, "PYTHONPATH": str(Path(repo) / "src")}
+
+
 def _run(cmd, cwd, check=True):
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=ENV)
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=repo_env(cwd))
     if check and proc.returncode != 0:
         raise AssertionError(
             f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
@@ -311,7 +317,7 @@ def test_interrupted_run_resumes_without_losing_finished_work(tmp_path, weights_
     proc = subprocess.Popen(
         cmd,
         cwd=repo,
-        env=ENV,
+        env=repo_env(repo),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,

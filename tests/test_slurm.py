@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from test_pipeline import ENV, _copy_repo
+from test_pipeline import ENV, _copy_repo, repo_env
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE = ROOT / "tests" / "data" / "fake_slurm" / "fake_slurm.py"
@@ -88,7 +88,7 @@ def test_slurm_profile_submits_every_kind_of_job(tmp_path, weights_dir):
         script.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} {FAKE} {name} "$@"\n')
         script.chmod(0o755)
     env = {
-        **ENV,
+        **repo_env(repo),
         "PATH": f"{bin_dir}{os.pathsep}{ENV['PATH']}",
         "FAKE_SLURM": str(state),
         "GAUSSQUANT_WEIGHTS": str(weights_dir),

@@ -187,8 +187,8 @@ def train(
     """Train (method, arch, rate) on the prepared data in ``data_dir``.
 
     Writes ``out/model.pt`` (final checkpoint), ``out/metrics.csv`` (one row per log step),
-    ``out/summary.json``, for a Gaussian VAE ``out/rates.npz`` (its validation posterior
-    rates, :func:`end_of_training_rates`), and keeps resumable states in ``out/state/``. Returns the
+    ``out/summary.json``, for a Gaussian VAE ``out/rates.npz`` (its validation posterior rates,
+    :func:`end_of_training_rates`), and keeps resumable states in ``out/state/``. Returns the
     checkpoint path. ``init_from_diffusers``: start from a pretrained diffusers VAE (folder or
     hub id) instead of our backbone; ``cfg`` is then its ``diffusers_vae.byo_config``.
     """
@@ -324,8 +324,8 @@ def end_of_training_rates(method, model, dataset, batch_size, accelerator) -> di
     (:func:`gaussquant.encoding.posterior_rates` plus ``method``), encoded by every process on
     its device, each a slice of the first ``RATE_IMAGES`` validation images, before the final
     barrier (all processes call it and get the result); None for a method without a Gaussian
-    posterior. Training writes them to ``rates.npz``: the TDC check, the KL figure and the
-    ablations read them there instead of loading the checkpoint and encoding again."""
+    posterior. The TDC check judges them; training writes them to ``rates.npz``, where the KL
+    figure and the ablations read them instead of loading the checkpoint and encoding again."""
     if not METHODS[method].gaussian:
         return None
     was_training = model.training

@@ -250,13 +250,13 @@ def test_byo_target_plans_the_whole_path(tmp_path):
     out = _snakemake_byo(str(tmp_path / "vae"))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     log = out.stdout + out.stderr
-    jobs = r"^(byo\w*|train|convert|evaluate)\s+(\d+)\s*$"
+    jobs = r"^(byo\w*|train\w*|convert|evaluate)\s+(\d+)\s*$"
     counts = {k: int(v) for k, v in re.findall(jobs, log, flags=re.M)}
     assert counts == {
         "byo": 1,
         "byo_rate": 1,
         "convert": 5,  # 3 of the pretrained VAE (vae, gq, tokenbridge), 2 after fine-tuning
-        "train": 1,
+        "train_gaussian": 1,  # the TDC fine-tune: the train rule of a Gaussian VAE
         "evaluate": 6,
         "byo_table": 1,
     }, log[-3000:]

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_safe_loading import crafted
 
 from gaussquant.errors import GaussquantError, MissingWeightsError
 from gaussquant.io import sha256_file
@@ -231,16 +232,6 @@ def test_heads_come_from_the_installed_lpips_without_a_download(monkeypatch):
         assert W.tensor_digest(state) == W.PYPI_CONTENT_SHA256[f"lpips_{net}_heads"]
 
 
-class _Payload:
-    """A pickle that runs a command when loaded: creates the file named ``marker``."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_official_source_refuses_cached_files_that_fail_their_sha256(tmp_path):
     """`fetch-weights --source official` offline, from a cache holding crafted pickles: the
     first file read fails its sha256 with a one-line error, the payload never runs, and no
@@ -249,7 +240,7 @@ def test_official_source_refuses_cached_files_that_fail_their_sha256(tmp_path):
     hub = tmp_path / "cache" / "official"
     hub.mkdir(parents=True)
     for url in W.OFFICIAL_URLS.values():
-        torch.save({"x": _Payload(marker)}, hub / url.rsplit("/", 1)[1])
+        crafted(hub / url.rsplit("/", 1)[1], marker, wrap=lambda payload: {"x": payload})
     out = tmp_path / "w"
     with pytest.raises(GaussquantError, match=r"alexnet-owt-7be5be79\.pth has sha256 \w{64}, "
                        r"expected 7be5be79\.\.\.; refusing to read it") as err:  # fmt: skip

@@ -2,14 +2,19 @@
 # the fine-tuning of your own VAE train/byo-tdc, the ablation's ablation/train/tol<alpha>.
 
 
+# What every training writes (train_gaussian adds the posterior rates)
+TRAIN_OUTPUT = {
+    name: f"{RES}/{{ablation}}train/{{run}}/{file}"
+    for name, file in (("model", "model.pt"), ("log_csv", "metrics.csv"), ("summary", "summary.json"))
+}
+
+
 rule train:
     input:
         data=rules.prepare_data.output.manifest,
         code=CODE["train"],
     output:
-        model=f"{RES}/{{ablation}}train/{{run}}/model.pt",
-        log_csv=f"{RES}/{{ablation}}train/{{run}}/metrics.csv",
-        summary=f"{RES}/{{ablation}}train/{{run}}/summary.json",
+        **TRAIN_OUTPUT,
     wildcard_constraints:
         run=TRAIN_RUN,
     params:
@@ -35,9 +40,7 @@ rule train:
 # The same training for a Gaussian VAE, which also records its validation posterior rates.
 use rule train as train_gaussian with:
     output:
-        model=f"{RES}/{{ablation}}train/{{run}}/model.pt",
-        log_csv=f"{RES}/{{ablation}}train/{{run}}/metrics.csv",
-        summary=f"{RES}/{{ablation}}train/{{run}}/summary.json",
+        **TRAIN_OUTPUT,
         rates=f"{RES}/{{ablation}}train/{{run}}/rates.npz",
     wildcard_constraints:
         run=GAUSSIAN_RUN,

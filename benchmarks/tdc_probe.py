@@ -19,9 +19,15 @@ line to ``results/probe/probe.jsonl``:
 - how the rate splits into its mean part (sum of mu^2) and its variance part (sum of
   sigma^2 - 1 - log sigma^2) and the correlation of the two over tokens: a model that holds
   TDC trades one against the other token by token;
+- how much the decoder cares about the posterior noise: the L1 error of reconstructions from
+  ``z = mu + sigma * eps`` (as in training) against ``z = mu`` (the rate a token carries in its
+  variance part buys only noise reduction);
 - the multipliers' end values.
 
-``--map`` also draws 8 validation images over their per-position rate maps (NAME.png).
+``--logvar-bias B`` starts the encoder's ``logvar`` outputs at ``B`` (their bias; -2.3 puts a
+token at ``mu = 0`` on a 16-bit target: 1 bit per dimension) instead of near 0: a probe of the
+TDC warm start, patched in this process only. ``--map`` also draws 8 validation images over
+their per-position rate maps (NAME.png).
 """
 
 from __future__ import annotations
@@ -60,9 +66,18 @@ def corr(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
 
 
+def noise_l1(model, mu: torch.Tensor, logvar: torch.Tensor, x: torch.Tensor) -> dict:
+    """Mean L1 of reconstructions from the sampled posterior (4 draws) and from its mean."""
+    gen = torch.Generator().manual_seed(0)
+    l1 = lambda z: float((model.decoder(z).clamp(-1, 1) - x).abs().mean())  # noqa: E731
+    draws = [mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=gen) for _ in range(4)]
+    return {"l1_sampled": float(np.mean([l1(z) for z in draws])), "l1_mean": l1(mu)}
+
+
 def analyse(model, x: torch.Tensor, bits_per_nat: float) -> dict:
     with torch.no_grad():
         mu, logvar = split_posterior(model.encoder(x))
+        noise = noise_l1(model, mu, logvar, x)
     scale = bits_per_nat / 2
     mean_part = (mu**2 * scale).sum(1).numpy()
     var_part = ((logvar.exp() - 1 - logvar) * scale).sum(1).numpy()
@@ -80,6 +95,7 @@ def analyse(model, x: torch.Tensor, bits_per_nat: float) -> dict:
         "mean_part": float(mean_part.mean()),
         "var_part": float(var_part.mean()),
         "corr_mean_var_parts": corr(mean_part, var_part),
+        **noise,
         "rate_maps": pos,
     }
 
@@ -103,6 +119,23 @@ def draw(x: torch.Tensor, maps: np.ndarray, target: float, out: Path) -> None:
     plt.close(fig)
 
 
+def start_logvar_at(bias: float) -> None:
+    """Patch the encoders built in this process: the ``logvar`` half of the output layer's
+    biases starts at ``bias`` (the ``mu`` half and all weights as initialised)."""
+    from gaussquant.models import unet, vit
+
+    for cls, attr in ((unet.UNetEncoder, "conv_out"), (vit.ViTEncoder, "proj_out")):
+        init = cls.__init__
+
+        def patched(self, *a, _init=init, _attr=attr, **k):
+            _init(self, *a, **k)
+            out = getattr(self, _attr)
+            with torch.no_grad():
+                out.bias[out.bias.numel() // 2 :] = bias
+
+        cls.__init__ = patched
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("name")
@@ -113,7 +146,10 @@ def main() -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--out", type=Path, default=Path("results/probe"))
     p.add_argument("--map", action="store_true")
+    p.add_argument("--logvar-bias", type=float, default=None)
     args = p.parse_args()
+    if args.logvar_bias is not None:
+        start_logvar_at(args.logvar_bias)
     cfg = load_config("params.yaml", args.preset, args.overrides)
     t0 = time.perf_counter()
     ckpt = train(cfg, "tdc", args.arch, args.rate, args.data, args.out / args.name, progress=False)
@@ -132,6 +168,7 @@ def main() -> None:
     with open(args.out / args.name / "metrics.csv") as f:
         last = list(csv.DictReader(f))[-1]
     row = {"name": args.name, "arch": args.arch, "overrides": args.overrides}
+    row["logvar_bias"] = args.logvar_bias
     row |= {"train_s": round(seconds), "tdc": summary, "posterior": stats}
     row["multipliers"] = {k: float(last[k]) for k in ("lam", "lam_min", "lam_max")}
     with open(args.out / "probe.jsonl", "a") as f:

@@ -151,3 +151,37 @@ def test_tdc_probe_takes_a_trained_vae_apart(tiny_data, weights_dir, tmp_path):
     assert abs(post["mean_part"] + post["var_part"] - tdc["mean"]) < 1e-3
     assert -1 <= post["corr_mean_var_parts"] <= 1 and post["sd_within_images"] >= 0
     assert (tmp_path / "t.png").stat().st_size > 0 and row["train_s"] >= 0
+    assert 0 < post["l1_mean"] < 2 and 0 < post["l1_sampled"] < 2
+
+
+def test_tdc_probe_starts_logvar_where_asked(monkeypatch):
+    """--logvar-bias: the encoders built afterwards start their logvar half at the bias, the mu
+    half and the weights as a plain build (same seed)."""
+    import importlib.util
+
+    import torch
+
+    from gaussquant.config import load_config
+    from gaussquant.models import unet, vit
+    from gaussquant.train import initial_model
+
+    spec = importlib.util.spec_from_file_location("tdc_probe", ROOT / "benchmarks/tdc_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    cfg = load_config(ROOT / "params.yaml", "tiny", [])
+    plain = {}
+    for arch in ("unet", "vit"):
+        torch.manual_seed(0)
+        plain[arch] = initial_model(cfg, "tdc", arch, "8")[0].encoder
+    for cls in (unet.UNetEncoder, vit.ViTEncoder):
+        monkeypatch.setattr(cls, "__init__", cls.__init__)  # undone after the test
+    probe.start_logvar_at(-2.3)
+    for arch, attr in (("unet", "conv_out"), ("vit", "proj_out")):
+        torch.manual_seed(0)
+        new, old = (
+            getattr(initial_model(cfg, "tdc", arch, "8")[0].encoder, attr),
+            getattr(plain[arch], attr),
+        )
+        half = old.bias.numel() // 2
+        assert torch.equal(new.weight, old.weight) and torch.equal(new.bias[:half], old.bias[:half])
+        assert (new.bias[half:] == -2.3).all() and not (old.bias[half:] == -2.3).any()

@@ -257,6 +257,25 @@ def test_snakemake_lint_is_clean():
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def test_figure1_target_writes_its_table_and_verdicts_at_every_rate():
+    """reproduce_figure1 plans the figure and its table with verdicts, both from the
+    evaluations of every rate in experiment.figure1_rates and every Table 1 row."""
+    from gaussquant.config import load_config
+
+    cfg = load_config(ROOT / "params.yaml", "tiny", [])
+    out = _run(
+        ["snakemake", "reproduce_figure1", "-n", "-p", "--forceall", "--config", "preset=tiny"],
+        ROOT,
+    )
+    text = out.stdout + out.stderr
+    table = re.search(r"gaussquant table .*--kind figure1 .*", text)
+    assert table, text[-3000:]
+    assert "--verdicts results/tiny/tables/figure1_verdicts" in table.group(0)
+    evals = re.findall(r"results/tiny/eval/(\w+)-\w+-(\d+)-s\d/metrics.json", table.group(0))
+    assert {int(bits) for _, bits in evals} == set(cfg.experiment.figure1_rates), evals
+    assert {row for row, _ in evals} >= {"gq", *cfg.experiment.methods} - {"tdc"}, evals
+
+
 def test_paper_dry_run_with_slurm_renders_multi_gpu_launch(tmp_path):
     out = _run(
         ["snakemake", "reproduce_table1", "-n", "-p", "--profile", "profiles/slurm"]

@@ -91,7 +91,10 @@ def tokenbridge_outputs():
 
 
 def figure1_outputs():
-    return [f"{RES}/figures/figure1.{ext}" for ext in ("png", "pdf")]
+    return [f"{RES}/figures/figure1.{ext}" for ext in ("png", "pdf")] + [
+        f"{RES}/tables/figure1.md",
+        f"{RES}/tables/figure1_verdicts.md",
+    ]
 
 
 def figure_outputs():

@@ -17,13 +17,35 @@ rule table1:
         table=str(CFG.table),
         prefix=lambda w, output: os.path.splitext(output.csv)[0],
         verdicts=lambda w, output: os.path.splitext(output.verdicts)[0],
+        kind="table1",
     conda:
         ENV
     threads: 1
     log:
         f"{RES}/logs/table1.log",
     shell:
-        gaussquant("table {params.cli} --kind table1 --out {params.prefix} --verdicts {params.verdicts} {input.metrics}")
+        gaussquant("table {params.cli} --kind {params.kind} --out {params.prefix} --verdicts {params.verdicts} {input.metrics}")
+
+
+use rule table1 as table_figure1 with:  # Figure 1's numbers with intervals and verdicts at every rate
+    input:
+        metrics=[eval_json(row, a, r, s) for a, r, s in grid(CFG.experiment.figure1_rates) for row in TABLE1_ROWS],
+        code=CODE["table"],
+    output:
+        csv=report(f"{RES}/tables/figure1.csv", category="Tables", caption="../report/figure1_table.rst"),
+        md=f"{RES}/tables/figure1.md",
+        tex=f"{RES}/tables/figure1.tex",
+        json=f"{RES}/tables/figure1.json",
+        verdicts=f"{RES}/tables/figure1_verdicts.csv",
+        verdicts_md=f"{RES}/tables/figure1_verdicts.md",
+    params:
+        cli=PARAMS,
+        table=str(CFG.table),
+        prefix=lambda w, output: os.path.splitext(output.csv)[0],
+        verdicts=lambda w, output: os.path.splitext(output.verdicts)[0],
+        kind="figure1",
+    log:
+        f"{RES}/logs/table_figure1.log",
 
 
 rule table_tokenbridge:

@@ -10,6 +10,8 @@ from gaussquant.stages.common import add_params_args, load_stage_config
 CAPTIONS = {
     "table1": "Reconstruction on the {data} validation set ({preset} preset): GQ vs trained "
     "tokenizers at equal bits per pixel.",
+    "figure1": "Reconstruction at every rate of Figure 1 on the {data} validation set ({preset} "
+    "preset): GQ vs trained tokenizers at equal bits per latent position.",
     "tokenbridge": "TokenBridge (post-training per-channel quantization) on a vanilla vs a TDC "
     "Gaussian VAE, next to GQ at equal bits ({preset} preset).",
     "byo": "Your own Gaussian VAE ({preset} preset): the pretrained VAE and its TDC fine-tune, "

@@ -98,10 +98,9 @@ def rate_distortion(
                         ax.plot(*zip(*pts), "--", marker="s", mfc="none", color=color(name),
                                 label=f"{display_name(name)}, paper")  # fmt: skip
             ax.set_xscale("log", base=2)
-            ax.set_xticks(
-                sorted(sub["bpp"].unique()), [f"{b:g}" for b in sorted(sub["bpp"].unique())]
-            )
-            ax.set_xlabel("bits per pixel")
+            ticks = sub.groupby("bpp")["bits"].first().sort_index()  # a rate is one bits value
+            ax.set_xticks(ticks.index, [f"{b:g}\n({n:g})" for b, n in ticks.items()])
+            ax.set_xlabel("bits per pixel (bits per latent position)")
             ax.set_title(f"{_ARCH[arch]}: {title} ({'higher' if higher else 'lower'} is better)")
             ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()

@@ -163,6 +163,23 @@ def test_figure_points_are_seed_means_with_t_intervals_and_say_how_many_seeds():
     assert _seeds_caption(one) == "one training seed per point: no error bars"
 
 
+def test_figure1_draws_a_point_per_rate_labelled_with_its_bits_per_position(tmp_path, monkeypatch):
+    """Over several rates Figure 1 draws curves whose x ticks are the rates' bits per pixel with
+    their bits per latent position under them, and writes the PNG and PDF."""
+    from gaussquant import figures
+
+    df = pd.concat([_records({"fsq": [17.0, 18.0], "gq": [18.0, 19.5]}).assign(bits=b, bpp=b / 16)
+                    for b in (16, 32, 64)])  # fmt: skip
+    drawn = []
+    monkeypatch.setattr(figures.plt, "close", drawn.append)  # keep the figure to inspect it
+    figures.rate_distortion(df, tmp_path / "f.png", pdf=tmp_path / "f.pdf")
+    ax = drawn[0].axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1\n(16)", "2\n(32)", "4\n(64)"]
+    assert ax.get_xlabel() == "bits per pixel (bits per latent position)"
+    assert len(ax.lines) >= 2 and (tmp_path / "f.png").stat().st_size > 0
+    assert (tmp_path / "f.pdf").stat().st_size > 0
+
+
 def test_usage_is_never_bold_code_bits_are():
     """Usage depends on the alphabet (bounded by tokens / K): never bold, even when one row is
     clearly higher on every seed; code bits per position compare across token shapes."""

@@ -38,11 +38,7 @@ use rule table1 as table_figure1 with:  # Figure 1's numbers with intervals and 
         json=f"{RES}/tables/figure1.json",
         verdicts=f"{RES}/tables/figure1_verdicts.csv",
         verdicts_md=f"{RES}/tables/figure1_verdicts.md",
-    params:
-        cli=PARAMS,
-        table=str(CFG.table),
-        prefix=lambda w, output: os.path.splitext(output.csv)[0],
-        verdicts=lambda w, output: os.path.splitext(output.verdicts)[0],
+    params:  # merged into table1's: only the kind differs
         kind="figure1",
     log:
         f"{RES}/logs/table_figure1.log",

@@ -24,10 +24,12 @@ line to ``results/probe/probe.jsonl``:
   variance part buys only noise reduction);
 - the multipliers' end values.
 
-``--logvar-bias B`` starts the encoder's ``logvar`` outputs at ``B`` (their bias; -2.3 puts a
-token at ``mu = 0`` on a 16-bit target: 1 bit per dimension) instead of near 0: a probe of the
-TDC warm start, patched in this process only. ``--map`` also draws 8 validation images over
-their per-position rate maps (NAME.png).
+``--target-bits T`` trains to a lower target: one token of K = 2^T per position at T bits per
+position (every codebook and rate list follows; the TokenBridge shape, which needs at least C
+bits per position, is left out in this process). ``--logvar-bias B`` starts the encoder's
+``logvar`` outputs at ``B`` (their bias; -2.3 puts a token at ``mu = 0`` on a 16-bit target: 1
+bit per dimension) instead of near 0: a probe of the TDC warm start, patched in this process
+only. ``--map`` also draws 8 validation images over their per-position rate maps (NAME.png).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import time
 from pathlib import Path
 
@@ -46,6 +49,7 @@ from gaussquant.checkpoint import load_autoencoder
 from gaussquant.config import load_config
 from gaussquant.data import PreparedDataset
 from gaussquant.encoding import rate_summary
+from gaussquant.methods import METHODS
 from gaussquant.posterior import kl_nats, split_posterior, token_rates
 from gaussquant.train import train
 
@@ -136,6 +140,26 @@ def start_logvar_at(bias: float) -> None:
         cls.__init__ = patched
 
 
+def target_overrides(bits: int) -> list[str]:
+    """``--set`` overrides for a TDC target of ``bits`` per token: one token of K = 2^bits per
+    latent position (the codebooks and the rate lists follow, so the config validates)."""
+    k = 2**bits
+    keys = ("rates", "experiment.rates", "experiment.figure1_rates")
+    return [
+        f"tdc.codebook_size={k}",
+        f"vq.codebook_size={k}",
+        f"lfq.sub_codebook_bits={math.gcd(bits, 8)}",
+        f"ablation.rate={bits}",
+        *(f"{key}=[{bits}]" for key in keys),
+    ]
+
+
+def drop_tokenbridge() -> None:
+    """The TokenBridge TDC shape needs at least C bits per position (one bit per channel); a
+    lower target probes the TDC VAE only, so this process leaves that method out."""
+    METHODS.pop("tbtdc", None)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("name")
@@ -147,7 +171,12 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("results/probe"))
     p.add_argument("--map", action="store_true")
     p.add_argument("--logvar-bias", type=float, default=None)
+    p.add_argument("--target-bits", type=int, default=None, help="a lower TDC target, e.g. 12")
     args = p.parse_args()
+    if args.target_bits is not None:
+        drop_tokenbridge()
+        args.overrides = target_overrides(args.target_bits) + args.overrides
+        args.rate = str(args.target_bits)
     if args.logvar_bias is not None:
         start_logvar_at(args.logvar_bias)
     cfg = load_config("params.yaml", args.preset, args.overrides)

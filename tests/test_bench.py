@@ -185,3 +185,28 @@ def test_tdc_probe_starts_logvar_where_asked(monkeypatch):
         half = old.bias.numel() // 2
         assert torch.equal(new.weight, old.weight) and torch.equal(new.bias[:half], old.bias[:half])
         assert (new.bias[half:] == -2.3).all() and not (old.bias[half:] == -2.3).any()
+
+
+def test_tdc_probe_lower_target_gives_one_token_of_that_many_bits(monkeypatch):
+    """--target-bits 12: the quick config validates with K = 2^12 and 12 bits per position,
+    the TDC VAE's token is all C = 16 channels (m = 16, target 12 bits), the VQ codebook and LFQ
+    sub-codes follow; without dropping TokenBridge's shape (bits >= C) it does not validate."""
+    import importlib.util
+
+    from gaussquant.config import load_config
+    from gaussquant.errors import ConfigError
+    from gaussquant.methods import METHODS, rate_shapes
+
+    spec = importlib.util.spec_from_file_location("tdc_probe", ROOT / "benchmarks/tdc_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    overrides = probe.target_overrides(12)
+    with pytest.raises(ConfigError, match="tbtdc"):
+        load_config(ROOT / "params.yaml", "quick", overrides)
+    monkeypatch.delitem(METHODS, "tbtdc")  # what drop_tokenbridge does, undone after the test
+    cfg = load_config(ROOT / "params.yaml", "quick", overrides)
+    assert cfg.tdc.codebook_size == cfg.vq.codebook_size == 4096
+    assert cfg.rates == cfg.experiment.rates == [12]
+    shapes = rate_shapes(cfg, 12)
+    assert shapes["tdc"] == cfg.model.latent_channels == 16
+    assert shapes["vq"] == 1 and shapes["lfq"] == 12 and cfg.lfq.sub_codebook_bits == 4

@@ -4,6 +4,7 @@ metrics that were not computed, per-seed values in the CSV/JSON, and the verdict
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -178,6 +179,40 @@ def test_figure1_draws_a_point_per_rate_labelled_with_its_bits_per_position(tmp_
     assert ax.get_xlabel() == "bits per pixel (bits per latent position)"
     assert len(ax.lines) >= 2 and (tmp_path / "f.png").stat().st_size > 0
     assert (tmp_path / "f.pdf").stat().st_size > 0
+
+
+def test_tdc_dynamics_draws_each_runs_shares_below_within_and_above(tmp_path, monkeypatch):
+    """The TDC figure's third panel: one stacked bar per run whose pieces are the check's
+    shares of validation tokens below, within and above target +- alpha (in that order, summing
+    to 1), the check's least share within marked; a run without a check gets no bar."""
+    from gaussquant import figures
+
+    steps = np.arange(10, 40, 10)
+    log = pd.DataFrame({"step": steps, "bits_mean": 16.0, "bits_min": 10.0, "bits_max": 22.0,
+                        "lam": 0.1, "lam_min": 0.001, "lam_max": 1000.0})  # fmt: skip
+    pinned = {"lam_max": True, "lam_min": False}
+    checks = {
+        "a": {"val_p05": 6.0, "val_p95": 28.0, "holds": False, "pinned_last_20pct": pinned,
+              "min_within": 0.7, "val_below_tolerance": 0.6, "val_within_tolerance": 0.1,
+              "val_above_tolerance": 0.3},
+        "b": {"val_p05": 15.5, "val_p95": 16.5, "holds": True, "pinned_last_20pct": pinned,
+              "min_within": 0.7, "val_below_tolerance": 0.05, "val_within_tolerance": 0.9,
+              "val_above_tolerance": 0.05},
+        "c": None,
+    }  # fmt: skip
+    drawn = []
+    monkeypatch.setattr(figures.plt, "close", drawn.append)  # keep the figure to inspect it
+    figures.tdc_dynamics({k: log for k in checks}, 16.0, 0.5, tmp_path / "t.png", checks)
+    ax = drawn[0].axes[2]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b"]
+    bars = sorted((r.get_y() + r.get_height() / 2, r.get_x(), r.get_width()) for r in ax.patches)
+    assert np.array(bars) == pytest.approx(np.array(
+        [(0, 0.0, 0.6), (0, 0.6, 0.1), (0, 0.7, 0.3), (1, 0.0, 0.05), (1, 0.05, 0.9),
+         (1, 0.95, 0.05)]
+    ))  # fmt: skip
+    assert [line.get_xdata()[0] for line in ax.lines] == [0.7]
+    assert "a mean: val p05-p95 6.0-28.0, 10% within, TDC fails" in drawn[0].axes[0].get_legend(
+    ).get_texts()[0].get_text()  # fmt: skip
 
 
 def test_usage_is_never_bold_code_bits_are():

@@ -191,8 +191,11 @@ def tdc_dynamics(
 ) -> None:
     """Bits per token (mean, min, max) and the three multipliers over training steps; the
     end-of-training TDC check of each run (validation p05-p95, share within +-alpha, the
-    verdict; multipliers at a bound are named, not judged) in its label."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"wspace": 0.3})
+    verdict; multipliers at a bound are named, not judged) in its label, and its shares of
+    validation tokens below, within and above target +- alpha in a third panel."""
+    fig, (ax1, ax2, ax3) = plt.subplots(
+        1, 3, figsize=(20, 4.5), gridspec_kw={"wspace": 0.35, "width_ratios": [1, 1, 0.8]}
+    )
     for i, (label, log) in enumerate(logs.items()):
         c = f"C{i}"
         check = (checks or {}).get(label)
@@ -200,10 +203,10 @@ def tdc_dynamics(
         if check:
             pinned = [k for k, v in check["pinned_last_20pct"].items() if v]
             verdict = "holds" if check["holds"] else "fails"
-            verdict += f" ({', '.join(pinned)} at bound: shown, not judged)" if pinned else ""
+            verdict += f" ({', '.join(pinned)} at bound, not judged)" if pinned else ""
             note = f": val p05-p95 {check['val_p05']:.1f}-{check['val_p95']:.1f}"
             if "val_within_tolerance" in check:  # summaries written before it lack the share
-                note += f", {check['val_within_tolerance']:.0%} within +-alpha"
+                note += f", {check['val_within_tolerance']:.0%} within"
             note += f", TDC {verdict}"
         ax1.plot(log["step"], log["bits_mean"], color=c, label=f"{label} mean{note}")
         ax1.fill_between(log["step"], log["bits_min"], log["bits_max"], color=c, alpha=0.15)
@@ -220,8 +223,32 @@ def tdc_dynamics(
     ax2.set_xlabel("step")
     ax2.set_ylabel("multiplier")
     ax2.legend(ncol=3, **below)
+    _tdc_shares(ax3, checks or {})
     fig.suptitle("TDC training dynamics")
     _save(fig, out)
+
+
+TDC_SHARES = (("below", "#6baed6"), ("within", "#2ca25f"), ("above", "#e34a33"))  # not run colours
+
+
+def _tdc_shares(ax, checks: dict[str, dict | None]) -> None:
+    """One stacked bar per run: the shares of its validation tokens below, within and above
+    target +- alpha (what the TDC check judges), with the share the check asks of ``within``."""
+    runs = {k: c for k, c in checks.items() if c and "val_within_tolerance" in c}
+    y = np.arange(len(runs))
+    left = np.zeros(len(runs))
+    for side, shade in TDC_SHARES:
+        share = np.array([c[f"val_{side}_tolerance"] for c in runs.values()])
+        ax.barh(y, share, left=left, color=shade, label=f"{side} target +- alpha")
+        left += share
+    for c in {c["min_within"] for c in runs.values() if "min_within" in c}:
+        ax.axvline(c, color="k", linestyle=":", label=f"the check's least share within: {c:.0%}")
+    ax.set_yticks(y, list(runs), fontsize=7)
+    ax.invert_yaxis()  # first run on top, as in the legends
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of validation tokens")
+    ax.set_title("per-token bits at the end of training", fontsize=9)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14))
 
 
 def stack_grids(paths: Sequence[str | Path], out: str | Path) -> None:

@@ -307,6 +307,7 @@ def test_discriminator_logit_map_size(n_layers, size, out):
         (lambda: UNetConfig(ch_mult=[1, 2], attn_levels=[2]), "attn_levels: level 2"),
         (lambda: UNetConfig(ch_mult=[]), "ch_mult"),
         (lambda: UNetConfig(num_res_blocks=0), "num_res_blocks"),
+        (lambda: UNetConfig(out_head="ln"), "out_head: 'ln' is not one of conv3x3, ln_conv1x1"),
         (lambda: ViTConfig(width=100), "heads: 12 does not divide vit.width=100"),
         (lambda: ViTConfig(image_size=30), "image_size: 30"),
         (lambda: ViTConfig(clamp="soft"), "clamp: 'soft'"),
@@ -389,3 +390,33 @@ def test_common_random_numbers_across_methods(arch):
     torch.manual_seed(4)  # another seed: other weights
     other = build_autoencoder(cfg, "tdc", arch, "8").state_dict()
     assert not torch.equal(other["decoder.conv_out.weight"], ref["decoder.conv_out.weight"])
+
+
+def test_unet_per_position_head_sets_each_token_from_its_own_normalised_features():
+    """out_head ln_conv1x1: a 1x1 conv_out after a LayerNorm over each position's channels, so
+    rescaling one position's features changes no output and replacing them changes that
+    position's output only; the official head (conv3x3) mixes the neighbours. Same state-dict
+    keys as the official head (the norm has no weights)."""
+    small = dict(ch=16, ch_mult=[1, 2], num_res_blocks=1, num_groups=8)
+    torch.manual_seed(0)
+    enc = UNetEncoder(UNetConfig(**small, out_head="ln_conv1x1"), out_channels=8)
+    official = UNetEncoder(UNetConfig(**small), out_channels=8)
+    assert enc.conv_out.kernel_size == (1, 1) and official.conv_out.kernel_size == (3, 3)
+    assert enc.state_dict().keys() == official.state_dict().keys()
+    h = torch.randn(2, 32, 4, 4)
+    scaled, replaced = h.clone(), h.clone()
+    scaled[:, :, 1, 2] *= 7.0
+    replaced[:, :, 1, 2] = torch.randn(2, 32)
+
+    def head(m, x):
+        return m.conv_out(m.norm_position(x))
+
+    with torch.no_grad():
+        base = head(enc, h)
+        assert torch.allclose(head(enc, scaled), base, atol=1e-5)
+        changed = (head(enc, replaced) - base).abs().amax(dim=(0, 1)) > 1e-6
+        assert changed.nonzero().tolist() == [[1, 2]]
+        mixed = (head(official, replaced) - head(official, h)).abs().amax(dim=(0, 1)) > 1e-6
+        assert mixed.sum() == 9  # the 3x3 neighbourhood of (1, 2)
+    x = torch.randn(2, 3, 16, 16)
+    assert enc(x).shape == official(x).shape == (2, 8, 8, 8)

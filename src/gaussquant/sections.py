@@ -157,6 +157,9 @@ class DataConfig:
 # ----------------------------------------------------------------------------- unet
 
 
+UNET_OUT_HEADS = ("conv3x3", "ln_conv1x1")
+
+
 @dataclass
 class UNetConfig:
     """Convolutional backbone; defaults are the paper's values (docs/method.md §5).
@@ -171,6 +174,10 @@ class UNetConfig:
                     comments it out; SD / SD3 VAEs have it).
     dropout:        dropout inside ResNet blocks (0.0).
     num_groups:     GroupNorm groups (32); must divide ch * m for every m in ch_mult.
+    out_head:       the encoder's output layer: ``conv3x3`` (the official 3x3 conv) or
+                    ``ln_conv1x1`` (a LayerNorm over the channels of each position, then a 1x1
+                    conv: every token's output from its own normalised features, as the ViT's
+                    head; benchmarks/notes.md, "why the UNet's per-token rates spread").
     """
 
     ch: int = 128
@@ -180,8 +187,13 @@ class UNetConfig:
     mid_attn: bool = False
     dropout: float = 0.0
     num_groups: int = 32
+    out_head: str = "conv3x3"
 
     def __post_init__(self) -> None:
+        if self.out_head not in UNET_OUT_HEADS:
+            raise ConfigError(
+                f"unet.out_head: {self.out_head!r} is not one of {', '.join(UNET_OUT_HEADS)}"
+            )
         if self.ch < 1:
             raise ConfigError(f"unet.ch: must be positive, got {self.ch}")
         if not self.ch_mult or any(m < 1 for m in self.ch_mult):

@@ -10,7 +10,9 @@ Structure (L = len(ch_mult) levels, level 0 = full resolution):
 - Encoder: 3x3 conv_in (in -> ch); per level ``num_res_blocks`` ResNet blocks
   (``ch * ch_mult[i-1] -> ch * ch_mult[i]``), each followed by single-head self-attention on the
   attention levels, then a stride-2 downsample (not after the last level); a mid block of two
-  ResNet blocks (no attention); GroupNorm + SiLU + 3x3 conv_out (-> out_channels).
+  ResNet blocks (no attention); GroupNorm + SiLU + 3x3 conv_out (-> out_channels). With
+  ``out_head: ln_conv1x1`` (not official) a LayerNorm over each position's channels and a 1x1
+  conv_out replace the 3x3 one.
 - Decoder: mirror image: 3x3 conv_in (in -> ch * ch_mult[-1]); mid block of two ResNet blocks;
   per level from the lowest resolution up, ``num_res_blocks + 1`` ResNet blocks (each followed by
   attention on the attention levels), then nearest x2 upsample + 3x3 conv (not after level 0);
@@ -74,8 +76,13 @@ class UNetEncoder(nn.Module):
             self.down.append(stage)
         self.mid = _Mid(c_in, cfg.mid_attn, g, p)
         self.norm_out = nn.GroupNorm(g, c_in, eps=GROUPNORM_EPS)
+        # ln_conv1x1 (not official): each position's output from its own normalised features,
+        # so a token's mean part does not follow local contrast (benchmarks/notes.md)
+        per_position = cfg.out_head == "ln_conv1x1"
+        self.norm_position = PositionNorm() if per_position else nn.Identity()
         with own_stream("encoder.out"):  # its shape is the bottleneck's (common random numbers)
-            self.conv_out = nn.Conv2d(c_in, out_channels, 3, padding=1)
+            k = 1 if per_position else 3
+            self.conv_out = nn.Conv2d(c_in, out_channels, k, padding=k // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.cfg.downsample
@@ -88,7 +95,7 @@ class UNetEncoder(nn.Module):
         for stage in self.down:
             h = stage(h)
         h = self.mid(h)
-        return self.conv_out(_swish(self.norm_out(h)))
+        return self.conv_out(self.norm_position(_swish(self.norm_out(h))))
 
 
 class UNetDecoder(nn.Module):
@@ -125,6 +132,13 @@ class UNetDecoder(nn.Module):
 
 
 # ----------------------------------------------------------------------------- blocks
+
+
+class PositionNorm(nn.Module):
+    """LayerNorm over the channels of each position (no affine): (B, C, H, W) -> same shape."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2]).permute(0, 3, 1, 2)
 
 
 class ResnetBlock(nn.Module):

@@ -104,6 +104,20 @@ def analyse(model, x: torch.Tensor, bits_per_nat: float) -> dict:
     }
 
 
+def token_slots(kl_bits: torch.Tensor, dim: int) -> dict:
+    """How the tokens of a position share its rate (``kl_bits`` per dimension, (N, C, h, w))."""
+    slots = token_rates(kl_bits, dim)  # (N, C/dim, h, w)
+    if slots.shape[1] == 1:
+        return {}
+    flat = slots.transpose(0, 1).flatten(1).numpy()  # (slots, N*h*w)
+    c = np.corrcoef(flat)
+    return {
+        "slot_means": [round(float(v), 3) for v in flat.mean(1)],
+        "sd_within_positions": float(slots.std(1).mean()),
+        "corr_between_slots": float(c[~np.eye(len(c), dtype=bool)].mean()),
+    }
+
+
 def draw(x: torch.Tensor, maps: np.ndarray, target: float, out: Path) -> None:
     import matplotlib
 
@@ -193,6 +207,7 @@ def main() -> None:
     with torch.no_grad():
         kl_bits = kl_nats(*split_posterior(model.encoder(x))) * cfg.tdc.bits_per_nat
     bits = token_rates(kl_bits, tdc.dim).flatten().numpy()
+    stats |= token_slots(kl_bits, tdc.dim)
     summary = rate_summary(bits, tdc.target, tdc.cfg.tolerance)
     with open(args.out / args.name / "metrics.csv") as f:
         last = list(csv.DictReader(f))[-1]

@@ -210,3 +210,27 @@ def test_tdc_probe_lower_target_gives_one_token_of_that_many_bits(monkeypatch):
     shapes = rate_shapes(cfg, 12)
     assert shapes["tdc"] == cfg.model.latent_channels == 16
     assert shapes["vq"] == 1 and shapes["lfq"] == 12 and cfg.lfq.sub_codebook_bits == 4
+
+
+def test_tdc_probe_token_slots_follow_the_strided_layout_and_see_a_trade():
+    """Two tokens per position (C = 4, m = 2): slot 0 holds channels 0 and 2, slot 1 channels 1
+    and 3 (the official strided layout); slots that trade rate at a fixed total correlate -1, and
+    one token per position gives no slot statistics."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("tdc_probe", ROOT / "benchmarks/tdc_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    share = torch.rand(3, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    # slot 0 (channels 0, 2) carries 4 s, slot 1 (channels 1, 3) 4 (1 - s)
+    kl = torch.cat([share, 1 - share, 3 * share, 3 * (1 - share)], 1)
+    out = probe.token_slots(kl, 2)
+    assert out["slot_means"] == pytest.approx(
+        [4 * share.mean().item(), 4 - 4 * share.mean().item()], abs=1e-3
+    )
+    assert out["corr_between_slots"] == pytest.approx(-1.0, abs=1e-6)
+    expected_sd = torch.stack([4 * share, 4 * (1 - share)], 1).std(1).mean().item()
+    assert out["sd_within_positions"] == pytest.approx(expected_sd, rel=1e-6)
+    assert probe.token_slots(kl, 4) == {}

@@ -11,6 +11,16 @@ from gaussquant.stages.bench import SUITES, _sections
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def load_tdc_probe():
+    """benchmarks/tdc_probe.py as a module (the benchmarks folder is no package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tdc_probe", ROOT / "benchmarks/tdc_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    return probe
+
+
 def test_sections_are_split_by_suite_name():
     report = (
         "# Benchmarks\n\nMachine: x\n\n"
@@ -157,17 +167,13 @@ def test_tdc_probe_takes_a_trained_vae_apart(tiny_data, weights_dir, tmp_path):
 def test_tdc_probe_starts_logvar_where_asked(monkeypatch):
     """--logvar-bias: the encoders built afterwards start their logvar half at the bias, the mu
     half and the weights as a plain build (same seed)."""
-    import importlib.util
-
     import torch
 
     from gaussquant.config import load_config
     from gaussquant.models import unet, vit
     from gaussquant.train import initial_model
 
-    spec = importlib.util.spec_from_file_location("tdc_probe", ROOT / "benchmarks/tdc_probe.py")
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = load_tdc_probe()
     cfg = load_config(ROOT / "params.yaml", "tiny", [])
     plain = {}
     for arch in ("unet", "vit"):
@@ -191,15 +197,11 @@ def test_tdc_probe_lower_target_gives_one_token_of_that_many_bits(monkeypatch):
     """--target-bits 12: the quick config validates with K = 2^12 and 12 bits per position,
     the TDC VAE's token is all C = 16 channels (m = 16, target 12 bits), the VQ codebook and LFQ
     sub-codes follow; without dropping TokenBridge's shape (bits >= C) it does not validate."""
-    import importlib.util
-
     from gaussquant.config import load_config
     from gaussquant.errors import ConfigError
     from gaussquant.methods import METHODS, rate_shapes
 
-    spec = importlib.util.spec_from_file_location("tdc_probe", ROOT / "benchmarks/tdc_probe.py")
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = load_tdc_probe()
     overrides = probe.target_overrides(12)
     with pytest.raises(ConfigError, match="tbtdc"):
         load_config(ROOT / "params.yaml", "quick", overrides)
@@ -216,13 +218,9 @@ def test_tdc_probe_token_slots_follow_the_strided_layout_and_see_a_trade():
     """Two tokens per position (C = 4, m = 2): slot 0 holds channels 0 and 2, slot 1 channels 1
     and 3 (the official strided layout); slots that trade rate at a fixed total correlate -1, and
     one token per position gives no slot statistics."""
-    import importlib.util
-
     import torch
 
-    spec = importlib.util.spec_from_file_location("tdc_probe", ROOT / "benchmarks/tdc_probe.py")
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = load_tdc_probe()
     share = torch.rand(3, 1, 2, 2, generator=torch.Generator().manual_seed(0))
     # slot 0 (channels 0, 2) carries 4 s, slot 1 (channels 1, 3) 4 (1 - s)
     kl = torch.cat([share, 1 - share, 3 * share, 3 * (1 - share)], 1)

@@ -5,9 +5,10 @@ spread").
     python benchmarks/tdc_probe.py NAME ARCH [--data DIR] [--set key=value ...] [--map]
 
 Trains ``tdc`` (the TDC VAE) at 16 bits per position with the quick preset (``--preset``,
-``--rate``) plus ``--set``
-overrides into ``results/probe/NAME`` on the prepared quick data (``make reproduce`` writes it
-to ``results/quick/data``), then encodes the first 128 validation images and appends one JSON
+``--rate``) plus ``--set`` overrides (a rate's training length: ``--set
+'train.steps_by_rate={64: 4000}'``; ``train.steps`` is that of the rates not named there)
+into ``results/probe/NAME`` on the prepared quick data (``make reproduce`` writes it to
+``results/quick/data``), then encodes the first 128 validation images and appends one JSON
 line to ``results/probe/probe.jsonl``:
 
 - the TDC check's numbers (p05-p95, shares below / within / above target +- tolerance);

@@ -57,6 +57,7 @@ def test_paper_preset_is_spec():
     t = cfg.tdc
     assert (t.codebook_size, t.tolerance, t.factor, t.weight) == (65536, 0.5, 1.01, 0.1)
     assert tuple(t.lam_max_range) == (1.0, 1000.0) and tuple(t.lam_min_range) == (0.001, 1.0)
+    assert t.lam_floor == 0.0 and cfg.train.steps_by_rate == {}  # lam unbounded, one length
     assert cfg.vanilla.kl_weight == 0.64 and cfg.gq.seed == 42 and cfg.gq.beta == 1.0
     assert cfg.vq.codebook_size == 65536 and cfg.vq.beta == 0.25 and cfg.vq.legacy_loss
     assert (cfg.lfq.sub_codebook_bits, cfg.lfq.entropy_weight, cfg.lfq.commit_weight) == (
@@ -152,7 +153,9 @@ def test_bad_values_name_key_and_allowed(edits, words):
 def test_unknown_key_lists_allowed_keys():
     data = resolve_params(copy.deepcopy(RAW), "paper")
     data["train"]["stepz"] = 3
-    with pytest.raises(ConfigError, match=r"train\.stepz: unknown key; allowed: steps, batch_size"):
+    with pytest.raises(
+        ConfigError, match=r"train\.stepz: unknown key; allowed: steps, steps_by_rate, batch_size"
+    ):
         config_from_dict(data)
 
 
@@ -423,3 +426,28 @@ def test_checkpoint_and_training_state_of_method_gq_load_as_tdc(tmp_path, tiny_c
     (state / "step-00000004").mkdir()
     runstate.discard_stale_states(state, {"method": "tdc", "shape": 4, "processes": 1})
     assert (state / "step-00000004").is_dir()  # kept: the same run under its new name
+
+
+def test_steps_by_rate_sets_each_rates_steps_and_only_its_rerun_trigger():
+    """train.steps_by_rate: a named rate trains its own steps, the others train.steps; a rate's
+    run determinants (resume, rerun triggers) hold its own steps only, so changing the 64-bit
+    budget retrains no 16-bit model; a key that is not a rate is a one-line error."""
+    from gaussquant.config import run_determinants
+    from gaussquant.train import at_rate_steps
+
+    base = load_config(ROOT / "params.yaml", "quick", ["train.steps=7"])
+    cfg = load_config(
+        ROOT / "params.yaml", "quick", ["train.steps=7", "train.steps_by_rate={64: 11}"]
+    )
+    assert [cfg.train.steps_at(b) for b in (16, 32, 64)] == [7, 7, 11]
+    assert at_rate_steps(cfg, "64").train.steps == 11 and at_rate_steps(cfg, "16").train.steps == 7
+    for rate, same in (("16", True), ("64", False)):
+        a, b = (run_determinants(c, "tdc", "unet", rate) for c in (base, cfg))
+        assert (a == b) is same, rate
+    assert run_determinants(cfg, "fsq", "vit", "64")["train"]["steps"] == 11
+    with pytest.raises(ConfigError, match="train.steps_by_rate key: 48"):
+        load_config(ROOT / "params.yaml", "quick", ["train.steps_by_rate={48: 11}"])
+    with pytest.raises(ConfigError, match="train.steps_by_rate"):
+        load_config(ROOT / "params.yaml", "quick", ["train.steps_by_rate={64: 0}"])
+    with pytest.raises(ConfigError, match="tdc.lam_floor: must be >= 0"):
+        load_config(ROOT / "params.yaml", "quick", ["tdc.lam_floor=-1.0"])

@@ -65,6 +65,22 @@ def test_multipliers_follow_the_hand_computed_sequence():
         assert got_loss.item() == pytest.approx(loss, rel=1e-9), f"step {i}"
 
 
+def test_lam_floor_stops_lam_falling_and_zero_keeps_the_official_rule():
+    """tdc.lam_floor: while the batch mean stays below T, lam halves each step (factor 2) down
+    to the floor and no further, then doubles again from the floor as soon as the mean exceeds
+    T; with floor 0 it falls without bound, the official rule."""
+    from dataclasses import replace
+
+    below, above = [3.0] * 4, [4.2] * 4
+    for floor, expected in ((0.125, [0.5, 0.25, 0.125, 0.125, 0.125, 0.25]), (0.0, None)):
+        reg = TDCRegularizer(4, 1, replace(RULES_CFG, lam_floor=floor)).train()
+        got = []
+        for rates in [below] * 5 + [above]:
+            reg(*_posterior(rates))
+            got.append(reg.lam.item())
+        assert got == (expected or [0.5, 0.25, 0.125, 0.0625, 0.03125, 0.0625])
+
+
 def test_multipliers_do_not_move_in_eval_mode():
     reg = TDCRegularizer(4, 1, RULES_CFG).eval()
     for rates, *_ in STEPS[:4]:

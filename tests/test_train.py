@@ -140,6 +140,21 @@ def test_every_method_trains(method, arch, tiny_cfg, tiny_data, weights_dir, tmp
     assert x_rec.shape == x.shape
 
 
+def test_a_rates_own_steps_are_what_it_trains(tiny_cfg, tiny_data, weights_dir, tmp_path):
+    """train.steps_by_rate: the tiny rate's 4 steps in place of train.steps (6), in the log, the
+    checkpoint and the saved config."""
+    from dataclasses import replace
+
+    from gaussquant.checkpoint import load_autoencoder
+    from gaussquant.train import train
+
+    cfg = replace(tiny_cfg, train=replace(tiny_cfg.train, steps_by_rate={"8": 4}))
+    ckpt = train(cfg, "tdc", "vit", "8", tiny_data, tmp_path, weights_dir, progress=False)
+    _, payload = load_autoencoder(ckpt)
+    assert payload["step"] == 4 and payload["config"]["train"]["steps"] == 4
+    assert list(pd.read_csv(tmp_path / "metrics.csv")["step"]) == [2, 4]
+
+
 def _probe(out, steps=6):
     ranks = [json.loads((out / f"probe-rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["step"] for r in ranks[0]] == [r["step"] for r in ranks[1]] == list(range(steps))

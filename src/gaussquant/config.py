@@ -317,6 +317,8 @@ def _validate_rates(cfg: Config) -> None:
     for key in ("rates", "figure1_rates"):
         for bits in getattr(cfg.experiment, key):
             check_allowed(f"experiment.{key}", bits, tuple(cfg.rates))
+    for bits in cfg.train.steps_by_rate:
+        check_allowed("train.steps_by_rate key", int(bits), tuple(cfg.rates))
 
 
 def run_determinants(cfg: Config, method: str, arch: str, rate: str, processes: int = 1) -> dict:
@@ -328,8 +330,9 @@ def run_determinants(cfg: Config, method: str, arch: str, rate: str, processes: 
     saving, speed or storage settings, which leave the result unchanged."""
     spec, d = METHODS[method], config_to_dict(cfg)
     skip = (*NON_TRAJECTORY_KEYS, "batch_size", "processes")
-    train = {k: v for k, v in d["train"].items() if k not in skip}
+    train = {k: v for k, v in d["train"].items() if k not in (*skip, "steps_by_rate")}
     train["lr"] = cfg.train.lr.get(spec.hyper)
+    train["steps"] = cfg.train.steps_at(cfg.rate(rate).bits)  # this rate's steps only
     model = d["model"]
     if arch in ("unet", "vit"):  # our backbones: only the one trained
         keep = ("latent_channels", "downsample", arch, "discriminator")

@@ -324,6 +324,9 @@ class TDCConfig:
     weight: float = 0.1  # config weight of the TDC loss (docs/method.md §1)
     lam_max_range: tuple[float, float] = (1.0, 1000.0)  # clamp of lam_max (docs/method.md §1)
     lam_min_range: tuple[float, float] = (0.001, 1.0)  # clamp of lam_min (docs/method.md §1)
+    # lower bound of lam: 0 = unbounded, the paper's (docs/method.md §1.5: the quick profile's
+    # floor keeps lam from winding down while the rate climbs from the prior)
+    lam_floor: float = 0.0
     # the official code's truncated nats-to-bits constant (1/ln 2 = 1.4426950408889634 exactly);
     # the official TDC steps in tests/data/reference are only matched with it
     bits_per_nat: float = 1.4426
@@ -335,6 +338,7 @@ class TDCConfig:
         for key in ("lam_max_range", "lam_min_range"):
             lo, hi = getattr(self, key)
             check(0 < lo <= hi, f"tdc.{key}: need 0 < low <= high, got [{lo}, {hi}]")
+        check(self.lam_floor >= 0, f"tdc.lam_floor: must be >= 0, got {self.lam_floor}")
 
 
 # ----------------------------------------------------------------------------- theory
@@ -561,6 +565,9 @@ class TrainConfig:
     """Optimisation (docs/method.md §4/§5). ``lr`` and ``batch_size`` (per process) are per method."""
 
     steps: int = 100000  # not published (docs/method.md §5: "epoch 25" in the authors' records)
+    # steps of the rates named here (bits per position -> steps), for every method at that rate;
+    # the other rates train ``steps``
+    steps_by_rate: dict[str, int] = field(default_factory=dict)
     batch_size: dict[str, int] = field(default_factory=dict)
     lr: dict[str, float] = field(default_factory=dict)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -582,6 +589,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check(self.steps >= 1, f"train.steps: must be >= 1, got {self.steps}")
+        for rate, steps in self.steps_by_rate.items():
+            check(
+                rate.isdigit() and steps >= 1,
+                f"train.steps_by_rate: need bits per position -> steps >= 1, got {rate}: {steps}",
+            )
         for key in ("log_every", "save_every"):
             check(getattr(self, key) >= 1, f"train.{key}: must be >= 1, got {getattr(self, key)}")
         check(self.num_workers >= 0, f"train.num_workers: must be >= 0, got {self.num_workers}")
@@ -608,6 +620,10 @@ class TrainConfig:
                     f"train.batch_size.{method}={batch} is not a multiple of "
                     f"train.grad_accum={self.grad_accum}"
                 )
+
+    def steps_at(self, bits: int) -> int:
+        """Training steps at the rate of ``bits`` per latent position."""
+        return self.steps_by_rate.get(str(bits), self.steps)
 
 
 @dataclass

@@ -18,7 +18,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -173,6 +173,13 @@ def _merge_terms(parts: list[dict]) -> dict:
     return out
 
 
+def at_rate_steps(cfg: Config, rate: str) -> Config:
+    """``cfg`` with ``train.steps`` set to ``rate``'s steps (``train.steps_by_rate``): what this
+    training runs, saves with its checkpoint and resumes by."""
+    steps = cfg.train.steps_at(cfg.rate(rate).bits)
+    return replace(cfg, train=replace(cfg.train, steps=steps, steps_by_rate={}))
+
+
 def train(
     cfg: Config,
     method: str,
@@ -194,6 +201,7 @@ def train(
     """
     if method not in TRAINED_METHODS:
         raise GaussquantError(f"unknown method {method!r}; allowed: {', '.join(TRAINED_METHODS)}")
+    cfg = at_rate_steps(cfg, rate)
     tc, out = cfg.train, Path(out)
     # params.yaml says fp32, not Accelerate's "no": DVC rewrites params.yaml without the quotes
     # (`dvc exp run -S`), and YAML 1.1 (PyYAML, Snakemake) reads a bare no as False

@@ -102,7 +102,8 @@ class TDCRegularizer(nn.Module):
     @torch.no_grad()
     def _update(self, bits_mean: torch.Tensor, bits_min: torch.Tensor, bits_max: torch.Tensor):
         f, target, tol = self.cfg.factor, self.target, self.cfg.tolerance
-        self.lam.mul_(f if bits_mean > target else 1.0 / f)  # unbounded (docs/method.md §1)
+        # unbounded at lam_floor 0, the official rule (docs/method.md §1.4, §1.5)
+        self.lam.mul_(f if bits_mean > target else 1.0 / f).clamp_(min=self.cfg.lam_floor)
         self.lam_max.mul_(f if bits_max > target + tol else 1.0 / f).clamp_(*self.cfg.lam_max_range)
         self.lam_min.mul_(1.0 / f if bits_min < target - tol else f).clamp_(*self.cfg.lam_min_range)
 

@@ -166,6 +166,7 @@ def target_overrides(bits: int) -> list[str]:
         f"lfq.sub_codebook_bits={math.gcd(bits, 8)}",
         f"ablation.rate={bits}",
         *(f"{key}=[{bits}]" for key in keys),
+        "train.steps_by_rate={}",  # named the profile's rates: none is left
     ]
 
 

@@ -105,9 +105,9 @@ def resolve_params(raw: dict[str, Any], preset: str | None = None) -> dict[str, 
     return _merge(raw, presets.get(preset) or {}, f"presets.{preset}")
 
 
-# dicts keyed by names the user chooses (official configuration names): a preset gives the
-# whole dict instead of merging into the top level's keys
-NAMED_DICTS = ("checkpoints",)
+# dicts keyed by names the user chooses (official configuration names, rates): a preset gives
+# the whole dict instead of merging into the top level's keys
+NAMED_DICTS = ("checkpoints", "steps_by_rate")
 
 
 def _merge(base: dict, override: dict, where: str) -> dict:

@@ -216,10 +216,12 @@ def test_two_processes_end_with_the_weights_of_one(
             if v.is_floating_point()
         ]
     )
-    # Measured (UNet, 2 steps): median 3e-8, 99th percentile 1e-6, 0.05 % above 1e-4 (Adam
-    # moves a weight whose gradient is round-off, e.g. an attention key bias, by ~lr = 1e-3).
-    # Without averaging (rank 0's half batch alone): median 8e-4, 85 % above 1e-4.
-    assert diff.median() < 1e-6 and torch.quantile(diff[:100_000], 0.99) < 1e-5
+    # Measured (UNet, 2 steps): median 3e-8, 99th percentile 1e-6, 0.05 % above 1e-4 on an
+    # AVX-512F Xeon; median 3.3e-7, 99th percentile 1.04e-5 on an AVX2 AMD EPYC (other kernels,
+    # other round-off; Adam moves a weight whose gradient is round-off, e.g. an attention key
+    # bias, by ~lr = 1e-3). Without averaging (rank 0's half batch alone): median 8e-4, 85 %
+    # above 1e-4.
+    assert diff.median() < 1e-5 and torch.quantile(diff[:100_000], 0.99) < 1e-4
     assert (diff > 1e-4).double().mean() < 0.01
 
 

@@ -321,6 +321,15 @@ def _validate_rates(cfg: Config) -> None:
         check_allowed("train.steps_by_rate key", int(bits), tuple(cfg.rates))
 
 
+def at_rate_steps(cfg: Config, rate: str) -> Config:
+    """``cfg`` with ``train.steps`` set to ``rate``'s steps (``train.steps_by_rate``): what a
+    training at that rate runs, saves with its checkpoint and resumes by."""
+    steps = cfg.train.steps_at(cfg.rate(rate).bits)
+    return dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, steps=steps, steps_by_rate={})
+    )
+
+
 def run_determinants(cfg: Config, method: str, arch: str, rate: str, processes: int = 1) -> dict:
     """Everything in ``cfg`` that determines the trajectory of the training (method, arch, rate)
     on ``processes`` processes, as plain data: the one definition that the resume logic
@@ -328,11 +337,10 @@ def run_determinants(cfg: Config, method: str, arch: str, rate: str, processes: 
     what this training reads: its method's section, its bottleneck's shape, this backbone,
     its learning rate and the global batch (per-process batch x processes); not the logging,
     saving, speed or storage settings, which leave the result unchanged."""
-    spec, d = METHODS[method], config_to_dict(cfg)
-    skip = (*NON_TRAJECTORY_KEYS, "batch_size", "processes")
-    train = {k: v for k, v in d["train"].items() if k not in (*skip, "steps_by_rate")}
+    spec, d = METHODS[method], config_to_dict(at_rate_steps(cfg, rate))  # this rate's steps only
+    skip = (*NON_TRAJECTORY_KEYS, "batch_size", "processes", "steps_by_rate")
+    train = {k: v for k, v in d["train"].items() if k not in skip}
     train["lr"] = cfg.train.lr.get(spec.hyper)
-    train["steps"] = cfg.train.steps_at(cfg.rate(rate).bits)  # this rate's steps only
     model = d["model"]
     if arch in ("unet", "vit"):  # our backbones: only the one trained
         keep = ("latent_channels", "downsample", arch, "discriminator")

@@ -324,8 +324,8 @@ class TDCConfig:
     weight: float = 0.1  # config weight of the TDC loss (docs/method.md §1)
     lam_max_range: tuple[float, float] = (1.0, 1000.0)  # clamp of lam_max (docs/method.md §1)
     lam_min_range: tuple[float, float] = (0.001, 1.0)  # clamp of lam_min (docs/method.md §1)
-    # lower bound of lam: 0 = unbounded, the paper's (docs/method.md §1.5: the quick profile's
-    # floor keeps lam from winding down while the rate climbs from the prior)
+    # lower bound of lam: 0 = unbounded, the paper's (docs/method.md §1.5: a floor keeps lam
+    # from winding down while the rate climbs from the prior)
     lam_floor: float = 0.0
     # the official code's truncated nats-to-bits constant (1/ln 2 = 1.4426950408889634 exactly);
     # the official TDC steps in tests/data/reference are only matched with it

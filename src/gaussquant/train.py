@@ -18,7 +18,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from gaussquant import runstate
 from gaussquant.checkpoint import save_checkpoint
-from gaussquant.config import Config, LossConfig, config_to_dict
+from gaussquant.config import Config, LossConfig, at_rate_steps, config_to_dict
 from gaussquant.data import PreparedDataset, StepBatchSampler
 from gaussquant.encoding import RATE_IMAGES, posterior_rates, rate_summary
 from gaussquant.errors import GaussquantError
@@ -171,13 +171,6 @@ def _merge_terms(parts: list[dict]) -> dict:
         stacked = torch.stack([part[key].detach().float().mean() for part in parts])
         out[key] = _PICK.get(key, torch.mean)(stacked)
     return out
-
-
-def at_rate_steps(cfg: Config, rate: str) -> Config:
-    """``cfg`` with ``train.steps`` set to ``rate``'s steps (``train.steps_by_rate``): what this
-    training runs, saves with its checkpoint and resumes by."""
-    steps = cfg.train.steps_at(cfg.rate(rate).bits)
-    return replace(cfg, train=replace(cfg.train, steps=steps, steps_by_rate={}))
 
 
 def train(
